@@ -1,0 +1,223 @@
+"""DataLoader factory and the device prefetcher that measures how long the model waits for data.
+
+The loader produces uint8 batches (see transforms.py); :class:`DevicePrefetcher` moves each batch
+to the device, converts and normalizes it there, and on CUDA does so on a side stream one batch
+ahead so the host-to-device copy overlaps with the previous step's compute. It times everything
+the consumer spends waiting on it, so every training/eval/bench loop can report its data-wait
+fraction without instrumenting itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from parvis import runtime
+from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from parvis.errors import ParvisError
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (B, C, H, W): uint8 from the loader, normalized float after the prefetcher
+    targets: Any  # (B,) class ids | (B, H, W) masks | list of {"boxes", "labels", ...} dicts
+    skipped: int  # samples dropped by on_bad_sample="skip" while forming this batch
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, into shared memory when called in a worker (as default_collate does), so the
+    batch crosses to the main process without another copy."""
+    if torch.utils.data.get_worker_info() is not None:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(tensors), *first.shape)
+        return torch.stack(tensors, out=out)
+    return torch.stack(tensors)
+
+
+def collate(samples: list) -> Batch:
+    """Stack (image, target) samples; None samples (skipped bad files) are dropped and counted."""
+    kept = [s for s in samples if s is not None]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        return Batch(torch.empty(0, dtype=torch.uint8), None, skipped)
+    images = _stack([s[0].as_subclass(torch.Tensor) for s in kept])
+    first = kept[0][1]
+    if isinstance(first, dict):
+        targets = [t for _, t in kept]
+    elif isinstance(first, torch.Tensor):  # segmentation masks
+        targets = _stack([t.as_subclass(torch.Tensor) for _, t in kept])
+    else:  # class ids
+        targets = torch.tensor([t for _, t in kept], dtype=torch.int64)
+    return Batch(images, targets, skipped)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    device: torch.device | None = None,
+    workers: int | None = None,
+    dist: runtime.DistInfo | None = None,
+    seed: int = 0,
+    prefetch_factor: int = 4,
+    drop_last: bool | None = None,
+) -> DataLoader:
+    """A DataLoader set up for `device`: workers from runtime (unless given), persistent workers,
+    pinned memory on CUDA, a DistributedSampler when running under torchrun."""
+    if batch_size < 1:
+        raise ParvisError(f"batch size {batch_size} must be at least 1")
+    if len(dataset) == 0:
+        raise ParvisError("the dataset is empty: no samples to load; check the data path")
+    device = device or runtime.default_device()
+    local_world = dist.local_world_size if dist else None
+    workers = runtime.recommended_workers(device, local_world) if workers is None else workers
+    if workers < 0:
+        raise ParvisError(f"--workers {workers} must be 0 (load in the main process) or more")
+    if dist is not None and dist.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=train, seed=seed)
+    elif train:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=runtime.pin_memory(device),
+        drop_last=train if drop_last is None else drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        worker_init_fn=runtime.worker_seed_init,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle a DistributedSampler differently each epoch (it is seeded by epoch)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+
+
+@dataclass
+class LoaderStats:
+    batches: int = 0
+    images: int = 0
+    skipped: int = 0
+    wait_s: float = 0.0  # time the consumer spent blocked on the loader (incl. copy + normalize on CPU)
+    total_s: float = 0.0  # wall time from the first request to the last batch handed out
+
+    @property
+    def wait_fraction(self) -> float:
+        return self.wait_s / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.total_s if self.total_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "batches": self.batches,
+            "images": self.images,
+            "skipped": self.skipped,
+            "wait_s": round(self.wait_s, 4),
+            "total_s": round(self.total_s, 4),
+            "wait_fraction": round(self.wait_fraction, 4),
+            "images_per_s": round(self.images_per_s, 1),
+        }
+
+
+class DevicePrefetcher:
+    """Iterate a loader's batches on `device`, normalized, in `memory_format`, timing the data wait.
+
+    CUDA: batch k+1 is copied (non_blocking, from pinned memory) and normalized on a side stream
+    while the consumer works on batch k; the compute stream waits on that stream only when it
+    takes the batch. CPU/MPS: the same conversion, done synchronously.
+    """
+
+    def __init__(
+        self,
+        loader,
+        device: torch.device,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        dtype: torch.dtype = torch.float32,
+        memory_format: torch.memory_format | None = None,
+        mask_dtype: torch.dtype = torch.int64,
+    ):
+        self.loader = loader
+        self.device = torch.device(device)
+        memory_format = memory_format or runtime.preferred_memory_format(self.device)
+        self.normalize = Normalize(mean, std, dtype, memory_format).to(self.device)
+        self.mask_dtype = mask_dtype
+        self.stats = LoaderStats()
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _to_device(self, batch: Batch) -> Batch:
+        nb = self.device.type == "cuda"
+        images = self.normalize(batch.images.to(self.device, non_blocking=nb)) if batch.images.numel() else batch.images
+        targets = batch.targets
+        if isinstance(targets, torch.Tensor):
+            targets = targets.to(self.device, non_blocking=nb)
+            if targets.dim() == 3:  # masks: uint8 on the wire, int64 for the loss's ignore_index
+                targets = targets.to(self.mask_dtype)
+        elif isinstance(targets, list):
+            targets = [
+                {k: v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                for t in targets
+            ]
+        return Batch(images, targets, batch.skipped)
+
+    def _fetch(self, it, stream) -> Batch | None:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return None
+        if stream is None:
+            return self._to_device(batch)
+        with torch.cuda.stream(stream):
+            return self._to_device(batch)
+
+    def __iter__(self):
+        self.stats = LoaderStats()
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        start = time.perf_counter()
+        it = iter(self.loader)
+        batch = self._fetch(it, stream)
+        self.stats.wait_s += time.perf_counter() - start
+        while batch is not None:
+            t0 = time.perf_counter()
+            if stream is not None:
+                current = torch.cuda.current_stream(self.device)
+                current.wait_stream(stream)
+                # Tensors made on the side stream are used on the compute stream: tell the caching
+                # allocator, or it may hand their memory out again while compute still reads it.
+                for t in _tensors(batch):
+                    t.record_stream(current)
+            self.stats.batches += 1
+            self.stats.images += len(batch.images)
+            self.stats.skipped += batch.skipped
+            self.stats.wait_s += time.perf_counter() - t0
+            self.stats.total_s = time.perf_counter() - start
+            yield batch
+            t0 = time.perf_counter()
+            batch = self._fetch(it, stream)
+            self.stats.wait_s += time.perf_counter() - t0
+        self.stats.total_s = time.perf_counter() - start
+
+
+def _tensors(batch: Batch):
+    yield batch.images
+    if isinstance(batch.targets, torch.Tensor):
+        yield batch.targets
+    elif isinstance(batch.targets, list):
+        for t in batch.targets:
+            yield from (v for v in t.values() if isinstance(v, torch.Tensor))

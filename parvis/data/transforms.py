@@ -1,0 +1,106 @@
+"""Train/eval presets per task, on uint8 tensors with torchvision.transforms.v2.
+
+Images stay uint8 from decode to the device: resizing uint8 is torchvision's fastest path, uint8
+batches cross the worker->main process boundary at a quarter of float32's bytes, and the
+conversion to float + normalization happens once per batch on the device
+(:class:`parvis.data.loader.DevicePrefetcher`). Masks and boxes are transformed jointly with
+their image by v2 (tv_tensors.Mask gets nearest-neighbour resampling, BoundingBoxes are moved).
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from parvis.errors import ParvisError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TASKS = ("classification", "segmentation", "detection")
+# Eval resize before the center crop, as torchvision/timm's reference recipes do (224 <- 256).
+CROP_PCT = 0.875
+
+
+def classification_train(size: int) -> v2.Transform:
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def classification_eval(size: int) -> v2.Transform:
+    return v2.Compose([v2.Resize(int(round(size / CROP_PCT)), antialias=True), v2.CenterCrop(size)])
+
+
+def segmentation_train(size: int) -> v2.Transform:
+    # Milder scale range than classification: a segmentation crop must keep enough context.
+    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+
+
+def segmentation_eval(size: int) -> v2.Transform:
+    return v2.Resize((size, size), antialias=True)
+
+
+def detection_train(size: int) -> v2.Transform:
+    return v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.75, 1.25)),
+        v2.Resize((size, size), antialias=True),
+        v2.ClampBoundingBoxes(),
+        # Boxes pushed out of the frame by the affine shrink to nothing: drop them with their labels
+        # (the default labels_getter finds target["labels"] in an (image, target) pair).
+        v2.SanitizeBoundingBoxes(),
+    ])
+
+
+def detection_eval(size: int) -> v2.Transform:
+    return v2.Resize((size, size), antialias=True)
+
+
+_PRESETS = {
+    ("classification", True): classification_train,
+    ("classification", False): classification_eval,
+    ("segmentation", True): segmentation_train,
+    ("segmentation", False): segmentation_eval,
+    ("detection", True): detection_train,
+    ("detection", False): detection_eval,
+}
+
+
+def build_transform(task: str, train: bool, size: int) -> v2.Transform:
+    """The preset for `task`: a callable (image, target) -> (image, target) on uint8 tensors."""
+    if task not in TASKS:
+        raise ParvisError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
+    if size < 8:
+        raise ParvisError(f"image size {size} is too small; use at least 8 px (e.g. --size 224)")
+    return _PRESETS[(task, train)](size)
+
+
+def decode_min_size(task: str, train: bool, size: int) -> int | None:
+    """The smallest short side the decoder may return for this preset (JPEG DCT scaling).
+
+    Eval presets only ever shrink the image to `size / CROP_PCT`, so decoding a large JPEG at a
+    reduced scale loses nothing. Training crops may zoom into a small region, so they get the full
+    image (None): cheaper decoding there would cost detail in exactly the crops that need it.
+    """
+    if train:
+        return None
+    return int(round(size / CROP_PCT)) if task == "classification" else size
+
+
+class Normalize(torch.nn.Module):
+    """uint8 (B, C, H, W) -> float normalized, in one pass, in the requested memory format."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype: torch.dtype = torch.float32,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        super().__init__()
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std == x * scale - shift: one multiply-subtract per pixel.
+        self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
+        self.register_buffer("shift", mean_t / std_t, persistent=False)
+        self.dtype = dtype
+        self.memory_format = memory_format
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(dtype=self.dtype, memory_format=self.memory_format)
+        scale = self.scale.to(x.device, self.dtype)
+        shift = self.shift.to(x.device, self.dtype)
+        return x.mul_(scale).sub_(shift)
