@@ -193,7 +193,7 @@ def parse_nvidia_smi_list(text: str) -> dict[int, list[MIGInstance]]:
             continue
         m = _MIG_LINE.match(line)
         if m and gpu >= 0:
-            out[gpu].append(MIGInstance(name=m.group(1), profile=m.group(2), uuid=m.group(3)))
+            out[gpu].append(MIGInstance(name=" ".join(m.group(1).split()), profile=m.group(2), uuid=m.group(3)))
     return out
 
 
