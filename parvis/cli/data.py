@@ -50,14 +50,17 @@ def run_check(args) -> int:
     report = check_dataset(args.path, workers=args.workers, progress=con.is_terminal)
     _print_summary(report, con)
     if args.json:
-        write_json(args.json, {"layouts": report.layouts, "summary": report.summary,
-                               "problems": [{"path": p.path, "message": p.message} for p in report.problems]})
-    if report.ok:
-        con.print(f"[green]no problems[/] in {args.path}")
-        return 0
-    for line in report.lines():
+        write_json(args.json, {"layouts": report.layouts, "summary": report.summary, "ok": report.ok,
+                               "problems": [{"path": p.path, "message": p.message, "severity": p.severity}
+                                            for p in report.problems]})
+    for line in report.lines():  # warnings too: worth fixing even when training would work
         print(line)
-    con.print(f"[red]{len(report.problems)} problem(s)[/] in {args.path}")
+    errors = sum(p.severity == "error" for p in report.problems)
+    warnings = len(report.problems) - errors
+    if report.ok:
+        con.print(f"[green]no problems[/] in {args.path}" + (f" ({warnings} warning(s))" if warnings else ""))
+        return 0
+    con.print(f"[red]{errors} problem(s)[/]" + (f" and {warnings} warning(s)" if warnings else "") + f" in {args.path}")
     return 1
 
 

@@ -113,16 +113,16 @@ def decode(
                 tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
                 return tensor.permute(1, 2, 0).numpy()
         elif is_png(data) and decoder != "pil" and decoder != "pil-draft":
-            from torchvision.io import ImageReadMode, decode_png
+            from torchvision.io import ImageReadMode, decode_image
 
-            tensor = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            tensor = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
             array = tensor.permute(1, 2, 0).numpy()
             # 16-bit PNGs decode to uint16; callers are promised uint8, so keep the high byte.
             return array if array.dtype == np.uint8 else (array >> 8).astype(np.uint8)
         return _decode_pil(data, draft_size=min_size if decoder == "pil-draft" else None)
     except BadSampleError:
         raise
-    except Exception as exc:  # noqa: BLE001 - every decoder has its own exception types for corrupt data
+    except Exception as exc:  # every decoder has its own exception types for corrupt data
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = _CPP_LOCATION.sub("", reason)  # torchvision prefixes "operator(), /path/decode_png.cpp:79, "
         raise BadSampleError(name, f"corrupt or truncated image ({reason}); re-create or remove it") from None
@@ -182,7 +182,7 @@ def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarra
             mask = np.array(im)  # a copy: np.asarray of a PIL image is read-only, which torch warns about
     except BadSampleError:
         raise
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
+    except Exception as exc:  # PIL raises many types for corrupt data
         raise BadSampleError(path, f"corrupt or truncated mask ({exc}); re-create or remove it") from None
     if mask.dtype != np.uint8:
         # 16/32-bit masks: casting would silently wrap label 256 to 0, so refuse ids that do not fit.

@@ -1,0 +1,561 @@
+"""Find a dataset's layouts, open one of them, or check all of them file by file.
+
+The check decodes every image fully, because a truncated JPEG is only found by decoding it. That
+is the slow part, so it runs in a process pool, and a file that several layouts reference (the
+generator's segmentation and detection splits share images/) is decoded once.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import yaml
+
+from parvis.data.coco import CocoAnnotations, CocoDetectionDataset
+from parvis.data.datasets import FileDataset, LayoutError, is_image_name
+from parvis.data.decode import MAX_IMAGE_PIXELS, read_image, read_mask
+from parvis.data.imagefolder import ImageFolderDataset
+from parvis.data.maskfolder import (
+    MaskFolderDataset,
+    label_histogram,
+    missing_mask_message,
+    out_of_range_message,
+    size_mismatch_message,
+    unexpected_ids,
+)
+from parvis.errors import BadSampleError, ParvisError
+
+CONFIG_NAME = "dataset.yaml"
+TASK_FORMATS = {"classification": "imagefolder", "segmentation": "masks", "detection": "coco"}
+SPLIT_PATHS = {"segmentation": ("images", "masks"), "detection": ("images", "annotations")}
+# Keys of a task entry in dataset.yaml that are settings, not split names.
+TASK_SETTINGS = ("format", "classes", "ignore_index")
+RECOGNIZED = (
+    "COCO (annotations/*.json with images/), mask folders (images/ + masks/), "
+    "ImageFolder (<class>/<image> or <split>/<class>/<image>)"
+)
+
+
+@dataclass
+class Layout:
+    """One split of one task: where its files are and what dataset.yaml says about its classes."""
+
+    task: str
+    split: str
+    paths: dict[str, Path]  # classification: root; segmentation: images, masks; detection: images, annotations
+    classes: list[str] | None = None
+    ignore_index: int = 255
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.split}"
+
+
+def load_config(root: str | Path) -> dict[str, Any] | None:
+    """ROOT/dataset.yaml as a mapping, or None when there is none."""
+    path = Path(root) / CONFIG_NAME
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParvisError(f"{path}: cannot be read as YAML ({reason}); fix or delete it") from None
+    if not isinstance(config, dict):
+        raise ParvisError(f"{path}: expected a mapping with keys {', '.join(TASK_FORMATS)}; fix or delete it")
+    return config
+
+
+def config_layouts(root: str | Path, config: dict[str, Any]) -> list[Layout]:
+    """The layouts dataset.yaml lists, with paths made absolute against ROOT."""
+    root = Path(root)
+    where = root / CONFIG_NAME
+    layouts = []
+    for task, fmt in TASK_FORMATS.items():
+        entry = config.get(task)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict):
+            raise ParvisError(f"{where}: '{task}' must be a mapping of split names to paths")
+        if entry.get("format", fmt) != fmt:
+            raise ParvisError(f"{where}: {task}.format is {entry['format']!r}; only {fmt!r} is supported")
+        classes = entry.get("classes", config.get("classes") if task == "classification" else None)
+        if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            raise ParvisError(f"{where}: classes of '{task}' must be a list of names")
+        ignore_index = entry.get("ignore_index", 255)
+        if not isinstance(ignore_index, int):
+            raise ParvisError(f"{where}: {task}.ignore_index must be an integer, got {ignore_index!r}")
+        for split, value in entry.items():
+            if split in TASK_SETTINGS:
+                continue
+            keys = SPLIT_PATHS.get(task)
+            if keys is None:
+                if not isinstance(value, str):
+                    raise ParvisError(f"{where}: {task}.{split} must be a folder path")
+                paths = {"root": root / value}
+            else:
+                if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in keys):
+                    raise ParvisError(f"{where}: {task}.{split} needs '{keys[0]}' and '{keys[1]}' paths")
+                paths = {k: root / value[k] for k in keys}
+            layouts.append(Layout(task, str(split), paths, classes, ignore_index))
+    if not layouts:
+        raise ParvisError(f"{where}: lists no splits under {', '.join(TASK_FORMATS)}; add at least one")
+    return layouts
+
+
+def detect_layouts(root: str | Path) -> list[Layout]:
+    """Recognize the layouts of a dataset that has no dataset.yaml."""
+    root = Path(root)
+    layouts = []
+    claimed = set()  # top-level folders that belong to a layout, so ImageFolder detection leaves them alone
+    annotation_dir = root / "annotations"
+    jsons = sorted(annotation_dir.glob("*.json")) if annotation_dir.is_dir() else []
+    jsons += [path for path in sorted(root.glob("*.json")) if _looks_like_coco(path)]
+    for path in jsons:
+        split = path.stem.removeprefix("instances_")
+        base = root if path.parent == annotation_dir else path.parent
+        candidates = (base / "images" / split, base / "images", path.parent)
+        images = next(folder for folder in candidates if folder.is_dir())
+        layouts.append(Layout("detection", split, {"images": images, "annotations": path}))
+        claimed |= {"images", "annotations"}
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        splits = sorted(
+            d.name for d in (root / "images").iterdir() if d.is_dir() and (root / "masks" / d.name).is_dir()
+        )
+        pairs = [(s, root / "images" / s, root / "masks" / s) for s in splits] or [
+            ("all", root / "images", root / "masks")
+        ]
+        layouts += [Layout("segmentation", s, {"images": i, "masks": m}) for s, i, m in pairs]
+        claimed |= {"images", "masks"}
+    folders = _find_imagefolders(root, claimed)
+    names = [folder.name for folder in folders]
+    for folder in folders:
+        if folder == root:
+            split = "all"
+        elif names.count(folder.name) == 1:
+            split = folder.name  # classification/train -> "train", matching the other tasks' split names
+        else:
+            split = folder.relative_to(root).as_posix()
+        layouts.append(Layout("classification", split, {"root": folder}))
+    if not layouts:
+        raise ParvisError(f"{root}: no {CONFIG_NAME} and no recognized layout; expected one of: {RECOGNIZED}")
+    return layouts
+
+
+def find_layouts(root: str | Path) -> list[Layout]:
+    """The layouts of dataset.yaml when there is one, else the detected ones."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ParvisError(f"{root}: no such dataset folder; check the path")
+    config = load_config(root)
+    return config_layouts(root, config) if config is not None else detect_layouts(root)
+
+
+def _looks_like_coco(path: Path) -> bool:
+    try:
+        CocoAnnotations(path)
+    except LayoutError:
+        return False
+    return True
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _is_imagefolder(folder: Path) -> bool:
+    return any(is_image_name(p.name) for d in _subdirs(folder) for p in d.iterdir())
+
+
+def _find_imagefolders(root: Path, claimed: set[str]) -> list[Path]:
+    """ROOT itself, else <split>/ or <group>/<split>/ below it, whose class subfolders hold images."""
+    if not claimed and _is_imagefolder(root):
+        return [root]
+    found = []
+    for child in _subdirs(root):
+        if child.name in claimed:
+            continue
+        if _is_imagefolder(child):
+            found.append(child)
+        else:
+            found += [folder for folder in _subdirs(child) if _is_imagefolder(folder)]
+    return found
+
+
+def _build(layout: Layout, **kwargs: Any) -> FileDataset:
+    if layout.task == "classification":
+        return ImageFolderDataset(layout.paths["root"], **kwargs)
+    if layout.task == "segmentation":
+        return MaskFolderDataset(
+            layout.paths["images"],
+            layout.paths["masks"],
+            ignore_index=layout.ignore_index,
+            classes=layout.classes,
+            **kwargs,
+        )
+    return CocoDetectionDataset(layout.paths["images"], layout.paths["annotations"], **kwargs)
+
+
+def open_dataset(root: str | Path, task: str, split: str, **kwargs: Any) -> FileDataset:
+    """The dataset of ``task`` and ``split`` under ROOT; kwargs go to the reader (transform, on_bad_sample, ...).
+
+    Without dataset.yaml a classification ROOT is ROOT/<split> or else ROOT itself in ImageFolder
+    layout; other tasks use the detected layouts.
+    """
+    if task not in TASK_FORMATS:
+        raise ParvisError(f"task {task!r} is not supported; choose one of: {', '.join(TASK_FORMATS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise ParvisError(f"{root}: no such dataset folder; check the path")
+    config = load_config(root)
+    if config is None and task == "classification":
+        folder = root / split
+        return ImageFolderDataset(folder if folder.is_dir() else root, **kwargs)
+    layouts = config_layouts(root, config) if config is not None else detect_layouts(root)
+    for layout in layouts:
+        if (layout.task, layout.split) == (task, split):
+            return _build(layout, **kwargs)
+    source = root / CONFIG_NAME if config is not None else root
+    listed = ", ".join(layout.name for layout in layouts)
+    raise ParvisError(f"{source}: has no {task} split {split!r}; it has: {listed}")
+
+
+@dataclass
+class Problem:
+    path: str
+    message: str
+    severity: str = "error"  # "warning": worth fixing, but training works
+
+    def line(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.path}: {prefix}{self.message}"
+
+
+@dataclass
+class CheckReport:
+    layouts: list[str]
+    summary: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(problem.severity == "error" for problem in self.problems)
+
+    def lines(self) -> list[str]:
+        return [problem.line() for problem in self.problems]
+
+
+class _Inspected(NamedTuple):
+    """What a worker learned about one file: its size, a mask's label histogram, or what is wrong."""
+
+    height: int = 0
+    width: int = 0
+    histogram: np.ndarray | None = None
+    error: str | None = None
+
+
+def _inspect(job: tuple[str, str, int]) -> _Inspected:
+    kind, path, max_pixels = job
+    try:
+        if kind == "mask":
+            mask = read_mask(path, max_pixels=max_pixels)
+            return _Inspected(mask.shape[0], mask.shape[1], histogram=label_histogram(mask))
+        image = read_image(path, max_pixels=max_pixels)
+        return _Inspected(image.shape[0], image.shape[1])
+    except BadSampleError as exc:
+        return _Inspected(error=exc.reason)
+    except Exception as exc:  # one odd file must not abort the check of thousands
+        return _Inspected(error=f"could not be checked ({type(exc).__name__}: {exc})")
+
+
+class _Files:
+    """The distinct files to inspect: keyed by resolved path, so a file shared by layouts is read once."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[tuple[str, str], int] = {}
+        # Resolving each folder once instead of each file saves a realpath (an lstat per path component) per
+        # file; a symlinked *file* then counts as its own, which costs a duplicate decode, never a wrong result.
+        self.real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
+
+    def add(self, kind: str, path: Path) -> tuple[str, str]:
+        key = (kind, os.path.join(self.real_folder(os.path.dirname(path)), path.name))
+        self.jobs.setdefault(key, len(self.jobs))
+        return key
+
+    def inspect(self, max_pixels: int, workers: int | None, progress: bool) -> dict[tuple[str, str], _Inspected]:
+        jobs = [(kind, path, max_pixels) for kind, path in self.jobs]
+        if workers is None:
+            # A pool costs ~50 ms per worker to start, which small sets do not win back.
+            workers = (os.cpu_count() or 1) if len(jobs) >= 256 else 1
+        workers = max(1, min(workers, len(jobs)))
+        with ExitStack() as stack:
+            if workers == 1:
+                results: Iterable[_Inspected] = map(_inspect, jobs)
+            else:
+                # fork: the workers inherit the imported decoders instead of re-importing torch (~2 s each).
+                context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=context))
+                results = pool.map(_inspect, jobs, chunksize=max(1, min(64, len(jobs) // (workers * 8))))
+            if progress:
+                results = _track(results, len(jobs))
+            return dict(zip(self.jobs, results, strict=True))
+
+
+def _track(results: Iterable[_Inspected], total: int) -> Iterator[_Inspected]:
+    from rich.console import Console
+    from rich.progress import track
+
+    yield from track(results, total=total, description="checking files", console=Console(stderr=True), transient=True)
+
+
+def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    if not sizes:
+        return {}
+    heights, widths = zip(*sizes, strict=True)
+    return {
+        axis: {"min": min(values), "median": statistics.median(values), "max": max(values)}
+        for axis, values in (("width", widths), ("height", heights))
+    }
+
+
+class _LayoutCheck:
+    """The check of one layout split, in two passes around the shared decode: ``plan`` lists the files
+    to inspect (and finds what needs no decoding), ``finish`` turns the results into problems and stats."""
+
+    def __init__(self, layout: Layout, root: Path):
+        self.layout = layout
+        self.root = root
+        self.problems: list[Problem] = []
+        self.dataset: Any = None
+
+    def display(self, path: Path | str) -> str:
+        path = Path(path)
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+    def problem(self, path: Path | str, message: str, severity: str = "error") -> None:
+        self.problems.append(Problem(self.display(path), message, severity))
+
+    def plan(self, files: _Files) -> None:
+        try:
+            self.dataset = _build(self.layout)
+        except LayoutError as exc:
+            self.problem(exc.path, exc.reason)
+            return
+        self.plan_files(files)
+
+    def finish(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        stats = {"format": TASK_FORMATS[self.layout.task]}
+        stats["paths"] = {name: self.display(path) for name, path in self.layout.paths.items()}
+        if self.dataset is not None:
+            stats.update(self.finish_files(results))
+        stats["problems"] = len(self.problems)
+        return stats
+
+    def image_result(self, path: Path, result: _Inspected, sizes: list[tuple[int, int]]) -> bool:
+        if result.error:
+            self.problem(path, result.error)
+            return False
+        sizes.append((result.height, result.width))
+        return True
+
+    def plan_files(self, files: _Files) -> None:
+        raise NotImplementedError
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class _ImageFolderCheck(_LayoutCheck):
+    def plan_files(self, files: _Files) -> None:
+        dataset: ImageFolderDataset = self.dataset
+        self.keys = [files.add("image", path) for path, _ in dataset.samples]
+        counts = Counter(dataset.targets)
+        for index, name in enumerate(dataset.classes):
+            if not counts[index]:
+                self.problem(dataset.root / name, f"empty class folder (it still takes class index {index})", "warning")
+        if self.layout.classes is not None and self.layout.classes != dataset.classes:
+            self.problem(
+                dataset.root,
+                f"class folders {dataset.classes} differ from the classes in {CONFIG_NAME} {self.layout.classes}; "
+                "class indices follow the folders",
+                "warning",
+            )
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        dataset: ImageFolderDataset = self.dataset
+        sizes: list[tuple[int, int]] = []
+        for (path, _), key in zip(dataset.samples, self.keys, strict=True):
+            self.image_result(path, results[key], sizes)
+        counts = Counter(dataset.targets)
+        return {
+            "images": len(dataset.samples),
+            "classes": len(dataset.classes),
+            "images_per_class": {name: counts[i] for i, name in enumerate(dataset.classes)},
+            "size": _size_stats(sizes),
+        }
+
+
+class _MaskFolderCheck(_LayoutCheck):
+    def plan_files(self, files: _Files) -> None:
+        dataset: MaskFolderDataset = self.dataset
+        self.keys = []
+        for image_path, mask_path in dataset.samples:
+            mask_key = None
+            if mask_path.is_file():
+                mask_key = files.add("mask", mask_path)
+            else:
+                self.problem(image_path, missing_mask_message(self.display(mask_path)))
+            self.keys.append((files.add("image", image_path), mask_key))
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        dataset: MaskFolderDataset = self.dataset
+        sizes: list[tuple[int, int]] = []
+        histogram = np.zeros(256, dtype=np.int64)
+        masks = 0
+        for (image_path, mask_path), (image_key, mask_key) in zip(dataset.samples, self.keys, strict=True):
+            image = results[image_key]
+            image_ok = self.image_result(image_path, image, sizes)
+            if mask_key is None:
+                continue
+            mask = results[mask_key]
+            if mask.error:
+                self.problem(mask_path, mask.error)
+                continue
+            masks += 1
+            histogram += mask.histogram
+            if image_ok and (mask.height, mask.width) != (image.height, image.width):
+                self.problem(
+                    mask_path,
+                    size_mismatch_message((mask.height, mask.width), image_path.name, image.height, image.width),
+                )
+            if dataset.num_classes is not None:
+                ids = unexpected_ids(mask.histogram, dataset.num_classes, dataset.ignore_index)
+                if ids:
+                    self.problem(mask_path, out_of_range_message(ids, dataset.num_classes, dataset.ignore_index))
+        return {
+            "images": len(dataset.samples),
+            "masks": masks,
+            "classes": dataset.num_classes,
+            "coverage": self.coverage(histogram),
+            "size": _size_stats(sizes),
+        }
+
+    def coverage(self, histogram: np.ndarray) -> dict[str, float]:
+        """Share of all mask pixels per class name (or id), the ignore index and unexpected ids."""
+        dataset: MaskFolderDataset = self.dataset
+        total = int(histogram.sum()) or 1
+        names = dataset.classes or []
+        labels = set(range(dataset.num_classes or 0)) | set(np.flatnonzero(histogram).tolist()) | {dataset.ignore_index}
+        shares = {}
+        for label in sorted(labels):
+            if label == dataset.ignore_index:
+                name = "ignore"
+            elif label < len(names):
+                name = names[label]
+            elif dataset.num_classes is not None and label >= dataset.num_classes:
+                name = f"unexpected id {label}"
+            else:
+                name = str(label)
+            shares[name] = round(int(histogram[label]) / total, 6)
+        return shares
+
+
+class _CocoCheck(_LayoutCheck):
+    def plan_files(self, files: _Files) -> None:
+        dataset: CocoDetectionDataset = self.dataset
+        coco = dataset.coco
+        name = coco.path.name
+        for ann in coco.orphans:
+            self.problem(
+                coco.path, f"annotation {ann.get('id', '?')} references image id {ann['image_id']}, not in 'images'"
+            )
+        self.keys = {}
+        for image_id in dataset.ids:
+            path = dataset.images_dir / coco.images[image_id]["file_name"]
+            if path.is_file():
+                self.keys[image_id] = files.add("image", path)
+            else:
+                self.problem(path, f"listed in {name} as image id {image_id} but the file does not exist")
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        dataset: CocoDetectionDataset = self.dataset
+        coco = dataset.coco
+        sizes: list[tuple[int, int]] = []
+        boxes_per_class: Counter[str] = Counter()
+        boxes_per_image = []
+        crowd = 0
+        for image_id in dataset.ids:
+            entry = coco.images[image_id]
+            path = dataset.images_dir / entry["file_name"]
+            height, width = entry.get("height"), entry.get("width")
+            key = self.keys.get(image_id)
+            if key is not None and self.image_result(path, results[key], sizes):
+                real = results[key]
+                mismatch = coco.size_problem(entry, real.height, real.width)
+                if mismatch:
+                    self.problem(path, mismatch)
+                height, width = height or real.height, width or real.width
+            boxes = 0
+            for ann in coco.by_image.get(image_id, ()):
+                problem = coco.annotation_problem(ann, height, width)
+                if problem:
+                    self.problem(coco.path, problem)
+                elif ann.get("iscrowd", 0):
+                    crowd += 1
+                else:
+                    boxes += 1
+                    boxes_per_class[coco.classes[coco.label_of[ann["category_id"]]]] += 1
+            boxes_per_image.append(boxes)
+        return {
+            "images": len(dataset.ids),
+            "boxes": sum(boxes_per_image),
+            "crowd_annotations": crowd,
+            "boxes_per_class": {name: boxes_per_class[name] for name in coco.classes},
+            "boxes_per_image_mean": round(sum(boxes_per_image) / max(1, len(boxes_per_image)), 4),
+            "images_without_boxes": boxes_per_image.count(0),
+            "size": _size_stats(sizes),
+        }
+
+
+CHECKS = {"classification": _ImageFolderCheck, "segmentation": _MaskFolderCheck, "detection": _CocoCheck}
+
+
+def check_dataset(
+    root: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, workers: int | None = None, progress: bool = False
+) -> CheckReport:
+    """Check every layout of ROOT (dataset.yaml's, else the detected ones), reading each file once.
+
+    ``workers``: processes that decode; default os.cpu_count() (small sets are checked in-process).
+    Problems of a single file or annotation are collected, not raised; ParvisError only when ROOT
+    itself cannot be understood.
+    """
+    root = Path(root)
+    layouts = find_layouts(root)
+    checks = [CHECKS[layout.task](layout, root) for layout in layouts]
+    files = _Files()
+    for check in checks:
+        check.plan(files)
+    results = files.inspect(max_pixels, workers, progress)
+    # {task: {split: stats}} next to a few scalars, which readers of the summary tell apart by type.
+    summary: dict[str, Any] = {"root": str(root), "files_checked": len(files.jobs)}
+    problems: dict[tuple[str, str], Problem] = {}  # a file shared by layouts is reported once
+    for check in checks:
+        summary.setdefault(check.layout.task, {})[check.layout.split] = check.finish(results)
+        for problem in check.problems:
+            problems.setdefault((problem.path, problem.message), problem)
+    return CheckReport([layout.name for layout in layouts], summary, list(problems.values()))
