@@ -22,7 +22,7 @@ from parvis.errors import ParvisError
 
 
 class Batch(NamedTuple):
-    images: torch.Tensor  # (B, C, H, W): uint8 from the loader, normalized float after the prefetcher
+    images: torch.Tensor  # (B, C, H, W) channels-last: uint8 from the loader, normalized float after the prefetcher
     targets: Any  # (B,) class ids | (B, H, W) masks | list of {"boxes", "labels", ...} dicts
     skipped: int  # samples dropped by on_bad_sample="skip" while forming this batch
 
@@ -44,7 +44,10 @@ def collate(samples: list) -> Batch:
     skipped = len(samples) - len(kept)
     if not kept:
         return Batch(torch.empty(0, dtype=torch.uint8), None, skipped)
-    images = _stack([s[0].as_subclass(torch.Tensor) for s in kept])
+    # Stacked as (B, H, W, C) and returned as a (B, C, H, W) view: channels-last memory, which the
+    # model wants on CPU and CUDA and which the decoders produce anyway (the uint8 transpose is
+    # cheap here, in parallel workers, and saves a float transpose in the main process).
+    images = _stack([s[0].as_subclass(torch.Tensor).permute(1, 2, 0) for s in kept]).permute(0, 3, 1, 2)
     first = kept[0][1]
     if isinstance(first, dict):
         targets = [t for _, t in kept]

@@ -86,21 +86,40 @@ def decode_min_size(task: str, train: bool, size: int) -> int | None:
 
 
 class Normalize(torch.nn.Module):
-    """uint8 (B, C, H, W) -> float normalized, in one pass, in the requested memory format."""
+    """uint8 (B, C, H, W) -> float normalized, in one pass, in the requested memory format.
+
+    Batches from parvis's collate are already channels-last in memory (decoders produce HWC). For
+    those, the per-channel affine is applied to the (B*H, W*C) view with the scale/shift pattern
+    tiled W times: a broadcast along a long contiguous row vectorizes, while a (1, C, 1, 1)
+    broadcast over NHWC memory has an inner loop of length C=3 (measured 3.4x slower on the CPU).
+    """
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype: torch.dtype = torch.float32,
                  memory_format: torch.memory_format = torch.contiguous_format):
         super().__init__()
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        mean_t = torch.tensor(mean, dtype=torch.float32)
         # (x / 255 - mean) / std == x * scale - shift: one multiply-subtract per pixel.
         self.register_buffer("scale", 1.0 / (255.0 * std_t), persistent=False)
         self.register_buffer("shift", mean_t / std_t, persistent=False)
         self.dtype = dtype
         self.memory_format = memory_format
+        self._patterns: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _pattern(self, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (width, device)
+        if key not in self._patterns:
+            self._patterns[key] = (self.scale.to(device, self.dtype).repeat(width),
+                                   self.shift.to(device, self.dtype).repeat(width))
+        return self._patterns[key]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        nhwc = images.permute(0, 2, 3, 1)
+        if self.memory_format == torch.channels_last and nhwc.is_contiguous():
+            scale, shift = self._pattern(w, images.device)
+            rows = nhwc.reshape(n * h, w * c).to(self.dtype).mul_(scale).sub_(shift)
+            return rows.view(n, h, w, c).permute(0, 3, 1, 2)
         x = images.to(dtype=self.dtype, memory_format=self.memory_format)
-        scale = self.scale.to(x.device, self.dtype)
-        shift = self.shift.to(x.device, self.dtype)
-        return x.mul_(scale).sub_(shift)
+        view = (1, c, 1, 1)
+        return x.mul_(self.scale.to(x.device, self.dtype).view(view)).sub_(self.shift.to(x.device, self.dtype).view(view))

@@ -78,3 +78,12 @@ def test_normalize_matches_the_classic_formula_and_layout():
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(out, (x.float() / 255 - mean) / std, rtol=1e-5, atol=1e-5)
     assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalize_fast_path_for_channels_last_batches_matches_formula():
+    x = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8).permute(0, 3, 1, 2)  # NHWC memory, as collate makes
+    out = Normalize(memory_format=torch.channels_last)(x)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, (x.float() / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+    assert out.shape == (2, 3, 8, 8) and out.is_contiguous(memory_format=torch.channels_last)
