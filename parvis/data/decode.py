@@ -101,12 +101,7 @@ def decode(
     try:
         if is_jpeg(data):
             if decoder == "simplejpeg" and simplejpeg is not None:
-                kwargs = {}
-                if min_size:
-                    # simplejpeg picks the smallest DCT scale that keeps both sides >= these.
-                    scale = min_size / min(height, width)
-                    kwargs = {"min_height": int(np.ceil(height * scale)), "min_width": int(np.ceil(width * scale))}
-                return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **kwargs)
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **_dct_scale(height, width, min_size))
             if decoder == "torchvision":
                 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -129,6 +124,21 @@ def decode(
 
 
 _CPP_LOCATION = re.compile(r"^.*\.cpp:\d+,\s*")
+
+
+def _dct_scale(height: int, width: int, min_size: int | None) -> dict:
+    """simplejpeg arguments for the largest 1/2, 1/4 or 1/8 reduction that keeps the short side >= min_size.
+
+    libjpeg-turbo also scales by 3/8, 5/8, 7/8..., but those IDCTs are slower than decoding at full
+    size (measured: 7/8 of a 256 px JPEG decodes at half the rate of 8/8), so only powers of two pay.
+    """
+    if not min_size:
+        return {}
+    for denom in (8, 4, 2):
+        if -(-min(height, width) // denom) >= min_size:
+            # libjpeg's scaled size is ceil(side / denom); asking for exactly that selects this scale.
+            return {"min_height": -(-height // denom), "min_width": -(-width // denom)}
+    return {}
 
 
 def _decode_pil(data: bytes, draft_size: int | None = None) -> np.ndarray:
