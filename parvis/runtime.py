@@ -283,7 +283,9 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
         if not inv.gpus:
             raise ParvisError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu (or auto)")
         if device.index is not None and device.index >= len(inv.gpus):
-            raise ParvisError(f"--device {spec}: only {len(inv.gpus)} GPU(s) visible (cuda:0..cuda:{len(inv.gpus) - 1})")
+            raise ParvisError(
+                f"--device {spec}: only {len(inv.gpus)} GPU(s) visible (cuda:0..cuda:{len(inv.gpus) - 1})"
+            )
     elif device.type == "mps" and not inv.mps:
         raise ParvisError(f"--device {spec}: Apple MPS is not available here; use --device cpu (or auto)")
     elif device.type not in ("cpu", "cuda", "mps"):
@@ -354,7 +356,7 @@ def resolve_precision(
         gpu = gpu or gpu_for(device)
         if gpu is None:
             raise ParvisError(f"device {device} is not visible; use --device cpu or a GPU that exists")
-        cc = "%d.%d" % gpu.compute_capability
+        cc = "{}.{}".format(*gpu.compute_capability)
         if requested == "auto":
             if gpu.bf16:
                 return make("bf16", f"{gpu.name} (compute {cc}) has BF16 tensor cores: fp32 range, no loss scaling")
@@ -399,7 +401,9 @@ def resolve_precision(
         raise ParvisError("--precision tf32 is an NVIDIA Ampere+ GPU feature; on the CPU use fp32 or bf16")
     if requested == "fp16":
         if purpose == "train":
-            raise ParvisError("--precision fp16 training is not supported on the CPU (no loss scaling); use bf16 or fp32")
+            raise ParvisError(
+                "--precision fp16 training is not supported on the CPU (no loss scaling); use bf16 or fp32"
+            )
         if not cpu.native_fp16:
             raise ParvisError(
                 "--precision fp16 on this CPU would be emulated (no AVX512-FP16/AMX-FP16); use bf16 or fp32"

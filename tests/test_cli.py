@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from parvis.cli.main import main
+from parvis.errors import ParvisError
 
 PARVIS = [sys.executable, "-m", "parvis"]
 
@@ -50,8 +51,23 @@ def test_synth_check_bench_end_to_end(tmp_path):
     assert "no problems" in proc.stdout
 
     out = tmp_path / "bench.json"
-    proc = run("bench", "data", str(data), "--workers", "0,1", "--size", "48", "--batch-size", "8",
-               "--max-images", "32", "--repeats", "1", "--json", str(out))
+    proc = run(
+        "bench",
+        "data",
+        str(data),
+        "--workers",
+        "0,1",
+        "--size",
+        "48",
+        "--batch-size",
+        "8",
+        "--max-images",
+        "32",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["parvis_img_s"] > 0 and result["baseline_img_s"] > 0
@@ -104,7 +120,7 @@ def test_synth_refuses_a_non_empty_output_and_keeps_it(tmp_path, capsys):
 
 
 def test_debug_flag_shows_the_traceback():
-    with pytest.raises(Exception):
+    with pytest.raises(ParvisError):
         main(["--debug", "data", "check", "/nonexistent/dataset"])
 
 

@@ -33,16 +33,23 @@ def _baseline_loader(root: Path, size: int, batch_size: int, workers: int, seed:
     from torchvision import datasets
     from torchvision import transforms as T
 
-    transform = T.Compose([
-        T.RandomResizedCrop(size),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     dataset = datasets.ImageFolder(str(root), transform=transform)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
-        persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -72,7 +79,9 @@ def compare_decoders(paths: list[Path], min_size: int | None = None, seconds: fl
         except Exception as exc:  # a decoder missing on this machine is a row, not a failure
             rows.append({"decoder": name, "error": str(exc)})
             continue
-        err = max(float(np.abs(o.astype(np.int16) - r.astype(np.int16)).mean()) for o, r in zip(outs, reference))
+        err = max(
+            float(np.abs(o.astype(np.int16) - r.astype(np.int16)).mean()) for o, r in zip(outs, reference, strict=True)
+        )
         rate = statistics.median(jpeg_decode_rate(d, name, seconds=seconds / len(datas)) for d in datas)
         row = {"decoder": name, "img_s_per_core": round(rate, 1), "mean_abs_diff_vs_pil": round(err, 3)}
         if min_size and name in ("simplejpeg", "pil-draft"):
@@ -126,14 +135,16 @@ def bench_data(
             del loader  # persistent workers exit with their loader
             results[name].append(rate)
         base, ours = statistics.median(results["baseline"]), statistics.median(results["parvis"])
-        rows.append({
-            "workers": w,
-            "baseline_img_s": round(base, 1),
-            "parvis_img_s": round(ours, 1),
-            "speedup": round(ours / base, 2) if base else None,
-            "baseline_runs": [round(r, 1) for r in results["baseline"]],
-            "parvis_runs": [round(r, 1) for r in results["parvis"]],
-        })
+        rows.append(
+            {
+                "workers": w,
+                "baseline_img_s": round(base, 1),
+                "parvis_img_s": round(ours, 1),
+                "speedup": round(ours / base, 2) if base else None,
+                "baseline_runs": [round(r, 1) for r in results["baseline"]],
+                "parvis_runs": [round(r, 1) for r in results["parvis"]],
+            }
+        )
 
     sample_paths = [p for p, _ in dataset.samples[:8]]
     headline = rows[-1]

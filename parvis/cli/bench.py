@@ -22,8 +22,7 @@ def add_parser(sub) -> None:
     bsub.required = True
     d = bsub.add_parser("data", help="loader images/s: parvis pipeline vs torchvision ImageFolder+PIL baseline")
     d.add_argument("path", metavar="DIR", help="dataset folder (dataset.yaml or ImageFolder)")
-    d.add_argument("--workers", default=None,
-                   help="loader workers: N or a list like 0,1,2 (default: 0..usable cores)")
+    d.add_argument("--workers", default=None, help="loader workers: N or a list like 0,1,2 (default: 0..usable cores)")
     d.add_argument("--size", type=int, default=224, help="crop size in pixels (default 224)")
     d.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     d.add_argument("--max-images", type=int, default=1024, help="images per timed run (default 1024)")
@@ -45,17 +44,33 @@ def run_data(args) -> int:
     if args.repeats < 1 or args.max_images < 1:
         raise ParvisError("--repeats and --max-images must be at least 1")
     with con.status("benchmarking the data pipeline...") as status:
-        result = bench_data(args.path, size=args.size, workers=workers, batch_size=args.batch_size,
-                            max_images=args.max_images, repeats=args.repeats, split=args.split,
-                            progress=lambda msg: status.update(f"benchmarking the data pipeline: {msg}"))
+        result = bench_data(
+            args.path,
+            size=args.size,
+            workers=workers,
+            batch_size=args.batch_size,
+            max_images=args.max_images,
+            repeats=args.repeats,
+            split=args.split,
+            progress=lambda msg: status.update(f"benchmarking the data pipeline: {msg}"),
+        )
     shape = result["source_image_shape"]
-    table = Table(title=(f"loader throughput, {result['crop']} px crops from {shape[1]}x{shape[0]} JPEGs, "
-                         f"batch {result['batch_size']}, median of {result['repeats']} (img/s)"), title_justify="left")
+    table = Table(
+        title=(
+            f"loader throughput, {result['crop']} px crops from {shape[1]}x{shape[0]} JPEGs, "
+            f"batch {result['batch_size']}, median of {result['repeats']} (img/s)"
+        ),
+        title_justify="left",
+    )
     for col in ("workers", "torchvision baseline", "parvis", "speedup"):
         table.add_column(col, justify="right")
     for row in result["rows"]:
-        table.add_row(str(row["workers"]), f"{row['baseline_img_s']:,.0f}", f"{row['parvis_img_s']:,.0f}",
-                      f"{row['speedup']:.2f}x")
+        table.add_row(
+            str(row["workers"]),
+            f"{row['baseline_img_s']:,.0f}",
+            f"{row['parvis_img_s']:,.0f}",
+            f"{row['speedup']:.2f}x",
+        )
     con.print(table)
     dec = Table(title="JPEG decoders (one core)", title_justify="left")
     for col in ("decoder", "img/s", "mean |diff| vs PIL", f"img/s at >= {result['crop']} px"):
@@ -64,11 +79,17 @@ def run_data(args) -> int:
         if "error" in row:
             dec.add_row(row["decoder"], "-", "-", row["error"])
             continue
-        dec.add_row(row["decoder"], f"{row['img_s_per_core']:,.0f}", f"{row['mean_abs_diff_vs_pil']:.2f}",
-                    f"{row['reduced_img_s_per_core']:,.0f}" if "reduced_img_s_per_core" in row else "-")
+        dec.add_row(
+            row["decoder"],
+            f"{row['img_s_per_core']:,.0f}",
+            f"{row['mean_abs_diff_vs_pil']:.2f}",
+            f"{row['reduced_img_s_per_core']:,.0f}" if "reduced_img_s_per_core" in row else "-",
+        )
     con.print(dec)
-    con.print(f"parvis {result['parvis_img_s']:,.0f} img/s vs baseline {result['baseline_img_s']:,.0f} img/s "
-              f"with {result['workers']} worker(s): [bold]{result['speedup']:.2f}x[/] (decoder: {result['decoder']})")
+    con.print(
+        f"parvis {result['parvis_img_s']:,.0f} img/s vs baseline {result['baseline_img_s']:,.0f} img/s "
+        f"with {result['workers']} worker(s): [bold]{result['speedup']:.2f}x[/] (decoder: {result['decoder']})"
+    )
     if args.json:
         write_json(args.json, result)
         con.print(f"wrote {args.json}")

@@ -30,8 +30,15 @@ def run_synth(args) -> int:
     from parvis.data.synth import synthesize
 
     con = console()
-    result = synthesize(args.out, n=args.n, size=args.size, seed=args.seed, val_fraction=args.val_fraction,
-                        workers=args.workers, progress=con.is_terminal)
+    result = synthesize(
+        args.out,
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        workers=args.workers,
+        progress=con.is_terminal,
+    )
     con.print(_synth_line(args.out, result))
     return 0
 
@@ -39,8 +46,10 @@ def run_synth(args) -> int:
 def _synth_line(out: str, result: dict) -> str:
     splits = result.get("splits", {})
     split_text = ", ".join(f"{k} {v}" for k, v in splits.items())
-    return (f"wrote {result['n']} scenes ({split_text}) at {result['size']} px to {out} "
-            f"in {result['seconds']:.1f} s ({result['images_per_s']:.0f} img/s)")
+    return (
+        f"wrote {result['n']} scenes ({split_text}) at {result['size']} px to {out} "
+        f"in {result['seconds']:.1f} s ({result['images_per_s']:.0f} img/s)"
+    )
 
 
 def run_check(args) -> int:
@@ -50,9 +59,15 @@ def run_check(args) -> int:
     report = check_dataset(args.path, workers=args.workers, progress=con.is_terminal)
     _print_summary(report, con)
     if args.json:
-        write_json(args.json, {"layouts": report.layouts, "summary": report.summary, "ok": report.ok,
-                               "problems": [{"path": p.path, "message": p.message, "severity": p.severity}
-                                            for p in report.problems]})
+        write_json(
+            args.json,
+            {
+                "layouts": report.layouts,
+                "summary": report.summary,
+                "ok": report.ok,
+                "problems": [{"path": p.path, "message": p.message, "severity": p.severity} for p in report.problems],
+            },
+        )
     for line in report.lines():  # warnings too: worth fixing even when training would work
         print(line)
     errors = sum(p.severity == "error" for p in report.problems)

@@ -48,7 +48,10 @@ def show(report: dict, con) -> None:
         h2d = entry.get("h2d")
         table.add_row(
             key if key != "cpu" else "cpu",
-            *(f"{mm[f'{p}_gflops']:,.0f} GFLOP/s" if f"{p}_gflops" in mm else "-" for p in ("fp32", "tf32", "bf16", "fp16")),
+            *(
+                f"{mm[f'{p}_gflops']:,.0f} GFLOP/s" if f"{p}_gflops" in mm else "-"
+                for p in ("fp32", "tf32", "bf16", "fp16")
+            ),
             f"{entry['memory_bandwidth_gbs']:.1f} GB/s" if "memory_bandwidth_gbs" in entry else "-",
             f"{h2d['pageable_gbs']:.1f} pageable / {h2d['pinned_gbs']:.1f} pinned GB/s" if h2d else "-",
         )
@@ -59,11 +62,14 @@ def show(report: dict, con) -> None:
         if key.startswith("cuda:"):
             cc = ".".join(map(str, entry["compute_capability"]))
             mig = {True: "on", False: "off", None: "unknown"}[entry["mig_mode"]]
-            con.print(f"[bold]{key}[/] {entry['name']}, {entry['memory_gb']} GB, compute {cc}, MIG {mig}"
-                      + "".join(f"\n    {m['name']} ({m['uuid']})" for m in entry["mig_instances"]))
+            con.print(
+                f"[bold]{key}[/] {entry['name']}, {entry['memory_gb']} GB, compute {cc}, MIG {mig}"
+                + "".join(f"\n    {m['name']} ({m['uuid']})" for m in entry["mig_instances"])
+            )
     prec = report["precision"]
-    con.print(f"precision auto on {report['default_device']}: train {prec['train']['name']}, "
-              f"infer {prec['infer']['name']}")
+    con.print(
+        f"precision auto on {report['default_device']}: train {prec['train']['name']}, infer {prec['infer']['name']}"
+    )
     for name, rt in report["runtimes"].items():
         if rt.get("available"):
             extra = rt.get("providers") or rt.get("devices") or []

@@ -4,7 +4,8 @@ Measured on the 2-core EPYC (see benchmarks/): for JPEG, simplejpeg (libjpeg-tur
 numpy array) is the fastest, torchvision.io.decode_jpeg is close, PIL is slowest because of its
 extra copies. When the consumer wants a much smaller image than the file holds, libjpeg's DCT
 scaling (simplejpeg's ``min_height``/``min_width``, PIL's ``draft``) decodes at 1/2, 1/4 or 1/8
-size for a fraction of the work. PNG goes through torchvision.io (libpng), everything else PIL.
+size for a fraction of the work. PNG and every other format go through PIL (torchvision.io's
+image codecs are deprecated as of torchvision 0.29; its JPEG decoder stays as a compared option).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,19 +103,16 @@ def decode(
     try:
         if is_jpeg(data):
             if decoder == "simplejpeg" and simplejpeg is not None:
-                return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **_dct_scale(height, width, min_size))
+                return simplejpeg.decode_jpeg(
+                    data, colorspace="RGB", strict=True, **_dct_scale(height, width, min_size)
+                )
             if decoder == "torchvision":
                 from torchvision.io import ImageReadMode, decode_jpeg
 
-                tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                with warnings.catch_warnings():  # deprecated in torchvision 0.29, still measured as an option
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
                 return tensor.permute(1, 2, 0).numpy()
-        elif is_png(data) and decoder != "pil" and decoder != "pil-draft":
-            from torchvision.io import ImageReadMode, decode_image
-
-            tensor = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            array = tensor.permute(1, 2, 0).numpy()
-            # 16-bit PNGs decode to uint16; callers are promised uint8, so keep the high byte.
-            return array if array.dtype == np.uint8 else (array >> 8).astype(np.uint8)
         return _decode_pil(data, draft_size=min_size if decoder == "pil-draft" else None)
     except BadSampleError:
         raise
@@ -150,6 +149,9 @@ def _decode_pil(data: bytes, draft_size: int | None = None) -> np.ndarray:
             scale = draft_size / min(w, h)
             im.draft("RGB", (int(np.ceil(w * scale)), int(np.ceil(h * scale))))
         im.load()  # a truncated file raises here (PIL does not load truncated images by default)
+        if im.mode.startswith("I;16"):  # 16-bit PNG: convert("RGB") would clip; keep the high byte
+            gray = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
         return np.asarray(im.convert("RGB"))
 
 

@@ -300,7 +300,7 @@ def _light(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
 def _render(rng: np.random.Generator, dom_cls: int, size: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     objects, dom_pos, occluded = _plan(rng, dom_cls, size)
     rasters = [_coverage(o, size) for o in objects]
-    shown = [(o, r) for o, r in zip(objects, rasters) if r is not None]
+    shown = [(o, r) for o, r in zip(objects, rasters, strict=True) if r is not None]
     dom = next(i for i, (o, _) in enumerate(shown) if o is objects[dom_pos])
     covs = [_full(cov, sl, size) for _, (cov, sl) in shown]
     classes = [o["cls"] for o, _ in shown]
@@ -330,7 +330,7 @@ def _render(rng: np.random.Generator, dom_cls: int, size: int) -> tuple[np.ndarr
     image = np.clip(image + noise + 0.5, 0, 255).astype(np.uint8)
 
     instances = []
-    for k, ((_, (_, sl)), cls) in enumerate(zip(shown, classes)):
+    for k, ((_, (_, sl)), cls) in enumerate(zip(shown, classes, strict=True)):
         visible = instance[sl] == k + 1
         area = int(np.count_nonzero(visible))
         labelled = np.count_nonzero(visible & (mask[sl] == cls + 1))

@@ -39,15 +39,17 @@ def segmentation_eval(size: int) -> v2.Transform:
 
 
 def detection_train(size: int) -> v2.Transform:
-    return v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.75, 1.25)),
-        v2.Resize((size, size), antialias=True),
-        v2.ClampBoundingBoxes(),
-        # Boxes pushed out of the frame by the affine shrink to nothing: drop them with their labels
-        # (the default labels_getter finds target["labels"] in an (image, target) pair).
-        v2.SanitizeBoundingBoxes(),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.75, 1.25)),
+            v2.Resize((size, size), antialias=True),
+            v2.ClampBoundingBoxes(),
+            # Boxes pushed out of the frame by the affine shrink to nothing: drop them with their labels
+            # (the default labels_getter finds target["labels"] in an (image, target) pair).
+            v2.SanitizeBoundingBoxes(),
+        ]
+    )
 
 
 def detection_eval(size: int) -> v2.Transform:
@@ -94,8 +96,13 @@ class Normalize(torch.nn.Module):
     broadcast over NHWC memory has an inner loop of length C=3 (measured 3.4x slower on the CPU).
     """
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype: torch.dtype = torch.float32,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+    def __init__(
+        self,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        dtype: torch.dtype = torch.float32,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
         super().__init__()
         std_t = torch.tensor(std, dtype=torch.float32)
         mean_t = torch.tensor(mean, dtype=torch.float32)
@@ -109,8 +116,10 @@ class Normalize(torch.nn.Module):
     def _pattern(self, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (width, device)
         if key not in self._patterns:
-            self._patterns[key] = (self.scale.to(device, self.dtype).repeat(width),
-                                   self.shift.to(device, self.dtype).repeat(width))
+            self._patterns[key] = (
+                self.scale.to(device, self.dtype).repeat(width),
+                self.shift.to(device, self.dtype).repeat(width),
+            )
         return self._patterns[key]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -122,4 +131,6 @@ class Normalize(torch.nn.Module):
             return rows.view(n, h, w, c).permute(0, 3, 1, 2)
         x = images.to(dtype=self.dtype, memory_format=self.memory_format)
         view = (1, c, 1, 1)
-        return x.mul_(self.scale.to(x.device, self.dtype).view(view)).sub_(self.shift.to(x.device, self.dtype).view(view))
+        return x.mul_(self.scale.to(x.device, self.dtype).view(view)).sub_(
+            self.shift.to(x.device, self.dtype).view(view)
+        )

@@ -33,8 +33,9 @@ def main(root: str, out: str) -> None:
         loader = build_loader(ds, 4, train=False, device=info.device, workers=1, dist=info)
         indices = [i for batch in DevicePrefetcher(loader, info.device) for i in batch.targets.tolist()]
         gathered = [None] * info.world_size
-        dist.all_gather_object(gathered, {"rank": info.rank, "indices": indices, "backend": info.backend,
-                                          "dataset_len": len(ds)})
+        dist.all_gather_object(
+            gathered, {"rank": info.rank, "indices": indices, "backend": info.backend, "dataset_len": len(ds)}
+        )
         if info.is_main:
             with open(out, "w") as f:
                 json.dump(gathered, f)

@@ -69,8 +69,9 @@ def test_skipped_bad_files_are_counted(tmp_path, shapes_dir):
     shutil.copytree(shapes_dir / "classification" / "val", root)
     victim = next(root.glob("*/*.jpg"))
     victim.write_bytes(b"")
-    ds = open_dataset(root, "classification", "val", transform=build_transform("classification", False, 32),
-                      on_bad_sample="skip")
+    ds = open_dataset(
+        root, "classification", "val", transform=build_transform("classification", False, 32), on_bad_sample="skip"
+    )
     pre = DevicePrefetcher(build_loader(ds, 4, train=False, workers=0), torch.device("cpu"))
     total = sum(len(b.images) for b in pre)
     assert pre.stats.skipped == 1 and total == len(ds) - 1
@@ -89,8 +90,17 @@ def test_distributed_sampler_under_two_gloo_processes(tmp_path, shapes_dir):
     """torchrun starts 2 processes; each loads its shard; together they cover the split exactly once."""
     out = tmp_path / "shards.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(HERE / "dist_loader_worker.py"), str(shapes_dir), str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(HERE / "dist_loader_worker.py"),
+        str(shapes_dir),
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = json.loads(out.read_text())
