@@ -30,7 +30,7 @@ def run_doctor(quick: bool = False) -> dict:
     """Inventory + micro-benchmarks + advice, as one JSON-serializable dict (about 10-15 s; quick: ~3 s)."""
     t0 = time.perf_counter()
     inv = runtime.inventory()
-    s = 0.25 if quick else 1.0
+    s = 0.25 if quick else 1.5
     report: dict = {
         "versions": {
             "parvis": __version__,
@@ -85,6 +85,7 @@ def run_doctor(quick: bool = False) -> dict:
         "recommended_workers": runtime.recommended_workers(device),
         "pin_memory": runtime.pin_memory(device),
     }
+    report["host_allocator"] = runtime.configure_host_allocator()
     report["runtimes"] = runtime.inference_runtimes()
     report["advice"] = advice(report)
     report["elapsed_s"] = round(time.perf_counter() - t0, 1)

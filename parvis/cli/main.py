@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        from parvis import runtime
+
+        runtime.configure_host_allocator()
         return int(args.func(args) or 0)
     except ParvisError as exc:
         if debug:
