@@ -10,7 +10,9 @@ their image by v2 (tv_tensors.Mask gets nearest-neighbour resampling, BoundingBo
 from __future__ import annotations
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from parvis.errors import ParvisError
 
@@ -21,8 +23,28 @@ TASKS = ("classification", "segmentation", "detection")
 CROP_PCT = 0.875
 
 
+class RandomResizedCrop(v2.RandomResizedCrop):
+    """v2.RandomResizedCrop that keeps CPU uint8 images channels-last.
+
+    Decoders hand over HWC memory. v2's resized_crop passes the crop as a strided view, which
+    torch's uint8 antialiased resize repacks and answers in CHW; collate then pays a byte-wise
+    transpose per image. Copying the (smaller) crop to contiguous HWC first makes the resize take
+    its channels-last fast path and the result stacks with a plain copy (measured 0.21 -> 0.14 ms
+    per 224 px resize, and no transpose in collate). Masks and boxes go through v2 unchanged.
+    """
+
+    def transform(self, inpt, params):
+        if isinstance(inpt, tv_tensors.Image) and inpt.dtype == torch.uint8 and inpt.ndim == 3 and not inpt.is_cuda:
+            top, left, height, width = params["top"], params["left"], params["height"], params["width"]
+            crop = inpt.as_subclass(torch.Tensor)[:, top : top + height, left : left + width]
+            crop = crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+            out = F.resize(crop, self.size, interpolation=self.interpolation, antialias=self.antialias)
+            return tv_tensors.wrap(out, like=inpt)
+        return super().transform(inpt, params)
+
+
 def classification_train(size: int) -> v2.Transform:
-    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+    return v2.Compose([RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
 
 def classification_eval(size: int) -> v2.Transform:
@@ -31,7 +53,7 @@ def classification_eval(size: int) -> v2.Transform:
 
 def segmentation_train(size: int) -> v2.Transform:
     # Milder scale range than classification: a segmentation crop must keep enough context.
-    return v2.Compose([v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    return v2.Compose([RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()])
 
 
 def segmentation_eval(size: int) -> v2.Transform:

@@ -87,3 +87,20 @@ def test_normalize_fast_path_for_channels_last_batches_matches_formula():
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     torch.testing.assert_close(out, (x.float() / 255 - mean) / std, rtol=1e-5, atol=1e-5)
     assert out.shape == (2, 3, 8, 8) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_random_resized_crop_matches_torchvision():
+    from torchvision.transforms import v2
+
+    from parvis.data.transforms import RandomResizedCrop
+
+    hwc = torch.randint(0, 256, (80, 96, 3), dtype=torch.uint8)
+    image = tv_tensors.Image(hwc.permute(2, 0, 1))  # HWC memory, as the decoders produce
+    ours, theirs = RandomResizedCrop(40, antialias=True), v2.RandomResizedCrop(40, antialias=True)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        params = ours.make_params([image])
+        a, b = ours.transform(image, params), theirs.transform(image, params)
+        assert a.shape == b.shape == (3, 40, 40)
+        assert (a.int() - b.int()).abs().max() <= 1  # same kernel family; rounding may differ by 1
+        assert a.permute(1, 2, 0).is_contiguous()  # channels-last out: collate stacks with a plain copy
