@@ -144,15 +144,23 @@ class Normalize(torch.nn.Module):
             )
         return self._patterns[key]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`out` (optional): a preallocated (B, H, W, C) tensor of `dtype` to write into (e.g. in
+        shared memory, so a loader worker's result crosses to the main process without a copy)."""
         n, c, h, w = images.shape
         nhwc = images.permute(0, 2, 3, 1)
         if self.memory_format == torch.channels_last and nhwc.is_contiguous():
             scale, shift = self._pattern(w, images.device)
-            rows = nhwc.reshape(n * h, w * c).to(self.dtype).mul_(scale).sub_(shift)
-            return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+            rows = nhwc.reshape(n * h, w * c)
+            if out is None:
+                rows = rows.to(self.dtype).mul_(scale)
+            else:
+                rows = torch.mul(rows, scale, out=out.view(n * h, w * c))
+            return rows.sub_(shift).view(n, h, w, c).permute(0, 3, 1, 2)
         x = images.to(dtype=self.dtype, memory_format=self.memory_format)
         view = (1, c, 1, 1)
-        return x.mul_(self.scale.to(x.device, self.dtype).view(view)).sub_(
-            self.shift.to(x.device, self.dtype).view(view)
-        )
+        x = x.mul_(self.scale.to(x.device, self.dtype).view(view)).sub_(self.shift.to(x.device, self.dtype).view(view))
+        if out is not None:
+            out.copy_(x.permute(0, 2, 3, 1))
+            return out.permute(0, 3, 1, 2)
+        return x
