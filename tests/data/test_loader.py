@@ -109,3 +109,19 @@ def test_distributed_sampler_under_two_gloo_processes(tmp_path, shapes_dir):
     assert a and b and not (a & b)
     assert a | b == set(range(shards[0]["dataset_len"]))
     assert {s["backend"] for s in shards} == {"gloo"}
+
+
+@pytest.mark.cuda
+def test_prefetcher_on_cuda_normalizes_uint8_on_the_gpu(shapes_dir):
+    device = torch.device("cuda", 0)
+    ds = open_dataset(shapes_dir, "classification", "train", transform=build_transform("classification", True, 32))
+    loader = build_loader(ds, 8, train=True, device=device, workers=1)
+    assert loader.pin_memory
+    first = next(iter(loader))
+    assert first.images.dtype == torch.uint8  # stays uint8 until the GPU
+    pre = DevicePrefetcher(loader, device)
+    for batch in pre:
+        assert batch.images.is_cuda and batch.images.dtype == torch.float32
+        assert batch.images.is_contiguous(memory_format=torch.channels_last)
+        assert batch.targets.is_cuda
+    assert pre.stats.batches == len(loader)
