@@ -88,6 +88,7 @@ def build_loader(
     drop_last: bool | None = None,
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
+    persistent: bool = True,
 ) -> DataLoader:
     """A DataLoader set up for `device`: workers from runtime (unless given), persistent workers,
     pinned memory on CUDA, a DistributedSampler when running under torchrun.
@@ -113,7 +114,7 @@ def build_loader(
         sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
     else:
         sampler = SequentialSampler(dataset)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -123,17 +124,29 @@ def build_loader(
         else functools.partial(collate, normalize=Normalize(mean, std, memory_format=torch.channels_last)),
         pin_memory=runtime.pin_memory(device),
         drop_last=train if drop_last is None else drop_last,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=runtime.worker_seed_init,
         generator=torch.Generator().manual_seed(seed),
     )
+    loader.parvis_seed = seed
+    return loader
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle a DistributedSampler differently each epoch (it is seeded by epoch)."""
+    """Make epoch `epoch`'s order and augmentation a function of (seed, epoch) alone.
+
+    So a run resumed at an epoch boundary sees the same data as one that never stopped: the
+    DistributedSampler is seeded by epoch, a RandomSampler's generator is reseeded, and so is the
+    loader's generator, from which non-persistent workers draw their base seed each epoch.
+    """
+    seed = getattr(loader, "parvis_seed", 0)
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
+    elif isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is not None:
+        loader.sampler.generator.manual_seed(seed + epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed + 1_000_003 * (epoch + 1))
 
 
 @dataclass

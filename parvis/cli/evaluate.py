@@ -1,0 +1,71 @@
+"""`parvis eval CHECKPOINT --data DIR`: the task metrics of a trained model on a split."""
+
+from __future__ import annotations
+
+from parvis.cli.output import console, write_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
+    p.add_argument("checkpoint", help="a checkpoint written by parvis train (last.pt / best.pt)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto|fp32|tf32|bf16|fp16")
+    p.add_argument("--scales", default=None, help="HMSA inference scales, e.g. 0.5,1.0,2.0")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the metrics as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.markup import escape
+
+    from parvis import runtime
+    from parvis.data.check import open_dataset
+    from parvis.data.loader import DevicePrefetcher, build_loader
+    from parvis.data.transforms import build_transform
+    from parvis.engine.evaluate import evaluate
+    from parvis.engine.predict import load_trained
+    from parvis.errors import ParvisError
+
+    device = runtime.resolve_device(args.device)
+    precision = runtime.resolve_precision(args.precision, device, "infer")
+    model = load_trained(args.checkpoint, device, use_ema=args.ema)
+    meta = model.meta
+    if args.scales:
+        if not hasattr(model, "set_scales"):
+            raise ParvisError(f"--scales is for hmsa_* models; {meta.name} runs at one scale")
+        model.set_scales([float(s) for s in args.scales.split(",")])
+    ds = open_dataset(args.data, meta.task, args.split, transform=build_transform(meta.task, False, meta.input_size))
+    loader = build_loader(
+        ds, args.batch, train=False, device=device, workers=args.workers, mean=meta.mean, std=meta.std
+    )
+    metrics = evaluate(model, DevicePrefetcher(loader, device, meta.mean, meta.std), meta, precision, device)
+    result = {
+        "checkpoint": args.checkpoint,
+        "model": meta.name,
+        "task": meta.task,
+        "split": args.split,
+        "precision": precision.name,
+        "device": str(device),
+        **metrics,
+    }
+    if args.scales:
+        result["scales"] = [float(s) for s in args.scales.split(",")]
+    con = console()
+    main_keys = ("top1", "top5") if meta.task == "classification" else ("miou", "pixel_acc")
+    con.print(
+        f"{meta.name} on {escape(args.data)} \\[{args.split}], {metrics['images']} images, "
+        f"{precision.name} on {device}: "
+        + ", ".join(f"{k} {metrics[k]:.4f}" for k in main_keys if k in metrics)
+        + f", loss {metrics['loss']:.4f}, {metrics['images_per_s']:,.0f} img/s"
+    )
+    per_class = {k[4:]: v for k, v in metrics.items() if k.startswith("iou_")}
+    if per_class:
+        con.print("per-class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()))
+    if args.json:
+        write_json(args.json, result)
+    return 0

@@ -1,0 +1,111 @@
+"""`parvis train`: a YAML recipe plus flags plus key=value overrides -> a run folder.
+
+`--nproc N` relaunches this command under torch.distributed.run with N local processes (DDP by
+default, `--strategy fsdp` for FSDP2); `torchrun ... -m parvis train ...` works directly too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from parvis.errors import ParvisError
+
+# Flags that map 1:1 onto TrainConfig keys; only the ones the user gives override the YAML.
+FLAG_KEYS = (
+    "task",
+    "model",
+    "data",
+    "epochs",
+    "size",
+    "batch",
+    "precision",
+    "device",
+    "out",
+    "workers",
+    "strategy",
+    "on_bad_sample",
+    "weights",
+    "seed",
+    "lr",
+)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model (classification or segmentation)")
+    p.add_argument("--config", default=None, help="YAML recipe (e.g. configs/segmentation.yaml)")
+    p.add_argument("--task", choices=("classification", "segmentation"), default=None)
+    p.add_argument("--model", default=None, help="registered model name (parvis models lists them)")
+    p.add_argument("--data", default=None, help="dataset folder")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--size", type=int, default=None, help="input size in pixels")
+    p.add_argument("--batch", type=int, default=None, help="images per step per process")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--precision", default=None, help="auto|fp32|tf32|bf16|fp16 (default auto)")
+    p.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("--workers", type=int, default=None, help="loader workers per process")
+    p.add_argument("--out", default=None, help="run folder (default runs/train)")
+    p.add_argument("--weights", default=None, help="initialize from a local weights file (not a resume)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--on-bad-sample", dest="on_bad_sample", default=None, help="error|skip")
+    p.add_argument("--strategy", default=None, help="ddp|fsdp under torchrun (default ddp)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--nproc", type=int, default=1, help="local processes (launches torch.distributed.run)")
+    p.add_argument("--nnodes", default=None, help="nodes for a multi-node run (torchrun's --nnodes)")
+    p.add_argument("--node-rank", dest="node_rank", type=int, default=None, help="this node's rank")
+    p.add_argument("--rdzv-endpoint", dest="rdzv_endpoint", default=None, help="host:port of the rendezvous")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="any TrainConfig key, e.g. ema=true clip_grad=none"
+    )
+    p.set_defaults(func=run)
+
+
+def _launch(args, argv: list[str]) -> int:
+    """Re-run this command under torch.distributed.run, minus the launcher flags."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc)]
+    if args.nnodes or args.rdzv_endpoint:
+        if not args.rdzv_endpoint:
+            raise ParvisError("--nnodes needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        cmd += ["--nnodes", str(args.nnodes or 1), "--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint]
+        if args.node_rank is not None:
+            cmd += ["--node-rank", str(args.node_rank)]
+    else:
+        cmd += ["--standalone"]
+    cmd += ["-m", "parvis", *_without_launcher_flags(argv)]
+    return subprocess.call(cmd)
+
+
+def _without_launcher_flags(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint"):
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def run(args) -> int:
+    from parvis.config import TrainConfig, load_config
+
+    if args.nproc < 1:
+        raise ParvisError(f"--nproc {args.nproc} must be at least 1")
+    under_torchrun = "LOCAL_RANK" in os.environ
+    if not under_torchrun and (args.nproc > 1 or args.nnodes or args.rdzv_endpoint):
+        return _launch(args, args.argv)
+    values = {k: getattr(args, k) for k in FLAG_KEYS if getattr(args, k) is not None}
+    cfg = load_config(TrainConfig, args.config, overrides=args.overrides, values=values)
+    from parvis.engine.trainer import train
+
+    record = train(cfg, resume=args.resume, quiet=args.quiet)
+    if int(os.environ.get("RANK", 0)) == 0:
+        keys = [k for k in ("val_top1", "val_top5", "val_miou", "val_pixel_acc") if k in record]
+        summary = ", ".join(f"{k[4:]} {record[k]:.4f}" for k in keys)
+        print(f"done: {summary}; checkpoints in {cfg.out} (last.pt, best.pt)")
+    return 0

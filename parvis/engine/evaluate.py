@@ -1,0 +1,87 @@
+"""Evaluation: task metrics with torchmetrics, reduced across ranks, plus loss and throughput."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from parvis import runtime
+
+
+def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_index: int | None, device):
+    """top-1/top-5 accuracy for classification; mIoU, per-class IoU and pixel accuracy for segmentation.
+
+    torchmetrics synchronizes its states across ranks in compute() when a process group is up,
+    so every rank gets the metric of the whole validation split.
+    """
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+    if task == "classification":
+        metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+        if num_classes > 5:
+            metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        return MetricCollection(metrics).to(device)
+    ignore = ignore_index if ignore_index is not None else None
+    return MetricCollection(
+        {
+            "miou": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore),
+            "iou": MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore),
+            "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore),
+        }
+    ).to(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, device: torch.device) -> dict:
+    """Run `model` over `batches` (a DevicePrefetcher) and return plain-float metrics.
+
+    Keys: classification -> top1 (and top5 when there are more than 5 classes); segmentation ->
+    miou, pixel_acc and iou_<class> per class; always loss, images, images_per_s, data_wait.
+    """
+    was_training = model.training
+    model.eval()
+    metrics = make_metrics(meta.task, meta.num_classes, meta.class_names, meta.ignore_index, device)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    loss_fn = _unwrap(model).loss
+    start = time.perf_counter()
+    for batch in batches:
+        if batch.images.numel() == 0:
+            continue
+        with runtime.autocast(precision):
+            raw = model(batch.images)
+        loss_sum += loss_fn(raw, batch.targets).double() * len(batch.images)
+        count += len(batch.images)
+        metrics.update(raw.float(), batch.targets)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(loss_sum)
+        torch.distributed.all_reduce(count)
+    values = metrics.compute()
+    elapsed = time.perf_counter() - start
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if value.numel() == 1:
+            out[key] = float(value)
+        else:  # per-class IoU
+            for name, v in zip(meta.class_names, value.tolist(), strict=True):
+                out[f"iou_{name}"] = float(v)
+    out["loss"] = float(loss_sum / count.clamp(min=1))
+    out["images"] = int(count)
+    out["images_per_s"] = float(count) / elapsed if elapsed > 0 else 0.0
+    stats = getattr(batches, "stats", None)
+    if stats is not None:
+        out["data_wait"] = stats.wait_fraction
+    model.train(was_training)
+    return out
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The VisionModel inside DDP / torch.compile / AveragedModel wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner

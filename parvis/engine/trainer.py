@@ -1,0 +1,297 @@
+"""The training engine: everything is set up by :class:`Trainer`, the step loop is :meth:`Trainer.fit`.
+
+The loop is fetch -> autocast forward -> backward (scaled if fp16) -> clip -> step -> schedule ->
+log; evaluation, checkpoints, metrics files and the progress display are hooks called at a few
+fixed points. Hardware decisions (device, precision, memory format, workers, collective backend)
+come from `runtime`; data comes through the `DevicePrefetcher`, which also measures data wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from parvis import runtime
+from parvis.config import TrainConfig, config_to_dict, save_config
+from parvis.data.check import open_dataset
+from parvis.data.loader import DevicePrefetcher, build_loader, set_epoch
+from parvis.data.transforms import build_transform
+from parvis.engine.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
+from parvis.engine.evaluate import _unwrap, evaluate
+from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook, ProgressHook
+from parvis.errors import ParvisError
+from parvis.models import build_model
+
+
+class NonFiniteLoss(ParvisError):
+    exit_code = 3
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalization weights (1-d tensors), as timm and torchvision do."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier per optimizer step: linear warmup from ~0, then cosine down to min_ratio."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, hooks: list[Hook] | None = None, quiet: bool = False):
+        self.cfg = cfg
+        self.dist = runtime.init_distributed(cfg.device)
+        self.device = self.dist.device
+        runtime.seed_everything(cfg.seed + self.dist.rank, deterministic=cfg.deterministic)
+        self.precision = runtime.resolve_precision(cfg.precision, self.device, "train")
+        runtime.apply_precision(self.precision)
+        self.memory_format = {
+            "auto": runtime.preferred_memory_format(self.device),
+            "on": torch.channels_last,
+            "off": torch.contiguous_format,
+        }[cfg.channels_last]
+        self.out = Path(cfg.out)
+        if not resume and (self.out / "last.pt").exists():
+            raise ParvisError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+
+        # Data: the same scenes, the task's presets; workers normalize on CPU, the GPU does on CUDA.
+        task, size = cfg.task, cfg.size
+        kw = {"on_bad_sample": cfg.on_bad_sample}
+        self.train_set = open_dataset(cfg.data, task, "train", transform=build_transform(task, True, size), **kw)
+        self.val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
+        class_names = list(self.train_set.classes)
+        loader_kw = {"device": self.device, "workers": cfg.workers, "dist": self.dist, "seed": cfg.seed}
+        if cfg.deterministic:
+            # Persistent workers keep their RNG across epochs, so a resumed run would augment differently.
+            loader_kw["persistent"] = False
+        self.train_loader = build_loader(self.train_set, cfg.batch, train=True, **loader_kw)
+        self.val_loader = build_loader(self.val_set, cfg.batch, train=False, **loader_kw)
+        if len(self.train_loader) == 0:
+            raise ParvisError(
+                f"{cfg.data}: the train split has {len(self.train_set)} images, fewer than one batch of {cfg.batch} "
+                f"per process; lower --batch"
+            )
+
+        # Model: registered by name; channels-last, checkpointing, SyncBN, then the parallel wrapper.
+        model = build_model(cfg.model, len(class_names), class_names, input_size=size, weights=cfg.weights)
+        if cfg.model.startswith("hmsa_"):
+            model.set_scales(cfg.scales)
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        self.meta = model.meta
+        model = model.to(self.device, memory_format=self.memory_format)
+        if cfg.sync_bn and self.dist.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = self._wrap(model)
+        self.optimizer = self._optimizer()
+        self.steps_per_epoch = max(1, len(self.train_loader) // cfg.grad_accum)
+        total = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            total = min(total, cfg.max_steps)
+        warmup = min(total, max(1, round(cfg.warmup_epochs * self.steps_per_epoch)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(total, warmup, cfg.min_lr_ratio)
+        )
+        self.total_steps = total
+        self.scaler = runtime.grad_scaler(self.precision)
+        self.ema = None
+        if cfg.ema:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                _unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
+        self.epoch, self.step = 0, 0
+        self.monitor = "top1" if task == "classification" else "miou"
+        self.checkpoints = CheckpointManager(self.out, monitor=self.monitor, mode="max")
+        self.history: list[dict] = []
+        if resume:
+            self._resume()
+        # Epoch-end order matters: evaluate, save, write metrics files, then print the record.
+        self.hooks = (
+            hooks if hooks is not None else [EvalHook(), CheckpointHook(), MetricsFileHook(), ProgressHook(quiet)]
+        )
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+
+    # ----------------------------------------------------------------- setup helpers
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        cfg = self.cfg
+        if self.dist.enabled and cfg.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            # Shard every direct child holding parameters, then the root: each child's parameters are
+            # gathered just before it runs and freed after, so peak memory is one child, not the model.
+            for child in model.children():
+                if any(p.requires_grad for p in child.parameters()):
+                    fully_shard(child)
+            model = fully_shard(model)
+        elif self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DDP(model, device_ids=ids)
+        if cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        groups = _param_groups(self.model, cfg.weight_decay)
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        # fused AdamW is a single kernel per step on CUDA; foreach elsewhere.
+        fused = self.device.type == "cuda" and not self.dist.enabled or None
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly; full (unsharded) tensors, gathered on every rank."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(_unwrap_compiled(self.model), self.optimizer, options=opts)
+        return {
+            "model": model_sd,
+            "meta": self.meta.to_dict(),
+            "optimizer": optim_sd,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "rng": capture_rng_state(),
+            "config": config_to_dict(self.cfg),
+            "history": self.history,
+        }
+
+    def _resume(self) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        path = self.out / "last.pt"
+        if not path.exists():
+            raise ParvisError(f"--resume: {path} does not exist; train without --resume first")
+        state = load_checkpoint(path)
+        opts = StateDictOptions(full_state_dict=True)
+        set_state_dict(
+            _unwrap_compiled(self.model),
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=opts,
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema and state.get("ema"):
+            self.ema.module.load_state_dict(state["ema"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state.get("history", []))
+        restore_rng_state(state["rng"])
+
+    # ----------------------------------------------------------------- the loop
+
+    def _call(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    def fit(self) -> dict:
+        cfg, model = self.cfg, self.model
+        self._call("on_train_start")
+        try:
+            while self.epoch < cfg.epochs and not self._done():
+                set_epoch(self.train_loader, self.epoch)
+                model.train()
+                batches = DevicePrefetcher(
+                    self.train_loader,
+                    self.device,
+                    mean=self.meta.mean,
+                    std=self.meta.std,
+                    memory_format=self.memory_format,
+                )
+                self.train_stats = batches.stats
+                for i, batch in enumerate(batches):
+                    last_micro = (i + 1) % cfg.grad_accum == 0
+                    sync = self.dist.enabled and not last_micro and hasattr(model, "no_sync")
+                    with model.no_sync() if sync else contextlib.nullcontext():
+                        with runtime.autocast(self.precision):
+                            raw = model(batch.images)
+                        loss = _unwrap(model).loss(raw, batch.targets, cfg.label_smoothing)
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLoss(
+                                f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; stopped. "
+                                f"The last good checkpoint is kept in {self.out}; lower --lr, or use --precision fp32"
+                            )
+                        (self.scaler.scale(loss / cfg.grad_accum) if self.scaler else loss / cfg.grad_accum).backward()
+                    if last_micro:
+                        self._optimizer_step()
+                        self._call("on_step_end", loss.detach(), len(batch.images))
+                        if self._done():
+                            break
+                self.epoch += 1
+                self._call("on_epoch_end")
+        finally:
+            self._call("on_train_end")
+        return self.history[-1] if self.history else {}
+
+    def _optimizer_step(self) -> None:
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(_unwrap(self.model))
+        self.step += 1
+
+    def _done(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def evaluate(self) -> dict:
+        batches = DevicePrefetcher(
+            self.val_loader, self.device, mean=self.meta.mean, std=self.meta.std, memory_format=self.memory_format
+        )
+        metrics = evaluate(self.model, batches, self.meta, self.precision, self.device)
+        if self.ema is not None:
+            ema_metrics = evaluate(self.ema, batches, self.meta, self.precision, self.device)
+            metrics.update({f"ema_{k}": v for k, v in ema_metrics.items()})
+        return metrics
+
+    def close(self) -> None:
+        runtime.teardown_distributed()
+
+
+def _unwrap_compiled(model: nn.Module) -> nn.Module:
+    """torch.compile's wrapper around the (possibly DDP/FSDP) model; state dicts want the inner one."""
+    return getattr(model, "_orig_mod", model)
+
+
+def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
+    """Train with `cfg`; returns the last epoch's record (metrics, images/s, data wait)."""
+    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

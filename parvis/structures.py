@@ -1,0 +1,106 @@
+"""The result types every stage hands on: predict, serve, video and bench all speak these.
+
+Tensors stay tensors (on whatever device produced them) until `to_dict()`, which makes plain JSON-ready
+Python values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def class_name(class_names: list[str], label: int) -> str:
+    """The name of `label`, or the id as text when the list does not cover it."""
+    return class_names[label] if 0 <= label < len(class_names) else str(label)
+
+
+@dataclass
+class Classification:
+    """One image's class prediction: the top label and the probabilities of every class."""
+
+    label: int
+    score: float
+    scores: list[float] | torch.Tensor
+    class_names: list[str]
+
+    def top(self, k: int = 5) -> list[tuple[int, float]]:
+        probs = torch.as_tensor(self.scores, dtype=torch.float32).detach().cpu()
+        values, labels = probs.topk(min(k, probs.numel()))
+        return list(zip(labels.tolist(), values.tolist(), strict=True))
+
+    def to_dict(self) -> dict:
+        return {
+            "label": int(self.label),
+            "class_name": class_name(self.class_names, int(self.label)),
+            "score": float(self.score),
+            "top5": [
+                {"label": label, "class_name": class_name(self.class_names, label), "score": score}
+                for label, score in self.top(5)
+            ],
+        }
+
+
+@dataclass
+class SegmentationMask:
+    """One image's per-pixel class ids, (H, W) int64. Callers write the mask itself as a PNG."""
+
+    mask: torch.Tensor
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if self.mask.ndim != 2:
+            raise ValueError(f"mask must be (H, W), got shape {tuple(self.mask.shape)}")
+
+    def to_dict(self) -> dict:
+        """Image size and the share of pixels of each class; ids outside the class list count as unlabeled."""
+        height, width = self.mask.shape
+        ids = self.mask.detach().flatten().to("cpu", torch.int64)
+        total = max(1, ids.numel())
+        known = (ids >= 0) & (ids < len(self.class_names))
+        counts = torch.bincount(ids[known], minlength=len(self.class_names))
+        return {
+            "height": int(height),
+            "width": int(width),
+            "class_shares": {name: counts[i].item() / total for i, name in enumerate(self.class_names)},
+            "unlabeled_share": (ids.numel() - int(known.sum())) / total,
+        }
+
+
+@dataclass
+class Detections:
+    """Boxes of one image: (N, 4) xyxy pixels, (N,) scores, (N,) int64 labels, optional (N,) track ids."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    track_ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.boxes.shape[0]
+        if self.boxes.ndim != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"boxes must be (N, 4) xyxy, got shape {tuple(self.boxes.shape)}")
+        parts = {"scores": self.scores, "labels": self.labels}
+        if self.track_ids is not None:
+            parts["track_ids"] = self.track_ids
+        for name, value in parts.items():
+            if value.shape != (n,):
+                raise ValueError(f"{name} must be ({n},) to match {n} boxes, got shape {tuple(value.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def to_dict(self) -> dict:
+        boxes = self.boxes.detach().cpu().tolist()
+        scores = self.scores.detach().cpu().tolist()
+        labels = self.labels.detach().cpu().tolist()
+        tracks = self.track_ids.detach().cpu().tolist() if self.track_ids is not None else None
+        detections = []
+        for i, (box, score, label) in enumerate(zip(boxes, scores, labels, strict=True)):
+            item = {"box": box, "score": score, "label": int(label), "class_name": class_name(self.class_names, label)}
+            if tracks is not None:
+                item["track_id"] = int(tracks[i])
+            detections.append(item)
+        return {"count": len(detections), "detections": detections}
