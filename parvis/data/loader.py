@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from parvis import runtime
 from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
@@ -108,10 +108,12 @@ def build_loader(
     workers = runtime.recommended_workers(device, local_world) if workers is None else workers
     if workers < 0:
         raise ParvisError(f"--workers {workers} must be 0 (load in the main process) or more")
-    if dist is not None and dist.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=train, seed=seed)
-    elif train:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    if train or (dist is not None and dist.enabled):
+        # Training always draws its order from DistributedSampler's (seed, epoch) permutation, one
+        # replica or many: N processes with batch B then see exactly the samples one process sees
+        # with batch N*B, which is what makes multi-process runs comparable with single ones.
+        replicas, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=train, seed=seed)
     else:
         sampler = SequentialSampler(dataset)
     loader = DataLoader(
@@ -137,14 +139,12 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Make epoch `epoch`'s order and augmentation a function of (seed, epoch) alone.
 
     So a run resumed at an epoch boundary sees the same data as one that never stopped: the
-    DistributedSampler is seeded by epoch, a RandomSampler's generator is reseeded, and so is the
-    loader's generator, from which non-persistent workers draw their base seed each epoch.
+    sampler's permutation is seeded by epoch, and so is the loader's generator, from which
+    non-persistent workers draw their base seed each epoch.
     """
     seed = getattr(loader, "parvis_seed", 0)
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
-    elif isinstance(loader.sampler, RandomSampler) and loader.sampler.generator is not None:
-        loader.sampler.generator.manual_seed(seed + epoch)
     if loader.generator is not None:
         loader.generator.manual_seed(seed + 1_000_003 * (epoch + 1))
 

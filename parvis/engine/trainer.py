@@ -57,7 +57,9 @@ class Trainer:
         self.cfg = cfg
         self.dist = runtime.init_distributed(cfg.device)
         self.device = self.dist.device
-        runtime.seed_everything(cfg.seed + self.dist.rank, deterministic=cfg.deterministic)
+        # Every rank initializes the model from the same seed: FSDP shards each rank's own copy
+        # without broadcasting, so different inits would stitch together a model nobody made.
+        runtime.seed_everything(cfg.seed, deterministic=cfg.deterministic)
         self.precision = runtime.resolve_precision(cfg.precision, self.device, "train")
         runtime.apply_precision(self.precision)
         self.memory_format = {
@@ -94,10 +96,15 @@ class Trainer:
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         self.meta = model.meta
-        model = model.to(self.device, memory_format=self.memory_format)
+        fsdp = self.dist.enabled and cfg.strategy == "fsdp"
+        # FSDP2 shards flat, contiguous parameters only; under it, inputs stay channels-last but the
+        # weights keep the default layout.
+        model = model.to(self.device, memory_format=torch.contiguous_format if fsdp else self.memory_format)
         if cfg.sync_bn and self.dist.enabled:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = self._wrap(model)
+        # From here on randomness (main-process augmentation, dropout) should differ between ranks.
+        runtime.seed_everything(cfg.seed + self.dist.rank, deterministic=cfg.deterministic)
         self.optimizer = self._optimizer()
         self.steps_per_epoch = max(1, len(self.train_loader) // cfg.grad_accum)
         total = self.steps_per_epoch * cfg.epochs
@@ -225,7 +232,7 @@ class Trainer:
                     std=self.meta.std,
                     memory_format=self.memory_format,
                 )
-                self.train_stats = batches.stats
+                self.train_batches = batches
                 for i, batch in enumerate(batches):
                     last_micro = (i + 1) % cfg.grad_accum == 0
                     sync = self.dist.enabled and not last_micro and hasattr(model, "no_sync")
@@ -265,6 +272,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.update_parameters(_unwrap(self.model))
         self.step += 1
+
+    @property
+    def train_stats(self):
+        """The current epoch's loader statistics (images, skipped samples, data wait)."""
+        return self.train_batches.stats
 
     def _done(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps

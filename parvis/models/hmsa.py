@@ -96,11 +96,7 @@ class HierarchicalMultiScaleAttention(SegmentationModel):
         pred = None
         attentions: dict[float, Tensor] = {}
         for scale in sorted(set(_check_scales(scales)), reverse=True):
-            x = (
-                images
-                if scale == 1.0
-                else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
-            )
+            x = images if scale == 1.0 else F.interpolate(images, scale_factor=scale, mode="bilinear")
             logits, features = self.trunk.forward_features(x)
             if pred is None:
                 # The highest scale's prediction is the base the lower scales are blended into; its own
