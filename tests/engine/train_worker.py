@@ -13,7 +13,7 @@ from torch import nn
 
 import parvis.engine.trainer as trainer_mod
 from parvis.config import TrainConfig
-from parvis.models.base import ClassificationModel, make_meta
+from parvis.models.base import ClassificationModel
 from parvis.registry import MODELS
 
 
