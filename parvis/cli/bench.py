@@ -31,6 +31,21 @@ def add_parser(sub) -> None:
     d.add_argument("--json", metavar="OUT", default=None, help="write the result as JSON")
     d.set_defaults(func=run_data)
 
+    t = bsub.add_parser("train", help="training img/s per precision x layout, and end to end vs model only")
+    t.add_argument("model_pos", nargs="?", metavar="MODEL", help="registered model name (or use --model)")
+    t.add_argument("--model", default=None)
+    t.add_argument("--size", type=int, default=224, help="input size (default 224)")
+    t.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    t.add_argument("--steps", type=int, default=5, help="timed steps per configuration and round (default 5)")
+    t.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    t.add_argument("--rounds", type=int, default=2, help="rounds; the median counts (default 2)")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--data", default=None, help="dataset folder: also time the real loader end to end")
+    t.add_argument("--workers", type=int, default=None, help="loader workers for --data")
+    t.add_argument("--compile", action="store_true", help="also time auto + torch.compile (slow to compile)")
+    t.add_argument("--json", metavar="OUT", default=None)
+    t.set_defaults(func=run_train)
+
 
 def run_data(args) -> int:
     from rich.table import Table
@@ -90,6 +105,55 @@ def run_data(args) -> int:
         f"parvis {result['parvis_img_s']:,.0f} img/s vs baseline {result['baseline_img_s']:,.0f} img/s "
         f"with {result['workers']} worker(s): [bold]{result['speedup']:.2f}x[/] (decoder: {result['decoder']})"
     )
+    if args.json:
+        write_json(args.json, result)
+        con.print(f"wrote {args.json}")
+    return 0
+
+
+def run_train(args) -> int:
+    from rich.table import Table
+
+    from parvis.bench.train import bench_train
+
+    model = args.model or args.model_pos
+    if not model:
+        raise ParvisError("name a model: parvis bench train resnet18 (or --model resnet18)")
+    con = console()
+    with con.status("benchmarking training...") as status:
+        result = bench_train(
+            model,
+            size=args.size,
+            batch=args.batch,
+            steps=args.steps,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            device=args.device,
+            data=args.data,
+            compile_too=args.compile,
+            workers=args.workers,
+            progress=lambda m: status.update(f"benchmarking training: {m}"),
+        )
+    table = Table(
+        title=(
+            f"training {model}, {args.size} px, batch {args.batch}, {result['device']}, "
+            f"median of {args.rounds} x {args.steps} steps"
+        ),
+        title_justify="left",
+    )
+    for col in ("config", "img/s", "vs fp32"):
+        table.add_column(col, justify="right" if col != "config" else "left")
+    for row in result["rows"]:
+        label = row["config"] + (f" (= {row['resolved']})" if "resolved" in row else "")
+        table.add_row(label, f"{row['img_s']:,.1f}", f"{row['speedup_vs_fp32']:.2f}x")
+    con.print(table)
+    e2e = result.get("end_to_end")
+    if e2e:
+        con.print(
+            f"auto on the real loader ({e2e['loader_workers']} workers): {e2e['end_to_end_img_s']:,.1f} img/s "
+            f"vs {e2e['model_only_img_s']:,.1f} model only = {e2e['ratio']:.2f}; "
+            f"data wait {e2e['data_wait_fraction'] * 100:.0f}% of the loop"
+        )
     if args.json:
         write_json(args.json, result)
         con.print(f"wrote {args.json}")

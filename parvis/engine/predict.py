@@ -53,7 +53,10 @@ def load_trained(path: str | Path, device: torch.device, use_ema: bool = False) 
     if not isinstance(state.get("meta"), dict) or "model" not in state:
         raise ParvisError(f"{path}: has no model metadata; it is not a checkpoint written by parvis train")
     meta = ModelMeta.from_dict(state["meta"])
-    model = build_model(meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std)
+    extra = {"scales": meta.extra["scales"]} if "scales" in meta.extra else {}  # HMSA: the trained scale list
+    model = build_model(
+        meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std, **extra
+    )
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]
     if use_ema and not state.get("ema"):
         raise ParvisError(f"{path}: holds no EMA weights (trained without ema=true); drop --ema")

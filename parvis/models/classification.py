@@ -15,7 +15,10 @@ from parvis.registry import MODELS
 
 
 class ResNetClassifier(ClassificationModel):
-    """stem, layer1..layer4 (the checkpointed stages), global average pool, fc."""
+    """stem, layer1..layer4 (the checkpointed stages), global average pool, fc.
+
+    Built with zero-initialized residual branches, as the encoders in resnet_encoder.py (see there why).
+    """
 
     def __init__(self, meta: ModelMeta, net: tvm.ResNet):
         super().__init__(meta)
@@ -61,17 +64,17 @@ class FeaturesClassifier(ClassificationModel):
 
 @MODELS.register("resnet18", task="classification", family="resnet")
 def resnet18(meta: ModelMeta) -> ResNetClassifier:
-    return ResNetClassifier(meta, tvm.resnet18(weights=None, num_classes=meta.num_classes))
+    return ResNetClassifier(meta, tvm.resnet18(weights=None, num_classes=meta.num_classes, zero_init_residual=True))
 
 
 @MODELS.register("resnet34", task="classification", family="resnet")
 def resnet34(meta: ModelMeta) -> ResNetClassifier:
-    return ResNetClassifier(meta, tvm.resnet34(weights=None, num_classes=meta.num_classes))
+    return ResNetClassifier(meta, tvm.resnet34(weights=None, num_classes=meta.num_classes, zero_init_residual=True))
 
 
 @MODELS.register("resnet50", task="classification", family="resnet")
 def resnet50(meta: ModelMeta) -> ResNetClassifier:
-    return ResNetClassifier(meta, tvm.resnet50(weights=None, num_classes=meta.num_classes))
+    return ResNetClassifier(meta, tvm.resnet50(weights=None, num_classes=meta.num_classes, zero_init_residual=True))
 
 
 @MODELS.register("mobilenet_v3_large", task="classification", family="mobilenet_v3")

@@ -8,7 +8,8 @@ backbone stages.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
 from torchvision.models.segmentation import deeplabv3_resnet50 as tv_deeplabv3_resnet50
 
 from parvis.models.base import ModelMeta, SegmentationTrunk, run_stage
@@ -43,4 +44,9 @@ class DeepLabV3(SegmentationTrunk):
 @MODELS.register("deeplabv3_resnet50", task="segmentation", family="deeplabv3")
 def deeplabv3_resnet50(meta: ModelMeta) -> DeepLabV3:
     net = tv_deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=meta.num_classes, aux_loss=False)
+    # torchvision builds this backbone without zero_init_residual; zero the residual branches as the
+    # other parvis ResNets do (see resnet_encoder.py why).
+    for block in net.backbone.modules():
+        if isinstance(block, Bottleneck):
+            nn.init.zeros_(block.bn3.weight)
     return DeepLabV3(meta, net)
