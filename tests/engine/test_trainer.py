@@ -36,10 +36,11 @@ def test_segmentation_training_learns(shapes_dir, tmp_path):
         task="segmentation",
         model="unet_resnet18",
         data=str(shapes_dir),
-        epochs=4,
+        epochs=8,
         size=64,
         batch=8,
         lr=3e-3,
+        weight_decay=1e-4,
         workers=0,
         out=str(tmp_path / "run"),
         warmup_epochs=0.5,
@@ -50,13 +51,14 @@ def test_segmentation_training_learns(shapes_dir, tmp_path):
     finally:
         trainer.close()
     history = trainer.history
-    assert len(history) == 4
+    assert len(history) == 8
+    # Stated floor for 48 training scenes at 64 px, 48 steps (measured: loss ratio 0.62, pixel
+    # accuracy 0.876): the loss falls by a quarter and pixel accuracy passes 0.8. Such a short run
+    # does not yet separate the small objects (mIoU stays near background-only); the demo trains longer.
     assert history[-1]["train_loss"] < 0.75 * history[0]["train_loss"]
-    # Stated floor for 48 training scenes at 64 px after 4 epochs: better than labelling everything
-    # background would score on pixel accuracy's complement, and well above chance mIoU (1/6 classes).
     assert history[-1]["val_pixel_acc"] > 0.80
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 9))
     assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "config.yaml").exists()
 
 
