@@ -66,7 +66,7 @@ def _time_epoch(batches, max_images: int) -> tuple[float, int]:
     return (images / elapsed if elapsed > 0 else 0.0), images
 
 
-def compare_decoders(paths: list[Path], min_size: int | None = None, seconds: float = 0.5) -> list[dict]:
+def compare_decoders(paths: list[Path], min_size: int | None = None, seconds: float = 2.0) -> list[dict]:
     """Single-core decode rate of each decoder on real files, and its pixel error against PIL."""
     from parvis.bench.micro import jpeg_decode_rate
 
@@ -82,13 +82,13 @@ def compare_decoders(paths: list[Path], min_size: int | None = None, seconds: fl
         err = max(
             float(np.abs(o.astype(np.int16) - r.astype(np.int16)).mean()) for o, r in zip(outs, reference, strict=True)
         )
-        rate = statistics.median(jpeg_decode_rate(d, name, seconds=seconds / len(datas)) for d in datas)
+        rate = statistics.median(jpeg_decode_rate(d, name, seconds / len(datas), warmup_s=0.02) for d in datas)
         row = {"decoder": name, "img_s_per_core": round(rate, 1), "mean_abs_diff_vs_pil": round(err, 3)}
         if min_size and name in ("simplejpeg", "pil-draft"):
             small = [decode_mod.decode(d, name, min_size=min_size) for d in datas]
             row["reduced_shape"] = list(small[0].shape)
             row["reduced_img_s_per_core"] = round(
-                statistics.median(jpeg_decode_rate(d, name, seconds / len(datas), min_size) for d in datas), 1
+                statistics.median(jpeg_decode_rate(d, name, seconds / len(datas), min_size, 0.02) for d in datas), 1
             )
         rows.append(row)
     return rows

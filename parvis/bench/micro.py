@@ -91,9 +91,14 @@ def sample_jpeg(size: int = 512, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def jpeg_decode_rate(data: bytes, decoder: str = "auto", seconds: float = 0.7, min_size: int | None = None) -> float:
+def jpeg_decode_rate(
+    data: bytes, decoder: str = "auto", seconds: float = 0.7, min_size: int | None = None, warmup_s: float = 0.25
+) -> float:
     """Images/s decoding `data` on one core (the decoders are single-threaded; this runs in this thread)."""
     per_call = time_repeated(
-        lambda: decode_mod.decode(data, decoder=decoder, min_size=min_size), torch.device("cpu"), seconds
+        lambda: decode_mod.decode(data, decoder=decoder, min_size=min_size),
+        torch.device("cpu"),
+        seconds,
+        warmup_s=warmup_s,
     )
     return 1.0 / per_call
