@@ -17,6 +17,7 @@ import time
 import torch
 
 from parvis import __version__, runtime
+from parvis.engine.trainer import apply_gradients
 from parvis.errors import ParvisError
 
 
@@ -77,12 +78,7 @@ class _Step:
             raw = self.forward(images)
         loss = self.model.loss(raw, targets)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_gradients(self.optimizer, self.scaler, self.model.parameters(), clip_grad=None)
         return loss
 
 

@@ -52,6 +52,20 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float):
     return factor
 
 
+def apply_gradients(optimizer, scaler, parameters, clip_grad: float | None) -> None:
+    """Unscale (fp16), clip, step and clear: the end of every training step, with or without a GradScaler."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(parameters, clip_grad)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, hooks: list[Hook] | None = None, quiet: bool = False):
         self.cfg = cfg
@@ -258,16 +272,7 @@ class Trainer:
         return self.history[-1] if self.history else {}
 
     def _optimizer_step(self) -> None:
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if self.cfg.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_gradients(self.optimizer, self.scaler, self.model.parameters(), self.cfg.clip_grad)
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(_unwrap(self.model))

@@ -12,17 +12,6 @@ from parvis.models.base import SegmentationTrunk, make_meta
 from parvis.models.hmsa import HierarchicalMultiScaleAttention
 from parvis.models.sliding_window import importance_map, window_starts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and OpenMP workers spinning for a busy shared
-    CPU made these tests several times slower; restore the setting for the tests after these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- HMSA
 
 

@@ -40,16 +40,6 @@ def _first_conv(model) -> nn.Conv2d:
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and OpenMP workers spinning for a busy shared
-    CPU made these tests several times slower; restore the setting for the tests after these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # One instance per model for all its cases (pytest groups the tests by this module-scoped parameter).
 # No case takes over 2 s on 2 cores at these sizes, so none is marked slow.
 @pytest.fixture(scope="module", params=MODELS.names())
