@@ -232,3 +232,48 @@ def test_existing_run_needs_resume(shapes_dir, tmp_path, capsys):
     (out / "last.pt").write_bytes(b"x")
     assert main(["train", "--data", str(shapes_dir), "--out", str(out), "--size", "32"]) != 0
     assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_node_torchrun_on_loopback(shapes_dir, tmp_path):
+    """Two launchers, one process each, meeting at a c10d rendezvous on 127.0.0.1, as two machines would."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "parvis",
+        "train",
+        "--model",
+        "resnet18",
+        "--data",
+        str(shapes_dir),
+        "--size",
+        "32",
+        "--batch",
+        "4",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--out",
+        str(out),
+        "--nnodes",
+        "2",
+        "--nproc",
+        "1",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{port}",
+    ]
+    nodes = [
+        subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(logs)[-3000:]
+    assert "on cpu x2" in "".join(logs)  # one world of two processes, not two runs of one
+    assert (out / "last.pt").exists()
