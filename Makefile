@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(PARVIS) data synth --out $(DATA) --n 1000 --size 256
 	$(PARVIS) data check $(DATA)
 	$(PARVIS) bench data $(DATA) --size 224 --json runs/bench-data.json
+	$(PARVIS) demo --data $(DATA) --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

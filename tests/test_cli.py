@@ -130,3 +130,16 @@ def test_python_dash_m_and_console_script_agree():
     exe = Path(sys.executable).with_name("parvis")
     if exe.exists():
         assert subprocess.run([str(exe), "--version"], capture_output=True, text=True).stdout == proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_writes_summary_html_and_predictions(shapes_dir, tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(shapes_dir), "--out", str(out), "--epochs", "1", "--size", "32", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 <= summary["val"]["miou"] <= 1 and len(summary["history"]) == 1
+    assert {r["config"] for r in summary["bench_train"]} == {"fp32/contiguous", "auto"}
+    html = (out / "index.html").read_text()
+    assert "mIoU" in html and "overlays/" in html
+    assert len(list((out / "predict" / "overlays").glob("*.jpg"))) == 6
+    assert (out / "train" / "best.pt").exists() and (out / "eval.json").exists()

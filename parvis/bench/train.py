@@ -126,7 +126,10 @@ def bench_train(
     compile_too: bool = False,
     workers: int | None = None,
     progress=None,
+    only: tuple[str, ...] | None = None,
 ) -> dict:
+    """`only`: run just these configuration names (e.g. ("fp32/contiguous", "auto")); fp32/contiguous,
+    the reference of every speedup, is always run."""
     from parvis.models import MODELS
 
     dev = runtime.resolve_device(device)
@@ -135,6 +138,8 @@ def bench_train(
     if steps < 1 or warmup < 0 or rounds < 1:
         raise ParvisError("--steps and --rounds must be at least 1, --warmup at least 0")
     configs = _configs(dev, compile_too)
+    if only:
+        configs = [c for c in configs if c["name"] in only or c["name"] == "fp32/contiguous"]
     images, targets = _synthetic(task, num_classes, batch, size, dev)
 
     def forever():
