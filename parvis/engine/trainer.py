@@ -24,7 +24,7 @@ from parvis.engine.checkpoint import CheckpointManager, capture_rng_state, load_
 from parvis.engine.evaluate import _unwrap, evaluate
 from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook, ProgressHook
 from parvis.errors import ParvisError
-from parvis.models import build_model
+from parvis.models import MODELS, build_model
 
 
 class NonFiniteLoss(ParvisError):
@@ -85,6 +85,12 @@ class Trainer:
         if not resume and (self.out / "last.pt").exists():
             raise ParvisError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
 
+        model_task = MODELS.info(cfg.model)["task"]  # an unknown name fails here, listing the registered ones
+        if model_task != cfg.task:
+            raise ParvisError(
+                f"--model {cfg.model} is a {model_task} model but --task is {cfg.task}; "
+                f"pass --task {model_task} or a {cfg.task} model"
+            )
         # Data: the same scenes, the task's presets; workers normalize on CPU, the GPU does on CUDA.
         task, size = cfg.task, cfg.size
         kw = {"on_bad_sample": cfg.on_bad_sample}

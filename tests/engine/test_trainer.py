@@ -169,6 +169,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(sh
         (["epochs=ten"], "epochs"),
         (["--precision", "fp16"], "fp16 training is not supported on the CPU"),
         (["--model", "resnet19"], "unknown model 'resnet19'"),
+        (["--model", "unet_resnet18"], "pass --task segmentation"),
     ],
 )
 def test_train_user_errors(shapes_dir, tmp_path, capsys, extra, needle):
