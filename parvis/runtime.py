@@ -581,8 +581,13 @@ def init_distributed(device: str | torch.device | None = "auto", timeout_s: floa
 
 
 def teardown_distributed() -> None:
+    """Leave the process group together: a rank that destroys it while a peer is still in a
+    collective (rank 0 writing the last checkpoint, say) makes gloo abort that peer at exit."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        try:
+            torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
 
 
 @contextlib.contextmanager
