@@ -4,14 +4,7 @@
 #   2. parvis data synth: 2,000 scenes at 128 px (wall time), then parvis data check on them
 #   3. parvis bench data: 224 px crops from 256 px JPEGs, workers 0,1,2, vs torchvision ImageFolder+PIL
 # Usage: make setup && bash benchmarks/run_foundation.sh   (about 3 minutes on 2 cores)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-WORK=${WORK:-$(mktemp -d)}
-TORCH=$($PY -c 'import torch; print(torch.__version__.split("+")[0])')
-TAG="cpu-$(nproc)core-pt${TORCH}"
-RES=benchmarks/results
-mkdir -p "$RES"
+source "$(dirname "$0")/common.sh"
 
 echo "== doctor vs plain matmul ($TAG)"
 $PY benchmarks/doctor_vs_matmul.py --json "$RES/doctor-matmul-$TAG.json" | tee "$RES/doctor-matmul-$TAG.md"

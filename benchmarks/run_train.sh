@@ -3,14 +3,7 @@
 #   1. parvis bench train resnet18 at 224 px, batch 32: every precision x layout and auto vs fp32
 #   2. parvis bench train unet_resnet18 at 128 px, batch 16, with the real loader (end to end vs model only)
 # Usage: make setup && bash benchmarks/run_train.sh   (about 3 minutes on 2 cores)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-WORK=${WORK:-$(mktemp -d)}
-TORCH=$($PY -c 'import torch; print(torch.__version__.split("+")[0])')
-TAG="cpu-$(nproc)core-pt${TORCH}"
-RES=benchmarks/results
-mkdir -p "$RES"
+source "$(dirname "$0")/common.sh"
 $PY -m parvis bench train resnet18 --size 224 --batch 32 --steps 3 --rounds 2 \
     --json "$RES/bench-train-resnet18-224-$TAG.json" | tee "$RES/bench-train-resnet18-224-$TAG.txt"
 $PY -m parvis data synth --out "$WORK/shapes" --n 1000 --size 256
