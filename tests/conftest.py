@@ -24,3 +24,28 @@ def shapes_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes") / "shapes"
     synthesize(out, n=60, size=64, seed=0, workers=2, progress=False)
     return out
+
+
+@pytest.fixture
+def torchrun():
+    """torchrun(script, *args): run `script` in 2 local gloo processes; fails the test with their stderr."""
+    import os
+    import subprocess
+    import sys
+
+    def run(script, *args, timeout: int = 300) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            *map(str, args),
+        ]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return run

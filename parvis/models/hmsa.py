@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from parvis.errors import ParvisError
 from parvis.models.base import ModelMeta, SegmentationModel, SegmentationTrunk
+from parvis.models.layers import ConvBNReLU
 from parvis.registry import MODELS
 
 TRAIN_SCALES = (0.5, 1.0)
@@ -38,12 +39,8 @@ class AttentionHead(nn.Sequential):
 
     def __init__(self, in_channels: int, mid_channels: int):
         super().__init__(
-            nn.Conv2d(in_channels, mid_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, mid_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-            nn.ReLU(inplace=True),
+            ConvBNReLU(in_channels, mid_channels),
+            ConvBNReLU(mid_channels, mid_channels),
             nn.Conv2d(mid_channels, 1, 1, bias=False),
             nn.Sigmoid(),
         )

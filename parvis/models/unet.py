@@ -13,20 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parvis.models.base import ModelMeta, SegmentationTrunk
+from parvis.models.layers import ConvBNReLU
 from parvis.models.resnet_encoder import ResNetEncoder
 from parvis.registry import MODELS
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
-
-
-class ConvBNReLU(nn.Sequential):
-    def __init__(self, in_channels: int, out_channels: int):
-        # No conv bias: the BatchNorm right after it has its own shift.
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
 
 
 class DecoderBlock(nn.Module):

@@ -1,7 +1,4 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -86,23 +83,10 @@ def test_loader_rejects_bad_arguments(shapes_dir):
 
 
 @pytest.mark.distributed
-def test_distributed_sampler_under_two_gloo_processes(tmp_path, shapes_dir):
+def test_distributed_sampler_under_two_gloo_processes(tmp_path, shapes_dir, torchrun):
     """torchrun starts 2 processes; each loads its shard; together they cover the split exactly once."""
     out = tmp_path / "shards.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        str(HERE / "dist_loader_worker.py"),
-        str(shapes_dir),
-        str(out),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(HERE / "dist_loader_worker.py", shapes_dir, out, timeout=240)
     shards = json.loads(out.read_text())
     assert len(shards) == 2
     a, b = (set(s["indices"]) for s in shards)

@@ -64,7 +64,7 @@ def test_segmentation_training_learns(shapes_dir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_ddp_and_fsdp_match_one_process(shapes_dir, tmp_path):
+def test_two_processes_ddp_and_fsdp_match_one_process(shapes_dir, tmp_path, torchrun):
     """Same global batch (1 x 8 vs 2 x 4), fp32, deterministic: the same weights after 2 epochs."""
     one = tmp_path / "one"
     subprocess.run(
@@ -72,26 +72,7 @@ def test_two_processes_ddp_and_fsdp_match_one_process(shapes_dir, tmp_path):
     )
     for strategy in ("ddp", "fsdp"):
         run = tmp_path / strategy
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc-per-node",
-                "2",
-                str(WORKER),
-                str(shapes_dir),
-                str(run),
-                strategy,
-                "4",
-            ],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        torchrun(WORKER, shapes_dir, run, strategy, 4)
         # Tolerance: all-reduce sums in a different order than one process does (float32 rounding).
         assert _max_diff(_weights(one), _weights(run)) < 1e-5, strategy
 
