@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PARVIS) doctor
 	rm -rf $(DATA)
-	$(PARVIS) data synth --out $(DATA) --n 1000 --size 256
+	$(PARVIS) data synth --out $(DATA) --n 4000 --size 256
 	$(PARVIS) data check $(DATA)
 	$(PARVIS) bench data $(DATA) --size 224 --json runs/bench-data.json
 	$(PARVIS) demo --data $(DATA) --out runs/demo

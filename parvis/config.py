@@ -77,6 +77,7 @@ class TrainConfig:
     weights: str | None = None  # checkpoint to initialize the model from (not a resume)
     eval_every: int = 1  # evaluate every N epochs
     scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # HMSA inference scales
+    crop_scale: tuple[float, ...] | None = None  # training crop area range [min, max] (none: the task's preset)
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests / benchmarks)
 
     def __post_init__(self) -> None:
@@ -88,6 +89,13 @@ class TrainConfig:
         _require(0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)", self.label_smoothing)
         _require(0 < self.ema_decay < 1, "ema_decay", "in (0, 1)", self.ema_decay)
         _require(self.clip_grad is None or self.clip_grad > 0, "clip_grad", "greater than 0 or none", self.clip_grad)
+        _require(
+            self.crop_scale is None
+            or (len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1),
+            "crop_scale",
+            "two fractions 0 < min <= max <= 1, e.g. [0.5, 1.0], or none",
+            self.crop_scale,
+        )
         _require(self.workers is None or self.workers >= 0, "workers", "at least 0 or none", self.workers)
 
 

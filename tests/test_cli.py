@@ -135,11 +135,16 @@ def test_python_dash_m_and_console_script_agree():
 @pytest.mark.slow
 def test_demo_writes_summary_html_and_predictions(shapes_dir, tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--data", str(shapes_dir), "--out", str(out), "--epochs", "1", "--size", "32", "--quiet"]) == 0
+    args = ["demo", "--data", str(shapes_dir), "--out", str(out), "--epochs", "1", "--classifier-epochs", "1"]
+    assert main([*args, "--size", "32", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["val"]["miou"] <= 1 and len(summary["history"]) == 1
+    assert 0 <= summary["miou"] <= 1 and 0 <= summary["top1"] <= 1
+    assert summary["miou"] == summary["segmentation"]["val"]["miou"]
+    assert len(summary["segmentation"]["history"]) == 1 and len(summary["classification"]["history"]) == 1
     assert {r["config"] for r in summary["bench_train"]} == {"fp32/contiguous", "auto"}
     html = (out / "index.html").read_text()
-    assert "mIoU" in html and "overlays/" in html
+    assert "mIoU" in html and "top-1" in html and "overlays/" in html
     assert len(list((out / "predict" / "overlays").glob("*.jpg"))) == 6
-    assert (out / "train" / "best.pt").exists() and (out / "eval.json").exists()
+    for task, key in (("segmentation", "miou"), ("classification", "top1")):
+        assert (out / task / "best.pt").exists()
+        assert key in json.loads((out / f"eval-{task}.json").read_text())

@@ -205,12 +205,21 @@ def test_missing_and_unreadable_yaml(tmp_path):
         ("ema_decay=0", "ema_decay: must be in (0, 1)"),
         ("clip_grad=0", "clip_grad: must be greater than 0 or none"),
         ("workers=-1", "workers: must be at least 0 or none"),
+        ("crop_scale=0.5,0.2", "crop_scale: must be two fractions"),
+        ("crop_scale=0,1", "crop_scale: must be two fractions"),
+        ("crop_scale=0.5,1,1", "crop_scale: must be two fractions"),
     ],
 )
 def test_validation(override, key):
     with pytest.raises(ParvisError) as info:
         load_config(TrainConfig, overrides=[override])
     assert key in str(info.value) and "(from command line)" in str(info.value)
+
+
+def test_crop_scale_parses_from_command_line_and_yaml(tmp_path):
+    assert load_config(TrainConfig, overrides=["crop_scale=0.5,1"]).crop_scale == (0.5, 1.0)
+    assert load_config(TrainConfig, write(tmp_path, "crop_scale: [0.6, 1.0]\n")).crop_scale == (0.6, 1.0)
+    assert load_config(TrainConfig).crop_scale is None
 
 
 def test_validation_names_yaml_source(tmp_path):

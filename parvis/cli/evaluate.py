@@ -24,26 +24,14 @@ def run(args) -> int:
     from rich.markup import escape
 
     from parvis import runtime
-    from parvis.data.check import open_dataset
-    from parvis.data.loader import DevicePrefetcher, build_loader
-    from parvis.data.transforms import build_transform
-    from parvis.engine.evaluate import evaluate
-    from parvis.engine.predict import load_trained
-    from parvis.errors import ParvisError
+    from parvis.engine.evaluate import evaluate_checkpoint
 
     device = runtime.resolve_device(args.device)
     precision = runtime.resolve_precision(args.precision, device, "infer")
-    model = load_trained(args.checkpoint, device, use_ema=args.ema)
-    meta = model.meta
-    if args.scales:
-        if not hasattr(model, "set_scales"):
-            raise ParvisError(f"--scales is for hmsa_* models; {meta.name} runs at one scale")
-        model.set_scales([float(s) for s in args.scales.split(",")])
-    ds = open_dataset(args.data, meta.task, args.split, transform=build_transform(meta.task, False, meta.input_size))
-    loader = build_loader(
-        ds, args.batch, train=False, device=device, workers=args.workers, mean=meta.mean, std=meta.std
+    scales = [float(s) for s in args.scales.split(",")] if args.scales else None
+    metrics, meta = evaluate_checkpoint(
+        args.checkpoint, args.data, args.split, device, precision, args.batch, args.workers, scales, args.ema
     )
-    metrics = evaluate(model, DevicePrefetcher(loader, device, meta.mean, meta.std), meta, precision, device)
     result = {
         "checkpoint": args.checkpoint,
         "model": meta.name,

@@ -156,12 +156,12 @@ def _plan(rng: np.random.Generator, dom_cls: int, size: int) -> tuple[list[dict]
     r_dom = rng.uniform(0.35, 0.6) * size / 2
     cx, cy = rng.uniform(r_dom, size - r_dom, 2)
     dominant = _sample_shape(rng, dom_cls, cx, cy, r_dom)
-    n_distractors = int(rng.integers(1, 5))
+    n_distractors = int(rng.integers(1, 4))
     occluded = bool(rng.random() < 0.35)
     below = []
     for _ in range(n_distractors - occluded):
         # At most half the dominant radius, so the dominant object is always the largest one.
-        r = rng.uniform(max(0.25 * r_dom, 0.05 * size), 0.5 * r_dom)
+        r = rng.uniform(max(0.35 * r_dom, 0.08 * size), 0.6 * r_dom)
         below.append(_sample_shape(rng, int(rng.integers(len(CLASSES))), *rng.uniform(0, size, 2), r))
     objects = below + [dominant]
     if occluded:
@@ -230,12 +230,12 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
     elif kind == 3:  # linear gradient
         t = u
     else:
-        period = rng.uniform(4, max(6, max(h, w) / 2))
+        period = rng.uniform(max(4, max(h, w) / 16), max(6, max(h, w) / 2))
         t = np.sin(u * np.float32(2 * math.pi / period) + np.float32(rng.uniform(0, 2 * math.pi)))
         if kind == 2:  # checker
             v = yy * math.cos(theta) - xx * math.sin(theta)
             t = t * np.sin(v * np.float32(2 * math.pi / period) + np.float32(rng.uniform(0, 2 * math.pi)))
-        t = np.tanh(t * np.float32(rng.uniform(0.5, 6)))  # from soft waves to hard-edged bars
+        t = np.tanh(t * np.float32(rng.uniform(0.5, 3)))  # from soft waves to hard-edged bars
     lo, hi = float(t.min()), float(t.max())
     return ((t - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros((h, w), np.float32)
 
@@ -244,7 +244,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = _grid(size)
     c0, c1 = _color(rng), _color(rng)
     img = c0 + (c1 - c0) * _texture(rng, yy, xx)[..., None]
-    for _ in range(int(rng.integers(0, 3))):
+    for _ in range(int(rng.integers(0, 2))):
         alpha = (rng.uniform(0.25, 0.7) * _texture(rng, yy, xx))[..., None]
         img = img * (1 - alpha) + _color(rng) * alpha
     return img
@@ -312,13 +312,10 @@ def _render(rng: np.random.Generator, dom_cls: int, size: int) -> tuple[np.ndarr
             instance, mask = _label(covs, classes, size)
 
     img = _background(rng, size)
-    for k, (_, (cov, sl)) in enumerate(shown):
+    for _, (cov, sl) in shown:
         patch = img[sl]
-        if k == dom:
-            under = (patch * cov[..., None]).sum(axis=(0, 1)) / max(float(cov.sum()), 1e-6)
-            base = _dominant_color(rng, under)
-        else:
-            base = _color(rng)
+        under = (patch * cov[..., None]).sum(axis=(0, 1)) / max(float(cov.sum()), 1e-6)
+        base = _dominant_color(rng, under)
         img[sl] = patch + (_fill(rng, base, sl, size) - patch) * cov[..., None]
 
     img = _light(rng, img, size)
@@ -326,7 +323,7 @@ def _render(rng: np.random.Generator, dom_cls: int, size: int) -> tuple[np.ndarr
     if rng.random() < 0.3:  # optics blur comes before sensor noise
         blurred = Image.fromarray(image).filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.9)))
         image = np.asarray(blurred)
-    noise = rng.standard_normal((size, size, 3), dtype=np.float32) * np.float32(rng.uniform(0.01, 0.06) * 255)
+    noise = rng.standard_normal((size, size, 3), dtype=np.float32) * np.float32(rng.uniform(0.01, 0.04) * 255)
     image = np.clip(image + noise + 0.5, 0, 255).astype(np.uint8)
 
     instances = []

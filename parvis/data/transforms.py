@@ -43,17 +43,17 @@ class RandomResizedCrop(v2.RandomResizedCrop):
         return super().transform(inpt, params)
 
 
-def classification_train(size: int) -> v2.Transform:
-    return v2.Compose([RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
+def classification_train(size: int, crop_scale: tuple[float, float] = (0.08, 1.0)) -> v2.Transform:
+    return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
 
 
 def classification_eval(size: int) -> v2.Transform:
     return v2.Compose([v2.Resize(int(round(size / CROP_PCT)), antialias=True), v2.CenterCrop(size)])
 
 
-def segmentation_train(size: int) -> v2.Transform:
+def segmentation_train(size: int, crop_scale: tuple[float, float] = (0.25, 1.0)) -> v2.Transform:
     # Milder scale range than classification: a segmentation crop must keep enough context.
-    return v2.Compose([RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+    return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
 
 
 def segmentation_eval(size: int) -> v2.Transform:
@@ -88,12 +88,18 @@ _PRESETS = {
 }
 
 
-def build_transform(task: str, train: bool, size: int) -> v2.Transform:
-    """The preset for `task`: a callable (image, target) -> (image, target) on uint8 tensors."""
+def build_transform(task: str, train: bool, size: int, crop_scale: tuple[float, float] | None = None) -> v2.Transform:
+    """The preset for `task`: a callable (image, target) -> (image, target) on uint8 tensors.
+
+    `crop_scale` overrides a training preset's random-crop area range (classification's ImageNet
+    default 0.08-1 can cut a centred object out of the frame; recipes for such data use e.g. 0.5-1).
+    """
     if task not in TASKS:
         raise ParvisError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
     if size < 8:
         raise ParvisError(f"image size {size} is too small; use at least 8 px (e.g. --size 224)")
+    if crop_scale is not None and train and task in ("classification", "segmentation"):
+        return _PRESETS[(task, train)](size, tuple(crop_scale))
     return _PRESETS[(task, train)](size)
 
 

@@ -85,3 +85,36 @@ def _unwrap(model: nn.Module) -> nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def evaluate_checkpoint(
+    checkpoint,
+    data,
+    split: str = "val",
+    device: torch.device | None = None,
+    precision: runtime.Precision | None = None,
+    batch: int = 64,
+    workers: int | None = None,
+    scales=None,
+    use_ema: bool = False,
+) -> tuple[dict, object]:
+    """(metrics, the model's ModelMeta) of a trained checkpoint on a dataset split, preprocessed by
+    the checkpoint's own metadata. `scales` sets an HMSA model's inference scales (an error for other models).
+    """
+    from parvis.data.check import open_dataset
+    from parvis.data.loader import DevicePrefetcher, build_loader
+    from parvis.data.transforms import build_transform
+    from parvis.engine.predict import load_trained
+    from parvis.errors import ParvisError
+
+    device = device or runtime.default_device()
+    precision = precision or runtime.resolve_precision("auto", device, "infer")
+    model = load_trained(checkpoint, device, use_ema=use_ema)
+    meta = model.meta
+    if scales:
+        if not hasattr(model, "set_scales"):
+            raise ParvisError(f"--scales is for hmsa_* models; {meta.name} runs at one scale")
+        model.set_scales([float(s) for s in scales])
+    ds = open_dataset(data, meta.task, split, transform=build_transform(meta.task, False, meta.input_size))
+    loader = build_loader(ds, batch, train=False, device=device, workers=workers, mean=meta.mean, std=meta.std)
+    return evaluate(model, DevicePrefetcher(loader, device, meta.mean, meta.std), meta, precision, device), meta

@@ -94,7 +94,8 @@ class Trainer:
         # Data: the same scenes, the task's presets; workers normalize on CPU, the GPU does on CUDA.
         task, size = cfg.task, cfg.size
         kw = {"on_bad_sample": cfg.on_bad_sample}
-        self.train_set = open_dataset(cfg.data, task, "train", transform=build_transform(task, True, size), **kw)
+        train_transform = build_transform(task, True, size, cfg.crop_scale)
+        self.train_set = open_dataset(cfg.data, task, "train", transform=train_transform, **kw)
         self.val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
         class_names = list(self.train_set.classes)
         loader_kw = {"device": self.device, "workers": cfg.workers, "dist": self.dist, "seed": cfg.seed}

@@ -31,7 +31,7 @@ from parvis.registry import MODELS
 
 TRAIN_SCALES = (0.5, 1.0)
 DEFAULT_SCALES = (0.5, 1.0, 2.0)
-TRUNKS = ("unet_resnet18", "unet_resnet34", "unet_resnet50", "deeplabv3_resnet50")
+TRUNKS = ("unet", "unet_small", "unet_resnet18", "unet_resnet34", "unet_resnet50", "deeplabv3_resnet50")
 
 
 class AttentionHead(nn.Sequential):

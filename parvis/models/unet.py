@@ -1,9 +1,11 @@
-"""U-Net (Ronneberger et al., 2015) on a ResNet encoder, as segmentation_models_pytorch builds it.
+"""U-Net (Ronneberger et al., 2015): on a ResNet encoder, as segmentation_models_pytorch builds it,
+or on the classic full-resolution conv encoder.
 
-The decoder reads only the encoder's `out_channels` (finest first): at each level it upsamples,
-concatenates the encoder's feature map of that resolution (the skip connection) and applies two
-3x3 conv-BN-ReLU; a last block without a skip brings the features to the input resolution, where a
-1x1 convolution makes the class logits.
+The decoder reads only the encoder's `out_channels` and `strides` (finest first): at each level it
+upsamples, concatenates the encoder's feature map of that resolution (the skip connection) and
+applies two 3x3 conv-BN-ReLU. When the finest encoder feature is coarser than the input (ResNet:
+stride 2), a last block without a skip brings the features to the input resolution. A 1x1
+convolution makes the class logits.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from parvis.models.base import ModelMeta, SegmentationTrunk
+from parvis.models.conv_encoder import ConvEncoder
 from parvis.models.layers import ConvBNReLU
 from parvis.models.resnet_encoder import ResNetEncoder
 from parvis.registry import MODELS
@@ -37,16 +40,22 @@ class DecoderBlock(nn.Module):
 
 
 class UNetDecoder(nn.Module):
-    """One block per encoder level; `encoder_channels` finest first, as encoders declare them."""
+    """One block per encoder level above the deepest, plus one without a skip up to the input
+    resolution when `full_resolution_skip` is False; `encoder_channels` finest first."""
 
-    def __init__(self, encoder_channels: tuple[int, ...], decoder_channels: tuple[int, ...] = DECODER_CHANNELS):
+    def __init__(
+        self,
+        encoder_channels: tuple[int, ...],
+        decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
+        full_resolution_skip: bool = False,
+    ):
         super().__init__()
-        if len(decoder_channels) != len(encoder_channels):
-            raise ValueError(
-                f"need one decoder width per encoder level ({len(encoder_channels)}), got {decoder_channels}"
-            )
-        # Deepest feature first; each block's skip is the next finer encoder feature, the last block has none.
-        skips = list(reversed(encoder_channels[:-1])) + [0]
+        levels = len(encoder_channels) - 1 if full_resolution_skip else len(encoder_channels)
+        if len(decoder_channels) != levels:
+            raise ValueError(f"need {levels} decoder widths for this encoder, got {decoder_channels}")
+        # Deepest feature first; each block's skip is the next finer encoder feature; without a
+        # full-resolution skip the last block has none.
+        skips = list(reversed(encoder_channels[:-1])) + ([] if full_resolution_skip else [0])
         widths = [encoder_channels[-1], *decoder_channels[:-1]]
         self.blocks = nn.ModuleList(
             DecoderBlock(w, s, out) for w, s, out in zip(widths, skips, decoder_channels, strict=True)
@@ -67,7 +76,8 @@ class UNet(SegmentationTrunk):
     def __init__(self, meta: ModelMeta, encoder: nn.Module, decoder_channels: tuple[int, ...] = DECODER_CHANNELS):
         super().__init__(meta)
         self.encoder = encoder
-        self.decoder = UNetDecoder(tuple(encoder.out_channels), tuple(decoder_channels))
+        full_res = encoder.strides[0] == 1
+        self.decoder = UNetDecoder(tuple(encoder.out_channels), tuple(decoder_channels), full_resolution_skip=full_res)
         self.head = nn.Conv2d(self.decoder.out_channels, meta.num_classes, 1)
         self.feature_channels = self.decoder.out_channels
 
@@ -82,6 +92,24 @@ class UNet(SegmentationTrunk):
 def _unet_resnet(depth: int, meta: ModelMeta, **kwargs) -> UNet:
     meta.extra.update(encoder=f"resnet{depth}")
     return UNet(meta, ResNetEncoder(depth), **kwargs)
+
+
+def _unet_classic(widths: tuple[int, ...], meta: ModelMeta, **kwargs) -> UNet:
+    meta.extra.update(encoder="conv", widths=list(widths))
+    kwargs.setdefault("decoder_channels", tuple(reversed(widths[:-1])))
+    return UNet(meta, ConvEncoder(widths), **kwargs)
+
+
+@MODELS.register("unet", task="segmentation", family="unet")
+def unet(meta: ModelMeta, **kwargs) -> UNet:
+    """The classic U-Net layout at half Ronneberger's widths (32-512), with BatchNorm."""
+    return _unet_classic((32, 64, 128, 256, 512), meta, **kwargs)
+
+
+@MODELS.register("unet_small", task="segmentation", family="unet")
+def unet_small(meta: ModelMeta, **kwargs) -> UNet:
+    """Four levels of widths 16-128 (0.5 M parameters): the fast U-Net for small images and CPUs."""
+    return _unet_classic((16, 32, 64, 128), meta, **kwargs)
 
 
 @MODELS.register("unet_resnet18", task="segmentation", family="unet")

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, build_transform, decode_min_size
 from parvis.errors import ParvisError
@@ -104,3 +105,15 @@ def test_channels_last_random_resized_crop_matches_torchvision():
         assert a.shape == b.shape == (3, 40, 40)
         assert (a.int() - b.int()).abs().max() <= 1  # same kernel family; rounding may differ by 1
         assert a.permute(1, 2, 0).is_contiguous()  # channels-last out: collate stacks with a plain copy
+
+
+def test_crop_scale_overrides_the_training_preset_only():
+    for task, default in (("classification", (0.08, 1.0)), ("segmentation", (0.25, 1.0))):
+        assert _crop(build_transform(task, True, 32)).scale == default
+        assert _crop(build_transform(task, True, 32, crop_scale=(0.6, 1.0))).scale == (0.6, 1.0)
+    # Eval presets have no random crop to override.
+    assert isinstance(build_transform("segmentation", False, 32, crop_scale=(0.6, 1.0)), v2.Resize)
+
+
+def _crop(transform):
+    return next(t for t in transform.transforms if isinstance(t, v2.RandomResizedCrop))

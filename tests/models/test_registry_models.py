@@ -138,7 +138,7 @@ def test_grad_checkpointing_saves_activation_memory():
 
 def test_registered_names():
     classification = ["convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50"]
-    trunks = ["deeplabv3_resnet50", "unet_resnet18", "unet_resnet34", "unet_resnet50"]
+    trunks = ["deeplabv3_resnet50", "unet", "unet_resnet18", "unet_resnet34", "unet_resnet50", "unet_small"]
     assert MODELS.names(task="classification") == classification
     assert MODELS.names(family="hmsa") == sorted(f"hmsa_{t}" for t in trunks)
     assert MODELS.names(task="segmentation") == sorted(trunks + [f"hmsa_{t}" for t in trunks])
