@@ -76,7 +76,7 @@ class TrainConfig:
     sync_bn: bool = False  # synchronize batch-norm statistics across processes
     weights: str | None = None  # checkpoint to initialize the model from (not a resume)
     eval_every: int = 1  # evaluate every N epochs
-    scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # HMSA inference scales
+    scales: tuple[float, ...] = (0.5, 1.0)  # HMSA inference scales (add 2.0 for objects small in the frame)
     crop_scale: tuple[float, ...] | None = None  # training crop area range [min, max] (none: the task's preset)
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests / benchmarks)
 

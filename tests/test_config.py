@@ -34,7 +34,7 @@ class Small:
 def test_defaults():
     cfg = load_config(TrainConfig)
     assert cfg == TrainConfig()
-    assert cfg.lr == 1e-3 and cfg.scales == (0.5, 1.0, 2.0) and cfg.workers is None and cfg.clip_grad == 1.0
+    assert cfg.lr == 1e-3 and cfg.scales == (0.5, 1.0) and cfg.workers is None and cfg.clip_grad == 1.0
 
 
 def test_yaml(tmp_path):
@@ -244,7 +244,7 @@ def test_save_config_round_trip(tmp_path):
 def test_config_to_dict():
     data = config_to_dict(TrainConfig())
     assert list(data) == [f.name for f in dataclasses.fields(TrainConfig)]
-    assert data["scales"] == [0.5, 1.0, 2.0] and isinstance(data["scales"], list)
+    assert data["scales"] == [0.5, 1.0] and isinstance(data["scales"], list)
     with pytest.raises(TypeError):
         config_to_dict(TrainConfig)
 

@@ -45,6 +45,8 @@ def test_inference_scales_are_used_and_change_the_result(hmsa, monkeypatch):
     hmsa.eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        assert hmsa.scales == (0.5, 1.0)  # the default: the training scales
+        hmsa.set_scales([0.5, 1.0, 2.0])
         three = hmsa(images)
         assert sorted(sizes) == [16, 32, 64] and three.shape == (2, 3, 32, 32)
         hmsa.set_scales([1.0])
