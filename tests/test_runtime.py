@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -228,9 +230,20 @@ def test_seed_everything_is_reproducible():
     assert torch.equal(a, torch.randn(4))
 
 
-def test_recommended_workers_and_pinning():
-    assert runtime.recommended_workers(torch.device("cpu")) >= 1
-    assert runtime.recommended_workers(torch.device("cpu")) <= max(1, runtime.inventory().cpu.usable_cores)
+def test_recommended_workers_and_pinning(monkeypatch):
+    assert 0 <= runtime.recommended_workers(torch.device("cpu")) <= max(1, runtime.inventory().cpu.usable_cores)
+    for cores, local, cpu_workers, gpu_workers in (
+        (1, 1, 0, 1),
+        (2, 1, 0, 2),
+        (4, 2, 0, 2),
+        (4, 1, 3, 4),
+        (32, 1, 8, 16),
+    ):
+        inv = runtime.inventory()
+        fake = dataclasses.replace(inv, cpu=dataclasses.replace(inv.cpu, usable_cores=cores))
+        monkeypatch.setattr(runtime, "inventory", lambda fake=fake: fake)
+        assert runtime.recommended_workers(torch.device("cpu"), local) == cpu_workers, (cores, local)
+        assert runtime.recommended_workers(torch.device("cuda", 0), local) == gpu_workers, (cores, local)
     assert runtime.pin_memory(torch.device("cuda")) and not runtime.pin_memory(torch.device("cpu"))
     assert runtime.distributed_backend(torch.device("cuda", 0)) == "nccl"
     assert runtime.distributed_backend(torch.device("cpu")) == "gloo"
