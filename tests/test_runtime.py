@@ -231,11 +231,11 @@ def test_seed_everything_is_reproducible():
 
 
 def test_recommended_workers_and_pinning(monkeypatch):
-    assert 0 <= runtime.recommended_workers(torch.device("cpu")) <= max(1, runtime.inventory().cpu.usable_cores)
-    for cores, local, cpu_workers, gpu_workers in (
-        (1, 1, 0, 1),
-        (2, 1, 0, 2),
-        (4, 2, 0, 2),
+    assert 1 <= runtime.recommended_workers(torch.device("cpu")) <= max(1, runtime.inventory().cpu.usable_cores)
+    for cores, local, cpu_workers, gpu_workers in (  # usable cores, local processes, expected CPU, GPU
+        (1, 1, 1, 1),
+        (2, 1, 1, 2),
+        (4, 2, 1, 2),
         (4, 1, 3, 4),
         (32, 1, 8, 16),
     ):
