@@ -35,11 +35,11 @@ CLASSIFICATION_RECIPE = dict(
 def run_demo(
     out: str | Path = "runs/demo",
     data: str | Path = "data/shapes",
-    epochs: int = 9,
+    epochs: int = 8,
     size: int = 64,
     model: str = "unet_small",
     classifier: str = "resnet18",
-    classifier_epochs: int = 3,
+    classifier_epochs: int = 2,
     quiet: bool = False,
 ) -> dict:
     from parvis.bench.train import bench_train

@@ -34,7 +34,7 @@ def run(args) -> int:
         what = r.get("class_name") or ", ".join(
             f"{k} {v:.2f}" for k, v in r["class_shares"].items() if v > 0.005 and k != r.get("background", "background")
         )
-        con.print(f"{r['file']}: {what}")
+        con.print(f"{r['file']}: {what or 'background only'}")
     con.print(
         f"predicted {len(results) - len(errors)} image(s) -> {args.out}/results.json"
         + (f"; {len(errors)} unreadable: " + ", ".join(r["file"] for r in errors) if errors else "")
