@@ -1,0 +1,180 @@
+"""`parvis export`: a trained model (or a registered name) to ONNX or a torch.export program.
+
+Both artifacts take the model's input as it is fed during training and evaluation (float, N x 3 x
+H x W, normalized with the metadata's mean/std) and return its raw output (logits), with a dynamic
+batch dimension. The model metadata (task, input size, mean/std, class names, ...) travels inside the
+artifact: ONNX `metadata_props["parvis.meta"]`, or the `parvis_meta.json` extra file of a
+torch.export archive. Every export is checked against the source model in eager fp32 on a batch
+size other than the one it was traced with (which also proves the batch dimension is dynamic); the
+maximum absolute difference is printed and stored next to the metadata. A failed check writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from parvis.errors import ParvisError
+from parvis.io import atomic_write_bytes
+from parvis.models.base import ModelMeta, VisionModel
+
+FORMATS = ("onnx", "torch-export")
+META_KEY = "parvis.meta"
+PARITY_KEY = "parvis.parity_max_abs_err"
+TORCH_EXPORT_META = "parvis_meta.json"
+TRACE_BATCH, CHECK_BATCH = 2, 3
+# fp32 reassociation in another runtime: differences scale with the logits' magnitude.
+PARITY_RTOL = 1e-3
+
+
+def load_source(spec: str, device: torch.device | None = None) -> VisionModel:
+    """A model from a parvis checkpoint, or a registered model name (random weights, default heads)."""
+    from parvis.engine.predict import load_trained
+    from parvis.models import MODELS, build_model
+
+    device = device or torch.device("cpu")
+    if Path(spec).is_file():
+        return load_trained(spec, device)
+    if spec in MODELS.names():
+        task = MODELS.info(spec)["task"]
+        classes = [f"class_{i}" for i in range(1000 if task == "classification" else 21)]
+        return build_model(spec, len(classes), classes, input_size=224).to(device).eval()
+    raise ParvisError(f"{spec}: no such checkpoint file or registered model name; see `parvis train --help` for names")
+
+
+def export_model(model: VisionModel, out: str | Path, fmt: str = "onnx", opset: int = 18) -> dict:
+    """Export `model` to `out` in format `fmt`; returns {format, path, parity_max_abs_err, ...}."""
+    if fmt not in FORMATS:
+        raise ParvisError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise ParvisError(f"{out.parent}: output folder does not exist; create it or choose another --out")
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    meta: ModelMeta = model.meta
+    gen = torch.Generator().manual_seed(0)
+    size = meta.input_size
+    trace_x = torch.randn(TRACE_BATCH, 3, size, size, generator=gen)
+    check_x = torch.randn(CHECK_BATCH, 3, size, size, generator=gen)
+    with torch.no_grad():
+        reference = model(check_x).float()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    if fmt == "onnx":
+        produced, err = _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset)
+    else:
+        produced, err = _export_program(model, meta, out, trace_x, check_x, reference, batch)
+    return {
+        "format": fmt,
+        "path": str(out),
+        "model": meta.name,
+        "task": meta.task,
+        "input": [None, 3, size, size],
+        "parity_max_abs_err": err,
+        "parity_batch": CHECK_BATCH,
+        "size_mb": round(out.stat().st_size / 2**20, 2),
+        **produced,
+    }
+
+
+def _check_parity(meta: ModelMeta, fmt: str, err: float, reference: torch.Tensor) -> None:
+    limit = PARITY_RTOL * max(1.0, float(reference.abs().max()))
+    if not err <= limit:
+        raise ParvisError(
+            f"{meta.name}: the {fmt} export differs from the PyTorch model by up to {err:.3g} "
+            f"(allowed {limit:.3g}); nothing written. Report the model and the torch/runtime versions"
+        )
+
+
+def _failing_operator(exc: BaseException) -> str:
+    """'operator NAMESPACE.NAME' when the exporter's message names one, else its first line."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the exporter colours its messages
+    overload = re.search(r"OpOverload\(op='([\w.]+)', overload='(\w+)'\)", text)
+    if overload:
+        return f"operator {overload.group(1)}.{overload.group(2)} has no ONNX translation"
+    op = re.search(r"torch\.ops\.([\w]+\.[\w]+(?:\.\w+)?)", text) or re.search(r"\b(aten::\w+|aten\.\w+)", text)
+    if op:
+        return f"operator {op.group(1)}"
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) -> tuple[dict, float]:
+    import onnx
+    import onnxruntime as ort
+
+    try:
+        program = torch.onnx.export(
+            model,
+            (trace_x,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
+    except Exception as exc:  # the exporter raises many types; the user needs the operator
+        raise ParvisError(f"cannot export {meta.name} to ONNX: {_failing_operator(exc)}") from exc
+    proto = program.model_proto
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": check_x.numpy()})[0])
+    err = float((got - reference).abs().max())
+    _check_parity(meta, "ONNX", err, reference)
+    for key, value in ((META_KEY, json.dumps(meta.to_dict())), (PARITY_KEY, repr(err))):
+        prop = proto.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.checker.check_model(proto)
+    atomic_write_bytes(out, proto.SerializeToString())
+    return {"opset": opset}, err
+
+
+def _export_program(model, meta, out, trace_x, check_x, reference, batch) -> tuple[dict, float]:
+    try:
+        program = torch.export.export(model, (trace_x,), dynamic_shapes=({0: batch},))
+    except Exception as exc:
+        raise ParvisError(f"cannot export {meta.name} with torch.export: {_failing_operator(exc)}") from exc
+    with torch.no_grad():
+        got = program.module()(check_x).float()
+    err = float((got - reference).abs().max())
+    _check_parity(meta, "torch.export", err, reference)
+    extra = {TORCH_EXPORT_META: json.dumps({**meta.to_dict(), "parity_max_abs_err": err})}
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".tmp.pt2")
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp, extra_files=extra)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"torch": torch.__version__}, err
+
+
+def read_metadata(path: str | Path) -> ModelMeta:
+    """The ModelMeta stored in an artifact written by `export_model`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParvisError(f"{path}: no such artifact")
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        if META_KEY not in props:
+            raise ParvisError(f"{path}: has no parvis metadata; export it with `parvis export`")
+        return ModelMeta.from_dict(json.loads(props[META_KEY]))
+    extra = {TORCH_EXPORT_META: ""}
+    try:
+        torch.export.load(str(path), extra_files=extra)
+    except Exception as exc:
+        raise ParvisError(f"{path}: not a torch.export archive ({exc})") from exc
+    if not extra[TORCH_EXPORT_META]:
+        raise ParvisError(f"{path}: has no parvis metadata; export it with `parvis export`")
+    data = json.loads(extra[TORCH_EXPORT_META])
+    data.pop("parity_max_abs_err", None)
+    return ModelMeta.from_dict(data)

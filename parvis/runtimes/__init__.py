@@ -1,0 +1,39 @@
+"""Inference runtimes behind one interface: load an artifact, run a batch, report what runs it.
+
+    rt = open_runtime("model.onnx", threads=2)        # or a checkpoint / .pt2 / registered name
+    logits = rt.run(images)                            # float32 N x 3 x H x W, normalized -> numpy
+    rt.info()                                          # {"runtime", "device", "precision", "threads", ...}
+
+One file per backend. Thread counts and precision are arguments, never process globals (the
+PyTorch runtime sets torch's thread count only for the duration of its own calls).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parvis.errors import ParvisError
+from parvis.runtimes.base import Runtime
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Runtime:
+    """`source`: .onnx (ONNX Runtime by default), .pt2 (torch.export), a parvis checkpoint or a
+    registered model name (PyTorch eager)."""
+    source = str(source)
+    runtime = runtime or ("onnxruntime" if source.endswith(".onnx") else "torch")
+    if runtime == "onnxruntime":
+        from parvis.runtimes.onnxruntime import OnnxRuntime
+
+        if not source.endswith(".onnx"):
+            raise ParvisError(f"{source}: ONNX Runtime runs .onnx files; export one with `parvis export`")
+        return OnnxRuntime(source, **kwargs)
+    if runtime == "torch":
+        from parvis.runtimes.torch_eager import TorchRuntime
+
+        return TorchRuntime(source, **kwargs)
+    raise ParvisError(f"runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
+
+
+__all__ = ["RUNTIMES", "Runtime", "open_runtime"]

@@ -1,0 +1,56 @@
+"""ONNX Runtime: CPU execution provider; CUDA and TensorRT providers first when the installed
+onnxruntime has them and a GPU is asked for."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parvis.errors import ParvisError
+from parvis.runtimes.base import Runtime
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def __init__(self, path: str, threads: int | None = None, device: str = "cpu", precision: str = "fp32"):
+        import onnxruntime as ort
+
+        from parvis.export import read_metadata
+
+        if precision not in ("fp32", "int8"):
+            raise ParvisError(f"ONNX Runtime runs the precision stored in the file (fp32 or int8), not {precision!r}")
+        self.meta = read_metadata(path)
+        self.path, self.precision, self.threads = path, precision, threads
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            gpu = [p for p in GPU_PROVIDERS if p in available]
+            if not gpu:
+                raise ParvisError("this onnxruntime has no CUDA provider; install onnxruntime-gpu or use --device cpu")
+            providers = gpu + providers
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:
+            raise ParvisError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images) -> np.ndarray:
+        x = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def info(self) -> dict:
+        return {
+            "runtime": self.name,
+            "device": "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu",
+            "providers": self.session.get_providers(),
+            "precision": self.precision,
+            "threads": self.threads or "default",
+            "artifact": self.path,
+        }

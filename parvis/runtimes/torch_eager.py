@@ -1,0 +1,89 @@
+"""PyTorch eager (checkpoints, registered names) and torch.export programs (.pt2), fp32 or bf16
+autocast, channels-last where the device prefers it."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from parvis import runtime as rt
+from parvis.errors import ParvisError
+from parvis.runtimes.base import Runtime
+
+
+@contextmanager
+def _threads(n: int | None):
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class TorchRuntime(Runtime):
+    name = "torch"
+
+    def __init__(
+        self,
+        source: str,
+        threads: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool | None = None,
+    ):
+        from parvis.export import TORCH_EXPORT_META, load_source
+        from parvis.models.base import ModelMeta
+
+        self.device = rt.resolve_device(device)
+        self.precision = rt.resolve_precision(precision, self.device, "infer")
+        self.threads, self.source = threads, source
+        if source.endswith(".pt2"):
+            extra = {TORCH_EXPORT_META: ""}
+            try:
+                program = torch.export.load(source, extra_files=extra)
+            except Exception as exc:
+                raise ParvisError(f"{source}: not a torch.export archive ({exc})") from exc
+            data = json.loads(extra[TORCH_EXPORT_META] or "{}")
+            data.pop("parity_max_abs_err", None)
+            if not data:
+                raise ParvisError(f"{source}: has no parvis metadata; export it with `parvis export`")
+            self.meta = ModelMeta.from_dict(data)
+            self.module = program.module().to(self.device)
+            self.kind = "torch.export"
+        else:
+            self.module = load_source(source, self.device)
+            self.meta = self.module.meta
+            self.kind = "eager"
+        if channels_last is None:
+            channels_last = rt.preferred_memory_format(self.device) == torch.channels_last
+        self.channels_last = channels_last
+        if channels_last and self.kind == "eager":
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def run(self, images) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        x = x.to(self.device, torch.float32)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _threads(self.threads), rt.autocast(self.precision):
+            out = self.module(x)
+        return out.float().cpu().numpy()
+
+    def info(self) -> dict:
+        return {
+            "runtime": self.name,
+            "kind": self.kind,
+            "device": str(self.device),
+            "precision": self.precision.name,
+            "channels_last": self.channels_last,
+            "threads": self.threads or torch.get_num_threads(),
+            "artifact": self.source,
+        }
