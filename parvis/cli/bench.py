@@ -1,4 +1,5 @@
-"""`parvis bench ...`: benchmark suites. For now: `data` (loader throughput vs a torchvision baseline)."""
+"""`parvis bench ...`: benchmark suites: `data` (loader vs a torchvision baseline), `train` (precision x
+layout, end to end vs model only), `runtime` (inference per runtime x precision)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,15 @@ def add_parser(sub) -> None:
     t.add_argument("--compile", action="store_true", help="also time auto + torch.compile (slow to compile)")
     t.add_argument("--json", metavar="OUT", default=None)
     t.set_defaults(func=run_train)
+
+    r = bsub.add_parser("runtime", help="inference img/s and latency per runtime x precision (eager, ONNX Runtime)")
+    r.add_argument("source", metavar="MODEL", help="registered model name or a parvis checkpoint")
+    r.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
+    r.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the median counts (default 3)")
+    r.add_argument("--iters", type=int, default=3, help="batches per candidate and round (default 3)")
+    r.add_argument("--threads", type=int, default=None, help="threads per runtime (default: torch's)")
+    r.add_argument("--json", metavar="OUT", default=None)
+    r.set_defaults(func=run_runtime)
 
 
 def run_data(args) -> int:
@@ -157,4 +167,46 @@ def run_train(args) -> int:
     if args.json:
         write_json(args.json, result)
         con.print(f"wrote {args.json}")
+    return 0
+
+
+def run_runtime(args) -> int:
+    from rich.table import Table
+
+    from parvis.bench.runtime import bench_runtime
+
+    if args.batch < 1 or args.rounds < 1 or args.iters < 1:
+        raise ParvisError("--batch, --rounds and --iters must be at least 1")
+    con = console()
+    with con.status("benchmarking runtimes...") as status:
+        result = bench_runtime(
+            args.source,
+            batch=args.batch,
+            rounds=args.rounds,
+            iters=args.iters,
+            threads=args.threads,
+            progress=lambda m: status.update(f"benchmarking runtimes: {m}"),
+        )
+    table = Table(
+        title=(
+            f"inference {result['model']}, {result['input_size']} px, batch {args.batch}, cpu, "
+            f"{result['threads']} threads, median of {args.rounds} rounds"
+        )
+    )
+    for col in ("runtime", "precision", "layout", "img/s", "vs eager fp32", "p50 ms (b1)", "p99 ms (b1)", "max |diff|"):
+        table.add_column(col, justify="left" if col in ("runtime", "precision", "layout") else "right")
+    for r in result["rows"]:
+        table.add_row(
+            r["runtime"],
+            r["precision"],
+            r["layout"],
+            f"{r['img_s']:.1f}",
+            f"{r['speedup_vs_eager_fp32']:.2f}x",
+            f"{r['latency_ms_p50']:.2f}",
+            f"{r['latency_ms_p99']:.2f}",
+            f"{r['max_abs_err']:.1e}",
+        )
+    con.print(table)
+    if args.json:
+        con.print(f"wrote {write_json(args.json, result)}")
     return 0

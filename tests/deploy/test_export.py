@@ -135,3 +135,32 @@ def test_cli_export_prints_and_writes_json(tmp_path, capsys):
 def test_cli_export_bad_source_exits_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "no such checkpoint file or registered model name" in capsys.readouterr().err
+
+
+def test_bench_runtime_rows_agree_with_eager_fp32(tmp_path):
+    from parvis.bench.runtime import bench_runtime
+    from parvis.engine.checkpoint import save_checkpoint
+
+    model = tiny("resnet18")
+    ckpt = tmp_path / "r.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "meta": model.meta.to_dict()})
+    result = bench_runtime(str(ckpt), batch=2, rounds=1, iters=1, latency_iters=2, threads=1)
+    rows = {(r["runtime"], r["precision"], r["layout"]): r for r in result["rows"]}
+    assert ("torch", "fp32", "contiguous") in rows and ("onnxruntime", "fp32", "-") in rows
+    assert rows[("torch", "fp32", "contiguous")]["speedup_vs_eager_fp32"] == 1.0
+    for (_, precision, _), r in rows.items():
+        assert r["img_s"] > 0 and r["latency_ms_p99"] >= r["latency_ms_p50"] > 0 and r["info"]["threads"] == 1
+        assert r["max_abs_err"] < (1e-4 if precision == "fp32" else 0.5)  # bf16 rounds its logits
+
+
+def test_cli_bench_runtime_writes_json(tmp_path):
+    from parvis.engine.checkpoint import save_checkpoint
+
+    model = tiny("unet_small")
+    ckpt = tmp_path / "u.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "meta": model.meta.to_dict()})
+    args = ["bench", "runtime", str(ckpt), "--batch", "2", "--rounds", "1", "--iters", "1", "--threads", "1"]
+    assert main([*args, "--json", str(tmp_path / "b.json")]) == 0
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["model"] == "unet_small" and {r["runtime"] for r in data["rows"]} == {"torch", "onnxruntime"}
+    assert all("img_s" in r and "speedup_vs_eager_fp32" in r for r in data["rows"])

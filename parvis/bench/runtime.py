@@ -1,0 +1,126 @@
+"""`parvis bench runtime`: the same model on each available runtime and precision, side by side.
+
+Each candidate is timed in turns (round-robin, so drift on a shared machine hits all alike): images/s
+at the given batch (median of rounds) and batch-1 latency percentiles, plus the largest logit
+difference from PyTorch eager fp32 on the same inputs, so a fast-but-wrong candidate shows.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parvis import runtime as rt
+from parvis.export import export_model, load_source
+from parvis.runtimes import open_runtime
+
+
+def _candidates(source: str, workdir: Path, threads: int | None, progress: Callable[[str], None]) -> list[dict]:
+    cpu = torch.device("cpu")
+    auto = rt.resolve_precision("auto", cpu, "infer")
+    if not Path(source).is_file():
+        # A registered name: build it once (random weights) so every candidate runs the same weights.
+        from parvis.engine.checkpoint import save_checkpoint
+
+        torch.manual_seed(0)
+        model = load_source(source)
+        source = str(workdir / "model.pt")
+        save_checkpoint(source, {"model": model.state_dict(), "meta": model.meta.to_dict()})
+    rows = [
+        {
+            "runtime": "torch",
+            "precision": "fp32",
+            "layout": "contiguous",
+            "rt": open_runtime(source, "torch", threads=threads, precision="fp32", channels_last=False),
+        },
+        {
+            "runtime": "torch",
+            "precision": "fp32",
+            "layout": "channels_last",
+            "rt": open_runtime(source, "torch", threads=threads, precision="fp32", channels_last=True),
+        },
+    ]
+    if auto.name != "fp32":
+        rows.append(
+            {
+                "runtime": "torch",
+                "precision": auto.name,
+                "layout": "channels_last",
+                "rt": open_runtime(source, "torch", threads=threads, precision=auto.name, channels_last=True),
+            }
+        )
+    progress("exporting to ONNX")
+    onnx_path = workdir / "model.onnx"
+    export_model(load_source(source), onnx_path, "onnx")
+    rows.append(
+        {
+            "runtime": "onnxruntime",
+            "precision": "fp32",
+            "layout": "-",
+            "rt": open_runtime(str(onnx_path), threads=threads),
+        }
+    )
+    return rows
+
+
+def bench_runtime(
+    source: str,
+    batch: int = 32,
+    rounds: int = 3,
+    iters: int = 3,
+    latency_iters: int = 30,
+    threads: int | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Rows of {runtime, precision, layout, img_s, latency_ms_p50/p99, speedup_vs_eager_fp32, max_abs_err}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = _candidates(source, Path(tmp), threads, progress)
+        meta = rows[0]["rt"].meta
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, meta.input_size, meta.input_size, generator=gen).numpy()
+        x1 = x[:1].copy()
+        reference = rows[0]["rt"].run(x)
+        for row in rows:
+            row["max_abs_err"] = float(np.abs(row["rt"].run(x) - reference).max())
+            row["rt"].run(x1)  # warm-up at both shapes
+            row["img_s_runs"] = []
+        for r in range(rounds):
+            for row in rows:
+                progress(f"round {r + 1}/{rounds}: {row['runtime']} {row['precision']} {row['layout']}")
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    row["rt"].run(x)
+                row["img_s_runs"].append(batch * iters / (time.perf_counter() - t0))
+        for row in rows:
+            progress(f"batch-1 latency: {row['runtime']} {row['precision']} {row['layout']}")
+            lat = []
+            for _ in range(latency_iters):
+                t0 = time.perf_counter()
+                row["rt"].run(x1)
+                lat.append((time.perf_counter() - t0) * 1000)
+            row["latency_ms_p50"] = float(np.percentile(lat, 50))
+            row["latency_ms_p99"] = float(np.percentile(lat, 99))
+            row["img_s"] = statistics.median(row["img_s_runs"])
+            row["info"] = row.pop("rt").info()
+    base = rows[0]["img_s"]
+    for row in rows:
+        row["speedup_vs_eager_fp32"] = row["img_s"] / base
+    return {
+        "benchmark": "runtime",
+        "source": source,
+        "model": meta.name,
+        "input_size": meta.input_size,
+        "batch": batch,
+        "rounds": rounds,
+        "iters_per_round": iters,
+        "threads": threads or torch.get_num_threads(),
+        "device": "cpu",
+        "torch": torch.__version__,
+        "rows": rows,
+    }
