@@ -2,7 +2,9 @@
 
 Each candidate is timed in turns (round-robin, so drift on a shared machine hits all alike): images/s
 at the given batch (median of rounds) and batch-1 latency percentiles, plus the largest logit
-difference from PyTorch eager fp32 on the same inputs, so a fast-but-wrong candidate shows.
+difference from PyTorch eager fp32 on the same inputs, so a fast-but-wrong candidate shows. With a
+dataset, an ONNX Runtime INT8 candidate calibrated on its training images joins (its logit
+difference is expected to be larger; its task metric comes from `parvis eval` on the artifact).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from parvis.export import export_model, load_source
 from parvis.runtimes import open_runtime
 
 
-def _candidates(source: str, workdir: Path, threads: int | None, progress: Callable[[str], None]) -> list[dict]:
+def _candidates(
+    source: str, workdir: Path, threads: int | None, progress: Callable[[str], None], data: str | None, calib: int
+) -> list[dict]:
     cpu = torch.device("cpu")
     auto = rt.resolve_precision("auto", cpu, "infer")
     if not Path(source).is_file():
@@ -66,6 +70,14 @@ def _candidates(source: str, workdir: Path, threads: int | None, progress: Calla
             "rt": open_runtime(str(onnx_path), threads=threads),
         }
     )
+    if data is not None:
+        from parvis.quantize import quantize_onnx
+
+        progress(f"quantizing to INT8 with {calib} calibration images")
+        int8_path = workdir / "model-int8.onnx"
+        quantize_onnx(onnx_path, int8_path, data, n=calib)
+        rt_int8 = open_runtime(str(int8_path), threads=threads, precision="int8")
+        rows.append({"runtime": "onnxruntime", "precision": "int8", "layout": "-", "rt": rt_int8})
     return rows
 
 
@@ -76,11 +88,13 @@ def bench_runtime(
     iters: int = 3,
     latency_iters: int = 30,
     threads: int | None = None,
+    data: str | None = None,
+    calib: int = 128,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Rows of {runtime, precision, layout, img_s, latency_ms_p50/p99, speedup_vs_eager_fp32, max_abs_err}."""
     with tempfile.TemporaryDirectory() as tmp:
-        rows = _candidates(source, Path(tmp), threads, progress)
+        rows = _candidates(source, Path(tmp), threads, progress, data, calib)
         meta = rows[0]["rt"].meta
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, meta.input_size, meta.input_size, generator=gen).numpy()

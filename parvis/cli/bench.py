@@ -53,6 +53,8 @@ def add_parser(sub) -> None:
     r.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the median counts (default 3)")
     r.add_argument("--iters", type=int, default=3, help="batches per candidate and round (default 3)")
     r.add_argument("--threads", type=int, default=None, help="threads per runtime (default: torch's)")
+    r.add_argument("--data", default=None, help="dataset folder: also an INT8 candidate calibrated on its images")
+    r.add_argument("--calib", type=int, default=128, help="INT8 calibration images (default 128)")
     r.add_argument("--json", metavar="OUT", default=None)
     r.set_defaults(func=run_runtime)
 
@@ -185,6 +187,8 @@ def run_runtime(args) -> int:
             rounds=args.rounds,
             iters=args.iters,
             threads=args.threads,
+            data=args.data,
+            calib=args.calib,
             progress=lambda m: status.update(f"benchmarking runtimes: {m}"),
         )
     table = Table(

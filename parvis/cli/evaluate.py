@@ -32,12 +32,16 @@ def run(args) -> int:
     metrics, meta = evaluate_checkpoint(
         args.checkpoint, args.data, args.split, device, precision, args.batch, args.workers, scales, args.ema
     )
+    from parvis.runtimes import ARTIFACT_SUFFIXES
+
+    # An artifact runs at the precision stored in it, in its own runtime.
+    precision_name = "artifact" if str(args.checkpoint).endswith(ARTIFACT_SUFFIXES) else precision.name
     result = {
         "checkpoint": args.checkpoint,
         "model": meta.name,
         "task": meta.task,
         "split": args.split,
-        "precision": precision.name,
+        "precision": precision_name,
         "device": str(device),
         **metrics,
     }
@@ -47,7 +51,7 @@ def run(args) -> int:
     main_keys = ("top1", "top5") if meta.task == "classification" else ("miou", "pixel_acc")
     con.print(
         f"{meta.name} on {escape(args.data)} \\[{args.split}], {metrics['images']} images, "
-        f"{precision.name} on {device}: "
+        f"{precision_name} on {device}: "
         + ", ".join(f"{k} {metrics[k]:.4f}" for k in main_keys if k in metrics)
         + f", loss {metrics['loss']:.4f}, {metrics['images_per_s']:,.0f} img/s"
     )

@@ -106,10 +106,16 @@ def evaluate_checkpoint(
     from parvis.data.transforms import build_transform
     from parvis.engine.predict import load_trained
     from parvis.errors import ParvisError
+    from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
 
     device = device or runtime.default_device()
-    precision = precision or runtime.resolve_precision("auto", device, "infer")
-    model = load_trained(checkpoint, device, use_ema=use_ema)
+    if str(checkpoint).endswith(ARTIFACT_SUFFIXES):
+        # An exported artifact runs in its own runtime at the precision stored in it.
+        model = as_model(open_runtime(str(checkpoint)))
+        device, precision = torch.device("cpu"), runtime.resolve_precision("fp32", torch.device("cpu"), "infer")
+    else:
+        precision = precision or runtime.resolve_precision("auto", device, "infer")
+        model = load_trained(checkpoint, device, use_ema=use_ema)
     meta = model.meta
     if scales:
         if not hasattr(model, "set_scales"):

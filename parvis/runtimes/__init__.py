@@ -36,4 +36,26 @@ def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Ru
     raise ParvisError(f"runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
 
 
-__all__ = ["RUNTIMES", "Runtime", "open_runtime"]
+def as_model(runtime: Runtime):
+    """The runtime as a VisionModel (forward, loss, postprocess), so evaluation and prediction code
+    written for PyTorch models runs artifacts unchanged."""
+    import torch
+
+    from parvis.models.base import ClassificationModel, SegmentationModel
+
+    base = ClassificationModel if runtime.meta.task == "classification" else SegmentationModel
+
+    class RuntimeModel(base):
+        def __init__(self):
+            super().__init__(runtime.meta)
+            self.runtime = runtime
+
+        def forward(self, images):
+            return torch.from_numpy(self.runtime.run(images.detach().float().cpu())).to(images.device)
+
+    return RuntimeModel().eval()
+
+
+ARTIFACT_SUFFIXES = (".onnx", ".pt2")
+
+__all__ = ["ARTIFACT_SUFFIXES", "RUNTIMES", "Runtime", "as_model", "open_runtime"]

@@ -1,0 +1,32 @@
+"""`parvis quantize ARTIFACT.onnx --data DIR --out FILE`: INT8 static quantization, calibrated on real images."""
+
+from __future__ import annotations
+
+from parvis.cli.output import console, write_json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("quantize", help="INT8 post-training quantization of an exported ONNX model (ONNX Runtime QDQ)")
+    p.add_argument("artifact", help="fp32 .onnx written by parvis export")
+    p.add_argument("--data", required=True, help="dataset folder; calibration images come from its train split")
+    p.add_argument("--out", required=True, help="INT8 .onnx to write")
+    p.add_argument("--calib", type=int, default=128, help="calibration images (default 128)")
+    p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--json", metavar="OUT", default=None, help="write the settings and sizes as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.markup import escape
+
+    from parvis.quantize import quantize_onnx
+
+    report = quantize_onnx(args.artifact, args.out, args.data, n=args.calib, method=args.method)
+    console().print(
+        f"quantized {report['model']} to INT8 ({report['method']}, {report['calibration_images']} calibration "
+        f"images) -> {escape(report['path'])}, {report['size_mb']:.2f} MB; measure it with "
+        f"`parvis eval {escape(report['path'])} --data DIR`"
+    )
+    if args.json:
+        write_json(args.json, report)
+    return 0
