@@ -65,3 +65,19 @@ def test_cli_eval_runs_an_onnx_artifact(trained, tmp_path, capsys):
     checkpoint, _ = evaluate_checkpoint(out / "run" / "best.pt", data, precision=None)
     assert result["precision"] == "artifact" and abs(result["pixel_acc"] - checkpoint["pixel_acc"]) < 0.01
     assert "unet_small" in capsys.readouterr().out
+
+
+def test_cli_quantize_writes_int8_and_json(trained, tmp_path, capsys):
+    data, out = trained
+    args = ["quantize", str(out / "fp32.onnx"), "--data", str(data), "--out", str(tmp_path / "q.onnx"), "--calib", "8"]
+    assert main([*args, "--json", str(tmp_path / "q.json")]) == 0
+    report = json.loads((tmp_path / "q.json").read_text())
+    assert report["calibration_images"] == 8 and (tmp_path / "q.onnx").exists()
+    assert "quantized unet_small to INT8" in capsys.readouterr().out
+    assert (
+        main(
+            ["quantize", str(out / "fp32.onnx"), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "r.onnx")]
+        )
+        == 2
+    )
+    assert not (tmp_path / "r.onnx").exists()
