@@ -112,6 +112,9 @@ def evaluate_checkpoint(
     if str(checkpoint).endswith(ARTIFACT_SUFFIXES):
         # An exported artifact runs in its own runtime at the precision stored in it.
         model = as_model(open_runtime(str(checkpoint)))
+        # Forking loader workers after ONNX Runtime has started its thread pools can deadlock the
+        # child (seen in tests); an artifact's loader runs in the main process unless told otherwise.
+        workers = 0 if workers is None else workers
         device, precision = torch.device("cpu"), runtime.resolve_precision("fp32", torch.device("cpu"), "infer")
     else:
         precision = precision or runtime.resolve_precision("auto", device, "infer")
