@@ -168,13 +168,18 @@ def read_metadata(path: str | Path) -> ModelMeta:
         if META_KEY not in props:
             raise ParvisError(f"{path}: has no parvis metadata; export it with `parvis export`")
         return ModelMeta.from_dict(json.loads(props[META_KEY]))
+    return load_program(path)[1]
+
+
+def load_program(path: str | Path):
+    """(torch.export program, ModelMeta) of a `.pt2` written by `export_model`."""
     extra = {TORCH_EXPORT_META: ""}
     try:
-        torch.export.load(str(path), extra_files=extra)
+        program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise ParvisError(f"{path}: not a torch.export archive ({exc})") from exc
     if not extra[TORCH_EXPORT_META]:
         raise ParvisError(f"{path}: has no parvis metadata; export it with `parvis export`")
     data = json.loads(extra[TORCH_EXPORT_META])
     data.pop("parity_max_abs_err", None)
-    return ModelMeta.from_dict(data)
+    return program, ModelMeta.from_dict(data)

@@ -3,14 +3,12 @@ autocast, channels-last where the device prefers it."""
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from parvis import runtime as rt
-from parvis.errors import ParvisError
 from parvis.runtimes.base import Runtime
 
 
@@ -38,23 +36,13 @@ class TorchRuntime(Runtime):
         precision: str = "fp32",
         channels_last: bool | None = None,
     ):
-        from parvis.export import TORCH_EXPORT_META, load_source
-        from parvis.models.base import ModelMeta
+        from parvis.export import load_program, load_source
 
         self.device = rt.resolve_device(device)
         self.precision = rt.resolve_precision(precision, self.device, "infer")
         self.threads, self.source = threads, source
         if source.endswith(".pt2"):
-            extra = {TORCH_EXPORT_META: ""}
-            try:
-                program = torch.export.load(source, extra_files=extra)
-            except Exception as exc:
-                raise ParvisError(f"{source}: not a torch.export archive ({exc})") from exc
-            data = json.loads(extra[TORCH_EXPORT_META] or "{}")
-            data.pop("parity_max_abs_err", None)
-            if not data:
-                raise ParvisError(f"{source}: has no parvis metadata; export it with `parvis export`")
-            self.meta = ModelMeta.from_dict(data)
+            program, self.meta = load_program(source)
             self.module = program.module().to(self.device)
             self.kind = "torch.export"
         else:
