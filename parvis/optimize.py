@@ -1,0 +1,431 @@
+"""`parvis optimize`: the fastest configuration that stays within an accuracy budget, measured.
+
+For a trained checkpoint, every candidate of the matrix runtime x precision (x batch x threads, and
+extra artifacts such as a pruned export) is built, timed and scored on the validation split:
+
+    torch eager fp32 (the baseline), torch eager bf16 (+ channels-last), torch.compile bf16,
+    ONNX Runtime fp32 and INT8 (QDQ, calibrated on training images), OpenVINO fp32, bf16 and INT8
+    (on the same QDQ file); on a GPU: torch fp32/tf32/bf16/fp16, torch.compile fp16, ONNX Runtime
+    with the CUDA/TensorRT providers.
+
+Throughput is images/s at each batch size, timed round-robin over all candidates (drift on a shared
+machine hits all alike, median of rounds); latency is batch-1 p50/p99. The metric (top-1 or mIoU)
+runs on the whole validation split, decoded once and fed identically to every candidate. A candidate
+whose metric drops more than `budget` points below eager fp32 is rejected with the reason; so is one
+that cannot be built (export or quantization failure, precision the device lacks). The winner's
+artifact is copied to the output folder next to `optimize.json`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parvis import runtime as rt
+from parvis.errors import ParvisError
+
+OBJECTIVES = ("throughput", "latency")
+
+
+@dataclass
+class Candidate:
+    variant: str  # which model: "base", a pruned variant, an extra artifact's name
+    runtime: str
+    precision: str
+    artifact: str | None  # the file the runtime loads (None: could not be made, see reason)
+    status: str = "ok"
+    reason: str = ""
+    metric: float | None = None
+    runtimes: dict = field(default_factory=dict)  # threads -> opened Runtime
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}/{self.runtime}/{self.precision}"
+
+
+def matrix(device: torch.device) -> list[tuple[str, str]]:
+    """(runtime, precision) pairs worth trying on `device`, eager fp32 first (the baseline)."""
+    if device.type == "cuda":
+        return [
+            ("torch", "fp32"),
+            ("torch", "tf32"),
+            ("torch", "bf16"),
+            ("torch", "fp16"),
+            ("torch-compile", "fp16"),
+            ("onnxruntime", "fp32"),
+        ]
+    pairs = [("torch", "fp32")]
+    cpu_bf16 = rt.resolve_precision("auto", device, "infer").name == "bf16"
+    if cpu_bf16:
+        pairs += [("torch", "bf16"), ("torch-compile", "bf16")]
+    else:
+        pairs += [("torch-compile", "fp32")]
+    pairs += [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32")]
+    if cpu_bf16:
+        pairs.append(("openvino", "bf16"))
+    pairs.append(("openvino", "int8"))
+    return pairs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def validation_batches(meta, data: str | Path, split: str = "val", batch: int = 64) -> list:
+    """The split, decoded and normalized once by the model's own eval preprocessing (main process:
+    forking loader workers next to ONNX Runtime / OpenVINO thread pools can deadlock)."""
+    from parvis.data.check import open_dataset
+    from parvis.data.loader import DevicePrefetcher, build_loader
+    from parvis.data.transforms import build_transform
+
+    cpu = torch.device("cpu")
+    ds = open_dataset(data, meta.task, split, transform=build_transform(meta.task, False, meta.input_size))
+    if len(ds) == 0:
+        raise ParvisError(f"{data}: the {split} split has no images to score candidates on")
+    loader = build_loader(ds, batch, train=False, device=cpu, workers=0, mean=meta.mean, std=meta.std)
+    prefetch = DevicePrefetcher(loader, cpu, meta.mean, meta.std, memory_format=torch.contiguous_format)
+    return [type(b)(b.images.clone(), b.targets.clone(), b.skipped) for b in prefetch]
+
+
+def score(runtime_obj, batches: list, meta) -> dict:
+    """Task metrics of an opened runtime on cached batches."""
+    from parvis.engine.evaluate import evaluate
+    from parvis.runtimes import as_model
+
+    fp32 = rt.resolve_precision("fp32", torch.device("cpu"), "infer")
+    return evaluate(as_model(runtime_obj), batches, meta, fp32, torch.device("cpu"))
+
+
+def measure_speed(
+    runtimes: list,
+    x: np.ndarray,
+    rounds: int = 3,
+    iters: int = 3,
+    latency_iters: int = 30,
+    progress: Callable[[str], None] = lambda _: None,
+    labels: list[str] | None = None,
+) -> list[dict]:
+    """images/s at x's batch (median of round-robin rounds) and batch-1 latency p50/p99 per runtime."""
+    labels = labels or [r.name for r in runtimes]
+    x1 = np.ascontiguousarray(x[:1])
+    for r in runtimes:  # warm-up at both shapes (compiles, allocations, autotuning)
+        r.run(x)
+        r.run(x1)
+    runs: list[list[float]] = [[] for _ in runtimes]
+    for k in range(rounds):
+        for i, r in enumerate(runtimes):
+            progress(f"round {k + 1}/{rounds}: {labels[i]}")
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                r.run(x)
+            runs[i].append(len(x) * iters / (time.perf_counter() - t0))
+    out = []
+    for i, r in enumerate(runtimes):
+        progress(f"batch-1 latency: {labels[i]}")
+        lat = []
+        for _ in range(latency_iters):
+            t0 = time.perf_counter()
+            r.run(x1)
+            lat.append((time.perf_counter() - t0) * 1000)
+        out.append(
+            {
+                "img_s": statistics.median(runs[i]),
+                "img_s_runs": runs[i],
+                "latency_ms_p50": float(np.percentile(lat, 50)),
+                "latency_ms_p99": float(np.percentile(lat, 99)),
+            }
+        )
+    return out
+
+
+def _is_int8(path: str) -> bool:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
+
+
+def _prepare_variant(
+    variant: str,
+    source: str,
+    pairs: list[tuple[str, str]],
+    workdir: Path,
+    data: str,
+    calib: int,
+    progress: Callable[[str], None],
+) -> list[Candidate]:
+    """Candidates of one model: export to ONNX and quantize once, shared by the runtimes that use them."""
+    from parvis.export import export_model, load_source
+    from parvis.quantize import quantize_onnx
+
+    onnx_path = workdir / f"{variant}.onnx"
+    int8_path = workdir / f"{variant}-int8.onnx"
+    onnx_error = int8_error = ""
+    if any(r in ("onnxruntime", "openvino") for r, _ in pairs):
+        progress(f"{variant}: exporting to ONNX")
+        try:
+            export_model(load_source(source), onnx_path, "onnx")
+        except Exception as exc:  # noqa: BLE001 - any export failure is a rejected candidate, not a crash
+            onnx_error = f"export failed: {_first_line(exc)}"
+    if any(p == "int8" for _, p in pairs):
+        if onnx_error:
+            int8_error = onnx_error
+        else:
+            progress(f"{variant}: quantizing to INT8 with {calib} calibration images")
+            try:
+                quantize_onnx(onnx_path, int8_path, data, n=calib)
+            except Exception as exc:  # noqa: BLE001
+                int8_error = f"quantization failed: {_first_line(exc)}"
+    out = []
+    for runtime_name, precision in pairs:
+        if runtime_name in ("torch", "torch-compile"):
+            out.append(Candidate(variant, runtime_name, precision, source))
+        elif precision == "int8":
+            out.append(Candidate(variant, runtime_name, precision, None if int8_error else str(int8_path)))
+            if int8_error:
+                out[-1].status, out[-1].reason = "failed", int8_error
+        else:
+            out.append(Candidate(variant, runtime_name, precision, None if onnx_error else str(onnx_path)))
+            if onnx_error:
+                out[-1].status, out[-1].reason = "failed", onnx_error
+    return out
+
+
+def _open(c: Candidate, threads: int, device: torch.device):
+    from parvis.runtimes import open_runtime
+
+    kwargs = {"threads": threads, "precision": c.precision}
+    if device.type == "cuda":
+        kwargs["device"] = str(device)
+    return open_runtime(c.artifact, c.runtime, **kwargs)
+
+
+def optimize(
+    source: str,
+    data: str,
+    out: str | Path,
+    budget: float = 1.0,
+    batches: tuple[int, ...] = (32,),
+    threads: tuple[int, ...] | None = None,
+    objective: str = "throughput",
+    device: str = "auto",
+    pairs: list[tuple[str, str]] | None = None,
+    extra: tuple[str, ...] = (),
+    variants: tuple[tuple[str, str], ...] = (),
+    calib: int = 128,
+    rounds: int = 3,
+    iters: int = 3,
+    latency_iters: int = 30,
+    split: str = "val",
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict:
+    """Measure every candidate and write `out/optimize.json` plus the winner's artifact.
+
+    `extra`: more artifacts (.onnx / .pt2) to consider as they are, in their default runtime;
+    `variants`: (name, checkpoint) pairs (e.g. a pruned model) that go through the same matrix.
+    Returns the optimize.json content.
+    """
+    from parvis.export import load_source
+    from parvis.io import atomic_write_text
+    from parvis.runtimes import ARTIFACT_SUFFIXES
+
+    if objective not in OBJECTIVES:
+        raise ParvisError(f"--objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+    if budget < 0:
+        raise ParvisError(f"--budget {budget}: the allowed metric drop in points cannot be negative")
+    if str(source).endswith(ARTIFACT_SUFFIXES) or not Path(source).is_file():
+        raise ParvisError(f"{source}: optimize starts from a checkpoint written by parvis train (last.pt / best.pt)")
+    if not Path(data).exists():
+        raise ParvisError(f"--data {data}: no such dataset folder")
+    for path in extra:
+        if not str(path).endswith(ARTIFACT_SUFFIXES) or not Path(path).is_file():
+            raise ParvisError(f"--candidate {path}: expected an existing .onnx or .pt2 artifact")
+    dev = rt.resolve_device(device)
+    threads = tuple(threads or (rt.usable_cores(),))
+    pairs = pairs or matrix(dev)
+    if pairs[0] != ("torch", "fp32"):
+        pairs = [("torch", "fp32"), *[p for p in pairs if p != ("torch", "fp32")]]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".candidates"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        meta = load_source(source).meta
+        metric_name = "top1" if meta.task == "classification" else "miou"
+        progress(f"decoding the {split} split once for scoring")
+        val = validation_batches(meta, data, split)
+
+        candidates = _prepare_variant("base", str(source), pairs, work, data, calib, progress)
+        for name, checkpoint in variants:
+            candidates += _prepare_variant(name, checkpoint, pairs, work, data, calib, progress)
+        for path in extra:
+            runtime_name = "onnxruntime" if str(path).endswith(".onnx") else "torch"
+            precision = "int8" if runtime_name == "onnxruntime" and _is_int8(str(path)) else "fp32"
+            candidates.append(Candidate(Path(path).stem, runtime_name, precision, str(path)))
+
+        for c in candidates:
+            if c.status != "ok":
+                continue
+            progress(f"opening and scoring {c.key}")
+            try:
+                for n in threads:
+                    c.runtimes[n] = _open(c, n, dev)
+                c.metric = float(score(c.runtimes[threads[0]], val, meta)[metric_name])
+            except ParvisError as exc:
+                c.status, c.reason, c.runtimes = "unavailable", _first_line(exc), {}
+            except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the model is a rejected row
+                c.status, c.reason, c.runtimes = "failed", f"{type(exc).__name__}: {_first_line(exc)}", {}
+        baseline = candidates[0]
+        if baseline.status != "ok":
+            raise ParvisError(f"{source}: the eager fp32 baseline could not run ({baseline.reason})")
+        for c in candidates:
+            if c.status == "ok":
+                drop = (baseline.metric - c.metric) * 100
+                if drop > budget:
+                    c.status = "over budget"
+                    c.reason = f"{metric_name} drop {drop:.2f} points > budget {budget:g}"
+
+        rows = _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_iters, progress)
+        for row in rows:
+            row["metric_name"] = metric_name
+            if row["metric"] is not None:
+                row["metric_drop"] = round((baseline.metric - row["metric"]) * 100, 4)
+            base = next(
+                r
+                for r in rows
+                if r["variant"] == "base"
+                and r["runtime"] == "torch"
+                and r["precision"] == "fp32"
+                and r["batch"] == row["batch"]
+                and r["threads"] == row["threads"]
+            )
+            if row.get("img_s"):
+                row["speedup_vs_eager_fp32"] = row["img_s"] / base["img_s"]
+        ok = [r for r in rows if r["status"] == "ok"]
+        best_key = (lambda r: r["img_s"]) if objective == "throughput" else (lambda r: -r["latency_ms_p50"])
+        chosen = dict(max(ok, key=best_key))
+        for r in rows:
+            r["chosen"] = _same(r, chosen)
+        chosen["artifact"] = str(_keep_artifact(chosen, out))
+        result = {
+            "benchmark": "optimize",
+            "source": str(source),
+            "data": str(data),
+            "split": split,
+            "model": meta.name,
+            "task": meta.task,
+            "input_size": meta.input_size,
+            "device": str(dev),
+            "cpu": rt.inventory().cpu.model if dev.type == "cpu" else None,
+            "torch": torch.__version__,
+            "versions": _versions(),
+            "budget_points": budget,
+            "objective": objective,
+            "batches": list(batches),
+            "threads": list(threads),
+            "rounds": rounds,
+            "iters_per_round": iters,
+            "metric_name": metric_name,
+            "baseline_metric": baseline.metric,
+            "validation_images": sum(len(b.images) for b in val),
+            "candidates": rows,
+            "chosen": chosen,
+        }
+        import json
+
+        atomic_write_text(out / "optimize.json", json.dumps(result, indent=2) + "\n")
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in ("variant", "runtime", "precision", "batch", "threads"))
+
+
+def _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_iters, progress) -> list[dict]:
+    """One row per candidate x threads x batch; only candidates that run are timed (over-budget ones
+    too, so the table shows what the budget cost)."""
+    images = torch.cat([b.images for b in val])
+    rows = []
+    for b in batches:
+        # Real validation images, repeated if the split is smaller than the batch.
+        x = images[torch.arange(b) % len(images)].contiguous().numpy()
+        for n in threads:
+            live = [c for c in candidates if n in c.runtimes]
+            progress(f"timing {len(live)} candidates at batch {b}, {n} thread(s)")
+            speeds = measure_speed(
+                [c.runtimes[n] for c in live], x, rounds, iters, latency_iters, progress, [c.key for c in live]
+            )
+            timed = {c.key: s for c, s in zip(live, speeds, strict=True)}
+            for c in candidates:
+                row = {
+                    "variant": c.variant,
+                    "runtime": c.runtime,
+                    "precision": c.precision,
+                    "batch": b,
+                    "threads": n,
+                    "status": c.status,
+                    "reason": c.reason,
+                    "metric": c.metric,
+                    "metric_drop": None,
+                    "size_mb": _size_mb(c),
+                    "img_s": None,
+                    "latency_ms_p50": None,
+                    "latency_ms_p99": None,
+                    "speedup_vs_eager_fp32": None,
+                    "source_artifact": c.artifact,
+                }
+                if c.key in timed:
+                    row.update(timed[c.key])
+                    row["info"] = c.runtimes[n].info()
+                rows.append(row)
+    return rows
+
+
+def _size_mb(c: Candidate) -> float | None:
+    """The deployable model's size: the file for artifacts; the weights (not a training checkpoint's
+    optimizer state) for PyTorch candidates."""
+    if c.artifact is None:
+        return None
+    if c.runtime in ("torch", "torch-compile") and not c.artifact.endswith(".pt2"):
+        live = next(iter(c.runtimes.values()), None)
+        module = getattr(live, "module", None)
+        if module is None:
+            return None
+        sd = module.state_dict()
+        return round(sum(t.numel() * t.element_size() for t in sd.values()) / 2**20, 2)
+    return round(Path(c.artifact).stat().st_size / 2**20, 2)
+
+
+def _keep_artifact(chosen: dict, out: Path) -> Path:
+    """Copy the winner's file out of the scratch folder: model.onnx / model-int8.onnx / model.pt / model.pt2."""
+    src = Path(chosen["source_artifact"])
+    suffix = src.suffix if src.suffix in (".onnx", ".pt2") else ".pt"
+    name = "model-int8" if chosen["precision"] == "int8" else "model"
+    dst = out / f"{name}{suffix}"
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dst)
+    return dst
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("torch", "onnx", "onnxruntime", "openvino"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out

@@ -1,0 +1,92 @@
+"""`parvis optimize` on a tiny trained segmenter: a winner within budget, rejections with reasons."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from parvis.cli.main import main
+from parvis.engine.evaluate import evaluate_checkpoint
+from parvis.errors import ParvisError
+from parvis.export import export_model, load_source
+from parvis.optimize import optimize
+
+QUICK = {"rounds": 1, "iters": 1, "latency_iters": 3, "batches": (4,), "threads": (1,), "calib": 8}
+PAIRS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+
+
+@pytest.fixture(scope="module")
+def untrained_onnx(trained, tmp_path_factory):
+    """The same architecture and metadata with fresh random weights: a deliberately over-budget candidate."""
+    _, out = trained
+    model = load_source(str(out / "run" / "best.pt"))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path_factory.mktemp("bad") / "untrained.onnx"
+    export_model(model, path, "onnx")
+    return path
+
+
+def test_optimize_picks_a_winner_within_budget_and_rejects_an_over_budget_candidate(trained, untrained_onnx, tmp_path):
+    data, out = trained
+    result = optimize(
+        str(out / "run" / "best.pt"), str(data), tmp_path / "opt", budget=2.0, pairs=PAIRS,
+        extra=(str(untrained_onnx),), **QUICK,
+    )  # fmt: skip
+    rows = {(r["variant"], r["runtime"], r["precision"]): r for r in result["candidates"]}
+    assert set(rows) == {("base", *p) for p in PAIRS} | {("untrained", "onnxruntime", "fp32")}
+    for r in rows.values():
+        for key in ("runtime", "precision", "batch", "img_s", "latency_ms_p50", "metric", "metric_drop"):
+            assert r[key] is not None, key
+        assert r["img_s"] > 0 and r["speedup_vs_eager_fp32"] > 0
+    base = rows["base", "torch", "fp32"]
+    assert base["status"] == "ok" and base["metric_drop"] == 0 and base["speedup_vs_eager_fp32"] == 1.0
+    # ONNX Runtime fp32 runs the same math: same metric to rounding.
+    assert abs(rows["base", "onnxruntime", "fp32"]["metric"] - base["metric"]) < 0.005
+    bad = rows["untrained", "onnxruntime", "fp32"]
+    assert bad["status"] == "over budget" and bad["metric_drop"] > 2.0
+    assert bad["reason"] == f"miou drop {bad['metric_drop']:.2f} points > budget 2"
+    chosen = [r for r in result["candidates"] if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["status"] == "ok"
+    ok = [r for r in result["candidates"] if r["status"] == "ok"]
+    assert chosen[0]["img_s"] == max(r["img_s"] for r in ok)
+    assert result["chosen"]["metric_drop"] <= 2.0
+    # The winner was copied out and is a working artifact (or checkpoint) with the metric it was scored at.
+    written = json.loads((tmp_path / "opt" / "optimize.json").read_text())
+    assert written["chosen"]["artifact"] == result["chosen"]["artifact"]
+    metrics, _ = evaluate_checkpoint(result["chosen"]["artifact"], data, precision=None)
+    if result["chosen"]["runtime"] != "torch":
+        assert abs(metrics["miou"] - result["chosen"]["metric"]) < 1e-4
+    assert not (tmp_path / "opt" / ".candidates").exists()
+
+
+def test_optimize_rejects_bad_input_by_name(trained, tmp_path):
+    data, out = trained
+    ckpt = str(out / "run" / "best.pt")
+    with pytest.raises(ParvisError, match="cannot be negative"):
+        optimize(ckpt, str(data), tmp_path / "o", budget=-1)
+    with pytest.raises(ParvisError, match="starts from a checkpoint"):
+        optimize(str(out / "fp32.onnx"), str(data), tmp_path / "o")
+    with pytest.raises(ParvisError, match="--data .*nowhere: no such dataset folder"):
+        optimize(ckpt, str(tmp_path / "nowhere"), tmp_path / "o")
+    with pytest.raises(ParvisError, match="--candidate .*x.txt: expected an existing .onnx"):
+        optimize(ckpt, str(data), tmp_path / "o", extra=(str(tmp_path / "x.txt"),))
+    with pytest.raises(ParvisError, match="--objective 'fast' is unknown"):
+        optimize(ckpt, str(data), tmp_path / "o", objective="fast")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_optimize_prints_the_table_and_the_choice(trained, tmp_path, capsys):
+    data, out = trained
+    args = ["optimize", str(out / "run" / "best.pt"), "--data", str(data), "--out", str(tmp_path / "opt")]
+    args += ["--candidates", "torch:fp32,onnxruntime:fp32", "--batch", "2", "--threads", "1", "--rounds", "1"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "chosen: " in text and "optimize.json" in text
+    assert json.loads((tmp_path / "opt" / "optimize.json").read_text())["chosen"]["batch"] == 2
+    assert main([*args[:-6], "--candidates", "tensorrt-ish:fp32"]) == 2
+    assert "--candidates 'tensorrt-ish:fp32': expected RUNTIME:PRECISION" in capsys.readouterr().err
