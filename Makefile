@@ -6,7 +6,7 @@ PARVIS := $(VENV)/bin/parvis
 DATA   ?= data/shapes
 STAMP  := $(VENV)/.parvis-installed
 
-.PHONY: setup demo test lint bench-data clean
+.PHONY: setup chromium demo test lint bench-data clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,13 @@ demo: $(STAMP)
 	$(PARVIS) bench data $(DATA) --size 224 --json runs/bench-data.json
 	$(PARVIS) demo --data $(DATA) --out runs/demo
 
-test: $(STAMP)
+# The HTML report test screenshots the page in headless Chromium (Debian's package; needs root or sudo).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+		|| echo "chromium could not be installed: the report screenshot test will be skipped"
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -10,8 +10,12 @@ from pathlib import Path
 from parvis.errors import ParvisError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
+    """Write to a temp file in the same directory, fsync, then rename over `path`.
+
+    `durable=False` skips the fsync: readers still never see a partial file (the rename is atomic),
+    but a power cut may lose it. For per-image outputs, where an fsync each costs more than the image.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,8 +25,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

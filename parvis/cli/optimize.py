@@ -52,6 +52,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import shutil
     from pathlib import Path
 
     from rich.markup import escape
@@ -66,7 +67,11 @@ def run(args) -> int:
 
         pruned_dir = Path(args.out) / f"pruned-{args.prune:g}"
         con.print(f"pruning {args.prune:.0%} of channels, fine-tuning {args.prune_epochs} epoch(s)")
-        report = prune_checkpoint(args.checkpoint, args.prune, args.data, args.prune_epochs, pruned_dir)
+        shutil.rmtree(pruned_dir, ignore_errors=True)  # this command's own output of an earlier run
+        # optimize times every candidate itself, side by side: prune's own timing is skipped.
+        report = prune_checkpoint(
+            args.checkpoint, args.prune, args.data, args.prune_epochs, pruned_dir, timing={"rounds": 0}
+        )
         variants.append((f"pruned{args.prune:g}", str(report["checkpoint"])))
     result = optimize(
         args.checkpoint,
@@ -89,11 +94,23 @@ def run(args) -> int:
         title=f"optimize {result['model']}, {result['input_size']} px, {result['device']}, "
         f"budget {result['budget_points']:g} {name} points, {result['validation_images']} val images"
     )
-    for col in ("variant", "runtime", "precision", "batch", "thr", "status", "size MB", name, "drop", "ms/img b1",
-                "img/s", "speedup"):
+    for col in (
+        "variant",
+        "runtime",
+        "precision",
+        "batch",
+        "thr",
+        "status",
+        "size MB",
+        name,
+        "drop",
+        "ms/img b1",
+        "img/s",
+        "speedup",
+    ):
         table.add_column(col, justify="left" if col in ("variant", "runtime", "precision", "status") else "right")
     for r in result["candidates"]:
-        fmt = (lambda v, f: "-" if v is None else format(v, f))  # noqa: E731
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         status = r["status"] + (" *" if r["chosen"] else "")
         table.add_row(
             r["variant"],

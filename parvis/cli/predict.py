@@ -1,4 +1,7 @@
-"""`parvis predict CHECKPOINT INPUT... --out DIR`: JSON results, PNG masks and overlay images."""
+"""`parvis predict MODEL INPUT... --out DIR`: JSON results, PNG masks and overlay images.
+
+MODEL is a checkpoint, an exported / quantized artifact (.onnx, .pt2) or a `parvis optimize` output
+folder (its chosen artifact, runtime, precision and threads)."""
 
 from __future__ import annotations
 
@@ -6,26 +9,37 @@ from parvis.cli.output import console
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint")
-    p.add_argument("checkpoint", help="a checkpoint written by parvis train")
+    p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or an optimized artifact")
+    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint, .onnx/.pt2 artifact or parvis optimize folder")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder (results.json, masks/, overlays/)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto")
+    p.add_argument("--precision", default="auto", help="auto: the device's best for checkpoints, the file's own")
+    p.add_argument("--runtime", default=None, help="torch|torch-compile|onnxruntime|openvino (default: by file)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the runtime's)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--ema", action="store_true", help="use the EMA weights")
+    p.add_argument("--decode-threads", type=int, default=1, help="threads decoding ahead of the model (default 1)")
+    p.add_argument("--no-overlays", action="store_true", help="write results.json (and masks) only")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights of a checkpoint")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from parvis import runtime
-    from parvis.engine.predict import expand_inputs, load_trained, predict_files
+    from parvis.engine.predict import expand_inputs, load_predictor, predict_files
 
     device = runtime.resolve_device(args.device)
-    precision = runtime.resolve_precision(args.precision, device, "infer")
-    model = load_trained(args.checkpoint, device, use_ema=args.ema)
+    model, info = load_predictor(args.checkpoint, device, args.runtime, args.precision, args.threads, args.ema)
+    # A runtime applies its own precision; autocast is for the eager checkpoint path only.
+    eager = info.get("kind") == "eager"
+    precision = runtime.resolve_precision(args.precision if eager else "fp32", device if eager else "cpu", "infer")
+    what_runs = f"{info['runtime']} {precision.name if eager else info.get('precision')}"
     files = expand_inputs(args.inputs)
-    results = predict_files(model, files, args.out, device, precision, batch_size=args.batch)
+    stats: dict = {}
+    results = predict_files(
+        model, files, args.out, device, precision, batch_size=args.batch, decode_threads=args.decode_threads,
+        overlays=not args.no_overlays, stats=stats,
+    )  # fmt: skip
     errors = [r for r in results if "error" in r]
     con = console()
     for r in results[:5]:
@@ -36,7 +50,8 @@ def run(args) -> int:
         )
         con.print(f"{r['file']}: {what or 'background only'}")
     con.print(
-        f"predicted {len(results) - len(errors)} image(s) -> {args.out}/results.json"
+        f"predicted {len(results) - len(errors)} image(s) with {what_runs}"
+        f" in {stats['wall_s']:.2f} s ({stats['images_per_s']:,.1f} img/s) -> {args.out}/results.json"
         + (f"; {len(errors)} unreadable: " + ", ".join(r["file"] for r in errors) if errors else "")
     )
     return 1 if errors else 0

@@ -21,6 +21,9 @@ rng            :func:`capture_rng_state`
 config         the resolved config, :func:`parvis.config.config_to_dict`
 metrics        the latest evaluation, name -> number
 best_metric    the best value of the monitored metric so far (float or None)
+pruned         only in a channel-pruned checkpoint (``parvis.prune``): the layer attributes pruning
+               changed, by module name, so loading rebuilds the registered model and reshapes it;
+               plus the pruning settings and the metric measured before and after
 =============  =================================================================================
 
 Files are read with ``torch.load(weights_only=True)``, which refuses to run pickled code, so only

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import glob
 import json
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +65,38 @@ def load_trained(path: str | Path, device: torch.device, use_ema: bool = False) 
     if use_ema and not state.get("ema"):
         raise ParvisError(f"{path}: holds no EMA weights (trained without ema=true); drop --ema")
     # AveragedModel keeps a step counter next to the weights; the model does not want it.
-    model.load_state_dict({k: v for k, v in weights.items() if k != "n_averaged"})
+    weights = {k: v for k, v in weights.items() if k != "n_averaged"}
+    if state.get("pruned"):
+        restore_structure(model, state["pruned"]["modules"], weights)
+    model.load_state_dict(weights)
     return model.to(device, memory_format=runtime.preferred_memory_format(device)).eval()
+
+
+def restore_structure(model: torch.nn.Module, modules: dict[str, dict], weights: dict[str, torch.Tensor]) -> None:
+    """Give a freshly built `model` the layer shapes of a channel-pruned one (see `parvis.prune`).
+
+    `modules` maps module names to the plain attributes pruning changed (in/out channels, num_features,
+    ...); every parameter and buffer whose shape differs from `weights` is replaced by an empty one of
+    the stored shape, which `load_state_dict` then fills. Only plain values and tensors are involved, so
+    pruned checkpoints still load with weights_only=True.
+    """
+    named = dict(model.named_modules())
+    for name, attrs in modules.items():
+        if name not in named:
+            raise ParvisError(f"pruned checkpoint names a layer {name!r} that {model.meta.name} does not have")
+        for attr, value in attrs.items():
+            setattr(named[name], attr, value)
+    own = model.state_dict()
+    for key, tensor in weights.items():
+        if key not in own or own[key].shape == tensor.shape:
+            continue
+        owner, _, leaf = key.rpartition(".")
+        module = named[owner]
+        empty = torch.empty_like(tensor)
+        if leaf in module._parameters:
+            module._parameters[leaf] = torch.nn.Parameter(empty, requires_grad=module._parameters[leaf].requires_grad)
+        else:
+            module._buffers[leaf] = empty
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -91,6 +125,94 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return np.where(mask[..., None] > 0, blended, image)
 
 
+def load_predictor(
+    source: str | Path,
+    device: torch.device,
+    runtime_name: str | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+    use_ema: bool = False,
+) -> tuple[VisionModel, dict]:
+    """(model, what runs it) for a checkpoint, an artifact (.onnx / .pt2) or an `parvis optimize`
+    output folder (its chosen artifact, runtime, precision and threads). Artifacts and folders run
+    in their runtime behind the VisionModel interface; a checkpoint runs eagerly on `device`."""
+    from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
+
+    source = Path(source)
+    if source.is_dir():
+        chosen_file = source / "optimize.json"
+        if not chosen_file.is_file():
+            raise ParvisError(f"{source}: a folder must be `parvis optimize` output (no optimize.json in it)")
+        chosen = json.loads(chosen_file.read_text())["chosen"]
+        source = source / Path(chosen["artifact"]).name
+        runtime_name = runtime_name or chosen["runtime"]
+        precision = chosen["precision"] if precision == "auto" else precision
+        threads = threads or chosen["threads"]
+    if runtime_name is None and not str(source).endswith(ARTIFACT_SUFFIXES):
+        if use_ema or threads is None:
+            model = load_trained(source, device, use_ema=use_ema)
+            return model, {"runtime": "torch", "kind": "eager", "device": str(device)}
+        runtime_name = "torch"
+    if use_ema:
+        raise ParvisError(f"{source}: --ema applies to checkpoints, not to exported artifacts")
+    if precision == "auto":
+        # An artifact runs at the precision stored in it; a checkpoint in a runtime at the device's best.
+        if str(source).endswith(".onnx"):
+            precision = "int8" if _is_quantized(source) else "fp32"
+        else:
+            precision = runtime.resolve_precision("auto", device, "infer").name
+    kwargs = {"precision": precision, "threads": threads}
+    if device.type != "cpu":
+        kwargs["device"] = str(device)
+    rt = open_runtime(str(source), runtime_name, **kwargs)
+    return as_model(rt), rt.info()
+
+
+def _is_quantized(path: Path) -> bool:
+    import onnx
+
+    from parvis.quantize import QUANT_KEY
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(p.key == QUANT_KEY for p in model.metadata_props)
+
+
+def _decode(path: Path, transform) -> tuple[Path, np.ndarray | None, torch.Tensor | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        array = read_image(path)
+    except BadSampleError as exc:
+        return path, None, None, exc.reason, time.perf_counter() - t0
+    image = transform(tv_tensors.Image(to_tensor(array))).as_subclass(torch.Tensor)
+    return path, array, image.permute(1, 2, 0), None, time.perf_counter() - t0
+
+
+def _put(q: queue.Queue, item, stop: threading.Event, consumer=None) -> None:
+    """Put with back-pressure; gives up when `stop` is set, raises the `consumer` future's error."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            if consumer is not None and consumer.done():
+                consumer.result()
+                raise RuntimeError("the writer stage ended early") from None
+
+
+def _get(q: queue.Queue, producer=None, stop: threading.Event | None = None):
+    """The next item; None when `producer` (a future) has ended without one or `stop` is set. A
+    producer's exception is raised here, in the consumer."""
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop is not None and stop.is_set():
+                return None
+            if producer is not None and producer.done():
+                producer.result()
+                return q.get_nowait() if not q.empty() else None
+
+
 @torch.no_grad()
 def predict_files(
     model: VisionModel,
@@ -99,50 +221,93 @@ def predict_files(
     device: torch.device,
     precision: runtime.Precision,
     batch_size: int = 16,
+    decode_threads: int = 1,
+    overlays: bool = True,
+    stats: dict | None = None,
 ) -> list[dict]:
-    """Predict every file; write results.json, and for segmentation masks/*.png and overlays/*.jpg."""
-    from PIL import Image, ImageDraw
+    """Predict every file; write results.json, and for segmentation masks/*.png (+ overlays/*.jpg).
 
+    Three stages overlap over bounded queues: `decode_threads` threads decode and resize batch k+1
+    while the model runs batch k and a writer thread encodes the outputs of batch k-1. `stats`, when
+    given, receives the wall time and each stage's busy time.
+    """
     meta = model.meta
     out = Path(out)
     transform = build_transform(meta.task, False, meta.input_size)
     normalize = Normalize(meta.mean, meta.std, memory_format=runtime.preferred_memory_format(device)).to(device)
+    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    done: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    busy = {"decode_s": 0.0, "infer_s": 0.0, "write_s": 0.0}
     results: list[dict] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        originals, inputs, ok = [], [], []
-        for path in chunk:
-            try:
-                array = read_image(path)
-            except BadSampleError as exc:
-                results.append({"file": str(path), "error": exc.reason})
-                continue
-            image = transform(tv_tensors.Image(to_tensor(array)))
-            originals.append(array)
-            inputs.append(image.as_subclass(torch.Tensor).permute(1, 2, 0))
-            ok.append(path)
-        if not inputs:
-            continue
-        batch = normalize(torch.stack(inputs).permute(0, 3, 1, 2).to(device))
-        with runtime.autocast(precision):
-            raw = model(batch)
-        raw = raw.float()
-        for path, array, logits, result in zip(ok, originals, raw, model.postprocess(raw), strict=True):
-            record = {"file": str(path), **result.to_dict()}
-            if meta.task == "segmentation":
-                # Back to the file's own resolution before the argmax, so masks line up with the image.
-                full = F.interpolate(logits[None], size=array.shape[:2], mode="bilinear", align_corners=False)
-                mask = full[0].argmax(0).to(torch.uint8).cpu().numpy()
-                record.update(result.__class__(torch.from_numpy(mask).long(), meta.class_names).to_dict())
-                record["mask"] = _write_mask(out / "masks" / f"{path.stem}.png", mask)
-                record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", overlay(array, mask))
-            else:
-                canvas = Image.fromarray(array)
-                ImageDraw.Draw(canvas).text((4, 4), f"{record['class_name']} {record['score']:.2f}", fill=(255, 255, 0))
-                record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", np.asarray(canvas))
-            results.append(record)
+
+    def read() -> None:
+        with ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="parvis-decode") as pool:
+            for chunk in chunks:
+                decoded = list(pool.map(lambda p: _decode(p, transform), chunk))
+                busy["decode_s"] += sum(d[-1] for d in decoded)
+                _put(ready, decoded, stop)
+        _put(ready, None, stop)
+
+    def write() -> None:
+        while (item := _get(done, stop=stop)) is not None:
+            t0 = time.perf_counter()
+            decoded, raw = item
+            _write_outputs(model, decoded, raw, out, overlays, results)
+            busy["write_s"] += time.perf_counter() - t0
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(2, thread_name_prefix="parvis-predict") as stages:
+        reader = stages.submit(read)
+        writer = stages.submit(write)
+        try:
+            while (decoded := _get(ready, reader)) is not None:
+                t0 = time.perf_counter()
+                inputs = [d[2] for d in decoded if d[2] is not None]
+                raw = None
+                if inputs:
+                    batch = normalize(torch.stack(inputs).permute(0, 3, 1, 2).to(device))
+                    with runtime.autocast(precision):
+                        raw = model(batch).float()
+                busy["infer_s"] += time.perf_counter() - t0
+                _put(done, (decoded, raw), stop, writer)
+            _put(done, None, stop, writer)
+            writer.result()
+        finally:
+            stop.set()
+    wall = time.perf_counter() - start
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    if stats is not None:
+        stats.update(busy, wall_s=wall, images=len(files), images_per_s=len(files) / wall if wall > 0 else 0.0)
     return results
+
+
+def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list[dict]) -> None:
+    from PIL import Image, ImageDraw
+
+    meta = model.meta
+    ok = [d for d in decoded if d[3] is None]
+    post = iter(zip(ok, raw, model.postprocess(raw), strict=True)) if ok else iter(())
+    for path, array, _, error, _ in decoded:
+        if error is not None:
+            results.append({"file": str(path), "error": error})
+            continue
+        _, logits, result = next(post)
+        record = {"file": str(path), **result.to_dict()}
+        if meta.task == "segmentation":
+            # Back to the file's own resolution before the argmax, so masks line up with the image.
+            full = F.interpolate(logits[None], size=array.shape[:2], mode="bilinear", align_corners=False)
+            mask = full[0].argmax(0).to(torch.uint8).cpu().numpy()
+            record.update(result.__class__(torch.from_numpy(mask).long(), meta.class_names).to_dict())
+            record["mask"] = _write_mask(out / "masks" / f"{path.stem}.png", mask)
+            if overlays:
+                record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", overlay(array, mask))
+        elif overlays:
+            canvas = Image.fromarray(array)
+            ImageDraw.Draw(canvas).text((4, 4), f"{record['class_name']} {record['score']:.2f}", fill=(255, 255, 0))
+            record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", np.asarray(canvas))
+        results.append(record)
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> str:
@@ -155,7 +320,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> str:
     im.putpalette(PALETTE.flatten().tolist())
     buf = io.BytesIO()
     im.save(buf, "PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), durable=False)  # per image: rename-atomic, no fsync each
     return str(path)
 
 
@@ -166,5 +331,5 @@ def _write_jpeg(path: Path, image: np.ndarray) -> str:
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "JPEG", quality=90)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), durable=False)  # per image: rename-atomic, no fsync each
     return str(path)

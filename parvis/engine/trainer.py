@@ -24,7 +24,7 @@ from parvis.engine.checkpoint import CheckpointManager, capture_rng_state, load_
 from parvis.engine.evaluate import _unwrap, evaluate
 from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook, ProgressHook
 from parvis.errors import ParvisError
-from parvis.models import MODELS, build_model
+from parvis.models import MODELS, VisionModel, build_model
 
 
 class NonFiniteLoss(ParvisError):
@@ -67,7 +67,17 @@ def apply_gradients(optimizer, scaler, parameters, clip_grad: float | None) -> N
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, hooks: list[Hook] | None = None, quiet: bool = False):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: bool = False,
+        hooks: list[Hook] | None = None,
+        quiet: bool = False,
+        model: VisionModel | None = None,
+    ):
+        """`model`: train this already-built model (e.g. a pruned one, whose layer shapes differ from the
+        registered architecture) instead of building `cfg.model`; its classes must be the dataset's. Its
+        checkpoints hold only the state dict, so a caller whose model cannot be rebuilt by name saves its own."""
         self.cfg = cfg
         self.dist = runtime.init_distributed(cfg.device)
         self.device = self.dist.device
@@ -110,10 +120,16 @@ class Trainer:
                 f"per process; lower --batch"
             )
 
-        # Model: registered by name; channels-last, checkpointing, SyncBN, then the parallel wrapper.
-        model = build_model(cfg.model, len(class_names), class_names, input_size=size, weights=cfg.weights)
-        if cfg.model.startswith("hmsa_"):
-            model.set_scales(cfg.scales)
+        # Model: registered by name (or handed in); channels-last, checkpointing, SyncBN, then the parallel wrapper.
+        if model is None:
+            model = build_model(cfg.model, len(class_names), class_names, input_size=size, weights=cfg.weights)
+            if cfg.model.startswith("hmsa_"):
+                model.set_scales(cfg.scales)
+        elif model.meta.class_names != class_names:
+            raise ParvisError(
+                f"{cfg.data}: classes {class_names} differ from the model's {model.meta.class_names}; "
+                "use the dataset the model was trained on"
+            )
         if cfg.grad_checkpointing:
             model.set_grad_checkpointing(True)
         self.meta = model.meta

@@ -90,3 +90,32 @@ def test_cli_optimize_prints_the_table_and_the_choice(trained, tmp_path, capsys)
     assert json.loads((tmp_path / "opt" / "optimize.json").read_text())["chosen"]["batch"] == 2
     assert main([*args[:-6], "--candidates", "tensorrt-ish:fp32"]) == 2
     assert "--candidates 'tensorrt-ish:fp32': expected RUNTIME:PRECISION" in capsys.readouterr().err
+
+
+def test_predict_runs_artifacts_and_optimize_folders_like_the_checkpoint(trained, tmp_path, capsys):
+    data, out = trained
+    images = str(data / "images" / "val")
+    assert (
+        main(["predict", str(out / "run" / "best.pt"), images, "--out", str(tmp_path / "ckpt"), "--precision", "fp32"])
+        == 0
+    )
+    assert (
+        main(["predict", str(out / "fp32.onnx"), images, "--out", str(tmp_path / "onnx"), "--decode-threads", "2"]) == 0
+    )
+    assert "with onnxruntime fp32" in capsys.readouterr().out
+    ckpt = json.loads((tmp_path / "ckpt" / "results.json").read_text())
+    onnx_results = json.loads((tmp_path / "onnx" / "results.json").read_text())
+    assert [r["file"] for r in ckpt] == [r["file"] for r in onnx_results]  # order kept through the pipeline
+    for a, b in zip(ckpt, onnx_results, strict=True):
+        shares_a, shares_b = a["class_shares"], b["class_shares"]
+        assert max(abs(shares_a[k] - shares_b[k]) for k in shares_a) < 0.01
+        assert (tmp_path / "onnx" / "masks" / f"{a['file'].rsplit('/', 1)[-1][:-4]}.png").exists()
+    # An optimize folder runs its chosen artifact with the chosen runtime and threads.
+    args = ["optimize", str(out / "run" / "best.pt"), "--data", str(data), "--out", str(tmp_path / "opt")]
+    assert main([*args, "--candidates", "onnxruntime:fp32", "--batch", "2", "--rounds", "1"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "opt"), images, "--out", str(tmp_path / "p3"), "--no-overlays"]) == 0
+    assert "with onnxruntime fp32" in capsys.readouterr().out
+    assert not (tmp_path / "p3" / "overlays").exists()
+    assert main(["predict", str(tmp_path / "ckpt"), images, "--out", str(tmp_path / "p4")]) == 2
+    assert "no optimize.json in it" in capsys.readouterr().err
