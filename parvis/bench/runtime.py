@@ -4,7 +4,9 @@ Each candidate is timed in turns (round-robin, so drift on a shared machine hits
 at the given batch (median of rounds) and batch-1 latency percentiles, plus the largest logit
 difference from PyTorch eager fp32 on the same inputs, so a fast-but-wrong candidate shows. With a
 dataset, an ONNX Runtime INT8 candidate calibrated on its training images joins (its logit
-difference is expected to be larger; its task metric comes from `parvis eval` on the artifact).
+difference is expected to be larger; its task metric comes from `parvis eval` on the artifact), and
+OpenVINO runs the same INT8 file. OpenVINO fp32 (and bf16 on CPUs with native BF16) run the fp32
+export; torch.compile joins on request (`compile_too`), since compiling takes long.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from parvis.runtimes import open_runtime
 
 
 def _candidates(
-    source: str, workdir: Path, threads: int | None, progress: Callable[[str], None], data: str | None, calib: int
+    source: str,
+    workdir: Path,
+    threads: int | None,
+    progress: Callable[[str], None],
+    data: str | None,
+    calib: int,
+    batch: int,
+    compile_too: bool,
 ) -> list[dict]:
     cpu = torch.device("cpu")
     auto = rt.resolve_precision("auto", cpu, "infer")
@@ -59,6 +68,23 @@ def _candidates(
                 "rt": open_runtime(source, "torch", threads=threads, precision=auto.name, channels_last=True),
             }
         )
+    if compile_too:
+        progress(f"compiling with torch.compile ({auto.name}) at batch {batch} and 1 (slow)")
+        rows.append(
+            {
+                "runtime": "torch-compile",
+                "precision": auto.name,
+                "layout": "channels_last",
+                "rt": open_runtime(
+                    source,
+                    "torch-compile",
+                    threads=threads,
+                    precision=auto.name,
+                    channels_last=True,
+                    warmup_batches=(batch, 1),
+                ),
+            }
+        )
     progress("exporting to ONNX")
     onnx_path = workdir / "model.onnx"
     export_model(load_source(source), onnx_path, "onnx")
@@ -70,6 +96,16 @@ def _candidates(
             "rt": open_runtime(str(onnx_path), threads=threads),
         }
     )
+    # OpenVINO's bf16 needs native BF16; where the CPU lacks it the runtime refuses, and the row is left out.
+    for precision in ("fp32", "bf16") if rt.inventory().cpu.native_bf16 else ("fp32",):
+        rows.append(
+            {
+                "runtime": "openvino",
+                "precision": precision,
+                "layout": "-",
+                "rt": open_runtime(str(onnx_path), "openvino", threads=threads, precision=precision),
+            }
+        )
     if data is not None:
         from parvis.quantize import quantize_onnx
 
@@ -78,6 +114,8 @@ def _candidates(
         quantize_onnx(onnx_path, int8_path, data, n=calib)
         rt_int8 = open_runtime(str(int8_path), threads=threads, precision="int8")
         rows.append({"runtime": "onnxruntime", "precision": "int8", "layout": "-", "rt": rt_int8})
+        ov_int8 = open_runtime(str(int8_path), "openvino", threads=threads, precision="int8")
+        rows.append({"runtime": "openvino", "precision": "int8", "layout": "-", "rt": ov_int8})
     return rows
 
 
@@ -90,11 +128,15 @@ def bench_runtime(
     threads: int | None = None,
     data: str | None = None,
     calib: int = 128,
+    compile_too: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Rows of {runtime, precision, layout, img_s, latency_ms_p50/p99, speedup_vs_eager_fp32, max_abs_err}."""
+    """Rows of {runtime, precision, layout, img_s, latency_ms_p50/p99, speedup_vs_eager_fp32, max_abs_err}.
+
+    `compile_too` adds torch.compile at the auto precision; it compiles at `batch` and at 1 before
+    timing (tens of seconds per graph on a small CPU), so it is off by default."""
     with tempfile.TemporaryDirectory() as tmp:
-        rows = _candidates(source, Path(tmp), threads, progress, data, calib)
+        rows = _candidates(source, Path(tmp), threads, progress, data, calib, batch, compile_too)
         meta = rows[0]["rt"].meta
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, meta.input_size, meta.input_size, generator=gen).numpy()

@@ -1,6 +1,8 @@
 """Inference runtimes behind one interface: load an artifact, run a batch, report what runs it.
 
     rt = open_runtime("model.onnx", threads=2)        # or a checkpoint / .pt2 / registered name
+    rt = open_runtime("model.onnx", "openvino", precision="bf16")     # fp32 | bf16 | int8 (quantized file)
+    rt = open_runtime("resnet18", "torch-compile", precision="bf16")  # compiles on first use of a batch size
     logits = rt.run(images)                            # float32 N x 3 x H x W, normalized -> numpy
     rt.info()                                          # {"runtime", "device", "precision", "threads", ...}
 
@@ -15,12 +17,12 @@ from pathlib import Path
 from parvis.errors import ParvisError
 from parvis.runtimes.base import Runtime
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "openvino", "torch-compile")
 
 
 def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Runtime:
-    """`source`: .onnx (ONNX Runtime by default), .pt2 (torch.export), a parvis checkpoint or a
-    registered model name (PyTorch eager)."""
+    """`source`: .onnx (ONNX Runtime by default, or OpenVINO), .pt2 (torch.export), a parvis checkpoint
+    or a registered model name (PyTorch eager, or torch.compile)."""
     source = str(source)
     runtime = runtime or ("onnxruntime" if source.endswith(".onnx") else "torch")
     if runtime == "onnxruntime":
@@ -29,6 +31,16 @@ def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Ru
         if not source.endswith(".onnx"):
             raise ParvisError(f"{source}: ONNX Runtime runs .onnx files; export one with `parvis export`")
         return OnnxRuntime(source, **kwargs)
+    if runtime == "openvino":
+        from parvis.runtimes.openvino import OpenVinoRuntime
+
+        if not source.endswith(".onnx"):
+            raise ParvisError(f"{source}: OpenVINO runs .onnx files here; export one with `parvis export`")
+        return OpenVinoRuntime(source, **kwargs)
+    if runtime == "torch-compile":
+        from parvis.runtimes.torch_compile import TorchCompileRuntime
+
+        return TorchCompileRuntime(source, **kwargs)
     if runtime == "torch":
         from parvis.runtimes.torch_eager import TorchRuntime
 

@@ -1,0 +1,111 @@
+"""PyTorch through `torch.compile` (Inductor) for inference: a checkpoint or registered model name,
+frozen, fp32 or bf16 autocast, channels-last where the device prefers it.
+
+Freezing turns the weights into constants of the compiled graph so Inductor can fold them (BN into
+conv, bf16 weight casts done once, oneDNN weight prepacking on the CPU). Dynamo reads
+`torch._inductor.config.freezing` while it traces, so `torch.compile(options={"freezing": True})`
+(which only reaches Inductor) does not freeze anything; the flag is patched around this runtime's own
+calls instead, which is where every compile happens, and is restored after each one. Frozen weights
+are read once: changing the module's parameters later does not change the compiled outputs.
+
+Compilation is lazy and slow (tens of seconds per graph for a ResNet-18 on a small CPU): the first
+call at a new batch size range compiles, or pass `warmup_batches` to do it in the constructor.
+Batch sizes: N >= 2 is marked dynamic, so one graph serves a range of N; batch 1 always gets its own
+graph (Dynamo specializes sizes 0 and 1). PyTorch's CPU convolution picks its backend by batch size,
+which splits the dynamic range once more (at 16 with torch 2.14): batch 1, 2..15 and 16+ are three
+compiles, each done once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from parvis import runtime as rt
+from parvis.errors import ParvisError
+from parvis.runtimes.base import Runtime
+from parvis.runtimes.torch_eager import _threads
+
+# Every compile of the same model class shares one cache (keyed by forward's code object) and one
+# recompile limit, after which Dynamo silently runs eager; isolate each runtime's compiles (torch 2.14+).
+_ISOLATE = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
+
+
+class TorchCompileRuntime(Runtime):
+    name = "torch-compile"
+
+    def __init__(
+        self,
+        source: str,
+        threads: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool | None = None,
+        warmup_batches: Sequence[int] = (),
+    ):
+        """`warmup_batches`: batch sizes to compile for now (e.g. (1, 32)) instead of on first use."""
+        from parvis.export import load_source
+
+        if source.endswith((".onnx", ".pt2")):
+            raise ParvisError(
+                f"{source}: torch-compile compiles a parvis checkpoint or a registered model name; "
+                "run exported artifacts with --runtime onnxruntime, openvino or torch"
+            )
+        self.device = rt.resolve_device(device)
+        self.precision = rt.resolve_precision(precision, self.device, "infer")
+        self.threads, self.source = threads, source
+        module = load_source(source, self.device).eval()
+        self.meta = module.meta
+        if channels_last is None:
+            channels_last = rt.preferred_memory_format(self.device) == torch.channels_last
+        self.channels_last = channels_last
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.module = module
+        self.compiled = torch.compile(module, **_ISOLATE)
+        t0 = time.perf_counter()
+        size = self.meta.input_size
+        for n in warmup_batches:
+            self.run(torch.zeros(n, 3, size, size))
+        self.warmup_batches = list(warmup_batches)
+        self.warmup_s = round(time.perf_counter() - t0, 1)
+
+    @torch.inference_mode()
+    def run(self, images) -> np.ndarray:
+        import torch._inductor.config as inductor_config
+
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        # detach(): a new tensor object, so marking it dynamic leaves the caller's tensor alone
+        x = x.to(self.device, torch.float32).detach()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if len(x) > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        with _threads(self.threads), rt.autocast(self.precision), inductor_config.patch(freezing=True):
+            try:
+                out = self.compiled(x)
+            except torch._dynamo.exc.BackendCompilerFailed as exc:
+                raise ParvisError(
+                    f"{self.meta.name}: torch.compile failed ({str(exc).strip().splitlines()[0][:300]}); "
+                    "use --runtime torch"
+                ) from exc
+        return out.float().cpu().numpy()
+
+    def info(self) -> dict:
+        return {
+            "runtime": self.name,
+            "kind": "torch.compile (inductor, frozen)",
+            "device": str(self.device),
+            "precision": self.precision.name,
+            "channels_last": self.channels_last,
+            "threads": self.threads or torch.get_num_threads(),
+            "dynamic_batch": "batch 1 specialized, N >= 2 marked dynamic",
+            "warmup_batches": self.warmup_batches,
+            "warmup_s": self.warmup_s,
+            "artifact": self.source,
+            "torch": torch.__version__,
+        }
