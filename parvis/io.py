@@ -28,6 +28,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> P
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

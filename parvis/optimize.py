@@ -19,16 +19,14 @@ artifact is copied to the output folder next to `optimize.json`.
 from __future__ import annotations
 
 import shutil
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from parvis import runtime as rt
+from parvis.bench.runtime import time_runtimes
 from parvis.errors import ParvisError
 
 OBJECTIVES = ("throughput", "latency")
@@ -102,48 +100,6 @@ def score(runtime_obj, batches: list, meta) -> dict:
 
     fp32 = rt.resolve_precision("fp32", torch.device("cpu"), "infer")
     return evaluate(as_model(runtime_obj), batches, meta, fp32, torch.device("cpu"))
-
-
-def measure_speed(
-    runtimes: list,
-    x: np.ndarray,
-    rounds: int = 3,
-    iters: int = 3,
-    latency_iters: int = 30,
-    progress: Callable[[str], None] = lambda _: None,
-    labels: list[str] | None = None,
-) -> list[dict]:
-    """images/s at x's batch (median of round-robin rounds) and batch-1 latency p50/p99 per runtime."""
-    labels = labels or [r.name for r in runtimes]
-    x1 = np.ascontiguousarray(x[:1])
-    for r in runtimes:  # warm-up at both shapes (compiles, allocations, autotuning)
-        r.run(x)
-        r.run(x1)
-    runs: list[list[float]] = [[] for _ in runtimes]
-    for k in range(rounds):
-        for i, r in enumerate(runtimes):
-            progress(f"round {k + 1}/{rounds}: {labels[i]}")
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                r.run(x)
-            runs[i].append(len(x) * iters / (time.perf_counter() - t0))
-    out = []
-    for i, r in enumerate(runtimes):
-        progress(f"batch-1 latency: {labels[i]}")
-        lat = []
-        for _ in range(latency_iters):
-            t0 = time.perf_counter()
-            r.run(x1)
-            lat.append((time.perf_counter() - t0) * 1000)
-        out.append(
-            {
-                "img_s": statistics.median(runs[i]),
-                "img_s_runs": runs[i],
-                "latency_ms_p50": float(np.percentile(lat, 50)),
-                "latency_ms_p99": float(np.percentile(lat, 99)),
-            }
-        )
-    return out
 
 
 def _is_int8(path: str) -> bool:
@@ -363,7 +319,7 @@ def _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_
         for n in threads:
             live = [c for c in candidates if n in c.runtimes]
             progress(f"timing {len(live)} candidates at batch {b}, {n} thread(s)")
-            speeds = measure_speed(
+            speeds = time_runtimes(
                 [c.runtimes[n] for c in live], x, rounds, iters, latency_iters, progress, [c.key for c in live]
             )
             timed = {c.key: s for c, s in zip(live, speeds, strict=True)}

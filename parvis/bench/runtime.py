@@ -119,6 +119,48 @@ def _candidates(
     return rows
 
 
+def time_runtimes(
+    runtimes: list,
+    x: np.ndarray,
+    rounds: int = 3,
+    iters: int = 3,
+    latency_iters: int = 30,
+    progress: Callable[[str], None] = lambda _: None,
+    labels: list[str] | None = None,
+) -> list[dict]:
+    """images/s at x's batch (median of round-robin rounds) and batch-1 latency p50/p99 per runtime."""
+    labels = labels or [r.name for r in runtimes]
+    x1 = np.ascontiguousarray(x[:1])
+    for r in runtimes:  # warm-up at both shapes (compiles, allocations, autotuning)
+        r.run(x)
+        r.run(x1)
+    runs: list[list[float]] = [[] for _ in runtimes]
+    for k in range(rounds):
+        for i, r in enumerate(runtimes):
+            progress(f"round {k + 1}/{rounds}: {labels[i]}")
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                r.run(x)
+            runs[i].append(len(x) * iters / (time.perf_counter() - t0))
+    out = []
+    for i, r in enumerate(runtimes):
+        progress(f"batch-1 latency: {labels[i]}")
+        lat = []
+        for _ in range(latency_iters):
+            t0 = time.perf_counter()
+            r.run(x1)
+            lat.append((time.perf_counter() - t0) * 1000)
+        out.append(
+            {
+                "img_s": statistics.median(runs[i]),
+                "img_s_runs": runs[i],
+                "latency_ms_p50": float(np.percentile(lat, 50)),
+                "latency_ms_p99": float(np.percentile(lat, 99)),
+            }
+        )
+    return out
+
+
 def bench_runtime(
     source: str,
     batch: int = 32,
@@ -140,29 +182,13 @@ def bench_runtime(
         meta = rows[0]["rt"].meta
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(batch, 3, meta.input_size, meta.input_size, generator=gen).numpy()
-        x1 = x[:1].copy()
         reference = rows[0]["rt"].run(x)
         for row in rows:
             row["max_abs_err"] = float(np.abs(row["rt"].run(x) - reference).max())
-            row["rt"].run(x1)  # warm-up at both shapes
-            row["img_s_runs"] = []
-        for r in range(rounds):
-            for row in rows:
-                progress(f"round {r + 1}/{rounds}: {row['runtime']} {row['precision']} {row['layout']}")
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    row["rt"].run(x)
-                row["img_s_runs"].append(batch * iters / (time.perf_counter() - t0))
-        for row in rows:
-            progress(f"batch-1 latency: {row['runtime']} {row['precision']} {row['layout']}")
-            lat = []
-            for _ in range(latency_iters):
-                t0 = time.perf_counter()
-                row["rt"].run(x1)
-                lat.append((time.perf_counter() - t0) * 1000)
-            row["latency_ms_p50"] = float(np.percentile(lat, 50))
-            row["latency_ms_p99"] = float(np.percentile(lat, 99))
-            row["img_s"] = statistics.median(row["img_s_runs"])
+        labels = [f"{row['runtime']} {row['precision']} {row['layout']}" for row in rows]
+        speeds = time_runtimes([row["rt"] for row in rows], x, rounds, iters, latency_iters, progress, labels)
+        for row, speed in zip(rows, speeds, strict=True):
+            row.update(speed)
             row["info"] = row.pop("rt").info()
     base = rows[0]["img_s"]
     for row in rows:

@@ -47,7 +47,9 @@ def add_parser(sub) -> None:
     t.add_argument("--json", metavar="OUT", default=None)
     t.set_defaults(func=run_train)
 
-    r = bsub.add_parser("runtime", help="inference img/s and latency per runtime x precision (eager, ONNX Runtime)")
+    r = bsub.add_parser(
+        "runtime", help="inference img/s and latency per runtime x precision (eager, ONNX Runtime, OpenVINO)"
+    )
     r.add_argument("source", metavar="MODEL", help="registered model name or a parvis checkpoint")
     r.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
     r.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the median counts (default 3)")
@@ -55,8 +57,10 @@ def add_parser(sub) -> None:
     r.add_argument("--threads", type=int, default=None, help="threads per runtime (default: torch's)")
     r.add_argument("--data", default=None, help="dataset folder: also an INT8 candidate calibrated on its images")
     r.add_argument("--calib", type=int, default=128, help="INT8 calibration images (default 128)")
+    r.add_argument("--compile", action="store_true", help="also time torch.compile at auto precision (slow to compile)")
     r.add_argument("--json", metavar="OUT", default=None)
     r.set_defaults(func=run_runtime)
+    add_suite_parsers(bsub)
 
 
 def run_data(args) -> int:
@@ -189,6 +193,7 @@ def run_runtime(args) -> int:
             threads=args.threads,
             data=args.data,
             calib=args.calib,
+            compile_too=args.compile,
             progress=lambda m: status.update(f"benchmarking runtimes: {m}"),
         )
     table = Table(
@@ -214,3 +219,234 @@ def run_runtime(args) -> int:
     if args.json:
         con.print(f"wrote {write_json(args.json, result)}")
     return 0
+
+
+# --------------------------------------------------------------------------- inference suites
+
+
+def add_suite_parsers(bsub) -> None:
+    """`bench precision | batch | scaling | roofline | partition` (parvis.bench.suites and neighbours)."""
+    source_help = "registered model name, parvis checkpoint, or an .onnx / .pt2 artifact"
+
+    def common(p, batch: int | None, device: bool = True, threads: bool = True) -> None:
+        p.add_argument("source", metavar="MODEL", help=source_help)
+        p.add_argument("--size", type=int, default=None, help="input size in px (default: the model's; names: 224)")
+        if batch is not None:
+            p.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
+        if threads:
+            p.add_argument("--threads", type=int, default=None, help="threads per runtime (default: torch's)")
+        if device:
+            p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+        p.add_argument("--json", metavar="OUT", default=None, help="write the result as JSON")
+
+    p = bsub.add_parser("precision", help="img/s per precision the device supports, speedup and logit diff vs fp32")
+    common(p, 32)
+    p.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the median counts (default 3)")
+    p.add_argument("--iters", type=int, default=3, help="batches per precision and round (default 3)")
+    p.add_argument("--data", default=None, help="dataset folder: also ONNX Runtime INT8 calibrated on its images")
+    p.add_argument("--calib", type=int, default=64, help="INT8 calibration images (default 64)")
+    p.set_defaults(func=run_precision)
+
+    p = bsub.add_parser("batch", help="latency and throughput over batch sizes for one runtime and precision")
+    common(p, None)
+    p.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes (default 1,2,4,8,16,32,64)")
+    p.add_argument(
+        "--runtime",
+        default=None,
+        help="torch, torch-compile, onnxruntime, openvino (default: torch; .onnx: onnxruntime)",
+    )
+    p.add_argument("--precision", default="auto", help="auto, fp32, tf32, bf16, fp16; onnxruntime/openvino: fp32, int8")
+    p.add_argument("--seconds", type=float, default=1.0, help="timing per batch size in seconds (default 1)")
+    p.add_argument("--min-iters", type=int, default=3, help="at least this many batches per size (default 3)")
+    p.add_argument("--data", default=None, help="dataset folder to calibrate --precision int8 on")
+    p.add_argument("--calib", type=int, default=64, help="INT8 calibration images (default 64)")
+    p.set_defaults(func=run_batch)
+
+    p = bsub.add_parser("scaling", help="img/s over CPU threads, processes (cores/N threads each) and GPUs")
+    common(p, 16, device=False, threads=False)
+    p.add_argument("--threads", default=None, help="thread counts, e.g. 1,2,4 (default: 1, 2, 4, ... cores)")
+    p.add_argument("--processes", default=None, help="process counts, e.g. 1,2 (default: divisors of cores)")
+    p.add_argument("--precision", default="auto", help="auto, fp32, bf16 (default auto)")
+    p.add_argument("--seconds", type=float, default=2.0, help="timing per configuration in seconds (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="round-robin rounds for thread counts (default 2)")
+    p.set_defaults(func=run_scaling)
+
+    p = bsub.add_parser("roofline", help="achieved GFLOP/s per precision vs the measured peak matmul GFLOP/s")
+    common(p, 32)
+    p.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the median counts (default 3)")
+    p.add_argument("--iters", type=int, default=3, help="batches per precision and round (default 3)")
+    p.add_argument("--peak-seconds", type=float, default=1.0, help="matmul peak timing per precision (default 1)")
+    p.set_defaults(func=run_roofline)
+
+    p = bsub.add_parser("partition", help="K concurrent jobs on 1/K of the device each vs one job alone")
+    common(p, 8, threads=False)
+    p.add_argument("--jobs", type=int, default=2, help="concurrent jobs K (default 2)")
+    p.add_argument("--seconds", type=float, default=5.0, help="timed window per run in seconds (default 5)")
+    p.add_argument("--precision", default="auto", help="auto, fp32, bf16, ... (default auto)")
+    p.add_argument("--no-alone", action="store_true", help="skip the run of one job alone on its share")
+    p.set_defaults(func=run_partition)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ParvisError(f"{flag} {text!r}: expected a number or a comma-separated list like 1,2,4")
+    return values
+
+
+def _table(title: str, columns: list[str], left: int = 1):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < left else "right")
+    return table
+
+
+def _finish(con, args, result: dict, *tables, lines: tuple[str, ...] = ()) -> int:
+    for table in tables:
+        con.print(table)
+    for line in lines:
+        con.print(line)
+    for note in result.get("notes", []):
+        con.print(f"note: {note}")
+    if args.json:
+        con.print(f"wrote {write_json(args.json, result)}")
+    return 0
+
+
+def _what(result: dict) -> str:
+    return f"{result['model']}, {result['input_size']} px, {result['device']}"
+
+
+def _num(v, fmt: str = ".2f", none: str = "-") -> str:
+    return none if v is None else format(v, fmt)
+
+
+def run_precision(args) -> int:
+    from parvis.bench.suites import bench_precision
+
+    con = console()
+    with con.status("benchmarking precisions...") as status:
+        result = bench_precision(
+            args.source, args.size, args.batch, args.rounds, args.iters, args.threads, args.device, args.data,
+            args.calib, progress=lambda m: status.update(f"benchmarking precisions: {m}"),
+        )  # fmt: skip
+    table = _table(
+        f"precision: {_what(result)}, batch {result['batch']}, {result['threads']} threads, "
+        f"median of {result['rounds']} rounds (auto = {result['auto_precision']})",
+        ["runtime", "precision", "img/s", "vs fp32", "max |diff| vs fp32"],
+        left=2,
+    )
+    for r in result["rows"]:
+        table.add_row(
+            r["runtime"],
+            r["precision"],
+            f"{r['img_s']:,.1f}",
+            f"{r['speedup_vs_fp32']:.2f}x",
+            f"{r['max_abs_err']:.1e}",
+        )
+    return _finish(con, args, result, table)
+
+
+def run_batch(args) -> int:
+    from parvis.bench.suites import bench_batch
+
+    batches = _ints(args.batches, "--batches")
+    con = console()
+    with con.status("benchmarking batch sizes...") as status:
+        result = bench_batch(
+            args.source, args.size, batches, args.runtime, args.precision, args.threads, args.device, args.seconds,
+            args.min_iters, args.data, args.calib, progress=lambda m: status.update(f"benchmarking batch sizes: {m}"),
+        )  # fmt: skip
+    table = _table(
+        f"batch sweep: {_what(result)}, {result['runtime']} {result['precision']}, {result['threads']} threads",
+        ["batch", "img/s", "p50 ms", "p90 ms", "ms/image", "batches timed"],
+        left=0,
+    )
+    for r in result["rows"]:
+        table.add_row(
+            str(r["batch"]), f"{r['img_s']:,.1f}", f"{r['latency_ms_p50']:.2f}", f"{r['latency_ms_p90']:.2f}",
+            f"{r['latency_ms_per_image']:.3f}", str(r["iters"]),
+        )  # fmt: skip
+    best = f"best throughput: {result['best_img_s']:,.1f} img/s at batch {result['best_batch']}"
+    return _finish(con, args, result, table, lines=(best,))
+
+
+def run_scaling(args) -> int:
+    from parvis.bench.scaling import bench_scaling
+
+    threads = _ints(args.threads, "--threads") if args.threads else None
+    processes = _ints(args.processes, "--processes") if args.processes else None
+    con = console()
+    with con.status("benchmarking scaling...") as status:
+        result = bench_scaling(
+            args.source, args.size, args.batch, threads, processes, args.precision, args.seconds, args.rounds,
+            progress=lambda m: status.update(f"benchmarking scaling: {m}"),
+        )  # fmt: skip
+    table = _table(
+        f"scaling: {_what(result)} ({result['usable_cores']} usable cores), {result['runtime']} "
+        f"{result['precision']}, batch {result['batch']}",
+        ["mode", "processes", "threads each", "img/s", "efficiency"],
+    )
+    for r in result["rows"]:
+        table.add_row(
+            r["mode"], str(r["processes"]), str(r.get("threads", "-")), f"{r['img_s']:,.1f}", _num(r["efficiency"])
+        )
+    how = "efficiency = img/s / (cores used x 1-thread img/s); GPUs: / (GPUs x 1-GPU img/s)"
+    return _finish(con, args, result, table, lines=(how,))
+
+
+def run_roofline(args) -> int:
+    from parvis.bench.roofline import bench_roofline
+
+    con = console()
+    with con.status("benchmarking the roofline...") as status:
+        result = bench_roofline(
+            args.source, args.size, args.batch, args.rounds, args.iters, args.threads, args.device, args.peak_seconds,
+            progress=lambda m: status.update(f"benchmarking the roofline: {m}"),
+        )  # fmt: skip
+    table = _table(
+        f"roofline: {_what(result)}, batch {result['batch']}, {result['threads']} threads, "
+        f"{result['flops_per_image'] / 1e9:.3f} GFLOP/image, memory {result['memory_bandwidth_gbs']:.1f} GB/s",
+        ["precision", "img/s", "achieved GFLOP/s", "peak GFLOP/s", "of peak", "FLOP/byte", "bound"],
+    )
+    for r in result["rows"]:
+        table.add_row(
+            r["precision"], f"{r['img_s']:,.1f}", f"{r['achieved_gflops']:.1f}", _num(r["peak_gflops"], ".1f"),
+            _num(r["fraction_of_peak"], ".1%"), f"{r['arithmetic_intensity']:.1f}", r["bound"] or "-",
+        )  # fmt: skip
+    return _finish(con, args, result, table)
+
+
+def run_partition(args) -> int:
+    from parvis.bench.partition import bench_partition
+
+    con = console()
+    with con.status("benchmarking partitions...") as status:
+        result = bench_partition(
+            args.source, args.size, args.batch, args.jobs, args.seconds, args.precision, args.device,
+            alone=not args.no_alone, progress=lambda m: status.update(f"benchmarking partitions: {m}"),
+        )  # fmt: skip
+    solo, alone = result["solo"], result["alone_same_share"]
+    table = _table(
+        f"partition: {_what(result)}, {result['jobs']} jobs ({result['mode']}), {result['precision']}, "
+        f"batch {result['batch']}, {result['seconds']:.0f} s window",
+        ["run", result["share_kind"], "threads", "img/s", "kept vs solo", "kept vs alone on share"],
+    )
+    table.add_row("solo", str(solo["share"]), str(solo["threads"] or "-"), f"{solo['img_s']:,.1f}", "1.00", "-")
+    if alone:
+        table.add_row(
+            "alone on share", str(alone["share"]), str(alone["threads"] or "-"), f"{alone['img_s']:,.1f}",
+            f"{alone['img_s'] / solo['img_s']:.2f}", "1.00",
+        )  # fmt: skip
+    for r in result["rows"]:
+        table.add_row(
+            f"job {r['job']}", r["share"], str(r["threads"] or "-"), f"{r['img_s']:,.1f}", f"{r['kept_vs_solo']:.2f}",
+            _num(r["kept_vs_alone_same_share"]),
+        )  # fmt: skip
+    table.add_row("aggregate", "", "", f"{result['aggregate_img_s']:,.1f}", f"{result['aggregate_vs_solo']:.2f}", "")
+    return _finish(con, args, result, table)

@@ -10,7 +10,20 @@ from parvis.errors import ParvisError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from parvis.cli import bench, data, demo, doctor, evaluate, export, predict, quantize, train
+    from parvis.cli import (
+        bench,
+        data,
+        demo,
+        doctor,
+        evaluate,
+        export,
+        optimize,
+        predict,
+        prune,
+        quantize,
+        report,
+        train,
+    )
 
     parser = argparse.ArgumentParser(
         prog="parvis", description="Computer-vision workloads at the speed of the hardware."
@@ -19,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (doctor, data, train, evaluate, predict, export, quantize, bench, demo):
+    for module in (doctor, data, train, evaluate, predict, export, quantize, prune, optimize, bench, report, demo):
         module.add_parser(sub)
     return parser
 

@@ -162,5 +162,9 @@ def test_cli_bench_runtime_writes_json(tmp_path):
     args = ["bench", "runtime", str(ckpt), "--batch", "2", "--rounds", "1", "--iters", "1", "--threads", "1"]
     assert main([*args, "--json", str(tmp_path / "b.json")]) == 0
     data = json.loads((tmp_path / "b.json").read_text())
-    assert data["model"] == "unet_small" and {r["runtime"] for r in data["rows"]} == {"torch", "onnxruntime", "openvino"}
+    assert data["model"] == "unet_small" and {r["runtime"] for r in data["rows"]} == {
+        "torch",
+        "onnxruntime",
+        "openvino",
+    }
     assert all("img_s" in r and "speedup_vs_eager_fp32" in r for r in data["rows"])
