@@ -26,6 +26,10 @@ demo: $(STAMP)
 	$(PARVIS) data check $(DATA)
 	$(PARVIS) bench data $(DATA) --size 224 --json runs/bench-data.json
 	$(PARVIS) demo --data $(DATA) --out runs/demo
+	$(PARVIS) optimize runs/demo/segmentation/best.pt --data $(DATA) --out runs/demo/optimize --calib 64 --rounds 2
+	$(PARVIS) bench batch runs/demo/optimize --json runs/demo/bench-batch.json
+	$(PARVIS) report runs/demo/optimize/optimize.json runs/demo/bench-batch.json runs/demo/bench-train.json \
+		runs/bench-data.json --out runs/demo/report.html
 
 # The HTML report test screenshots the page in headless Chromium (Debian's package; needs root or sudo).
 chromium:

@@ -3,6 +3,8 @@ layout, end to end vs model only), `runtime` (inference per runtime x precision)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from parvis.cli.output import console, write_json
 from parvis.errors import ParvisError
 
@@ -356,6 +358,13 @@ def run_batch(args) -> int:
     from parvis.bench.suites import bench_batch
 
     batches = _ints(args.batches, "--batches")
+    if Path(args.source).is_dir():  # a parvis optimize folder: sweep its chosen configuration
+        from parvis.optimize import chosen_config
+
+        chosen = chosen_config(args.source)
+        args.source, args.runtime = chosen["artifact"], args.runtime or chosen["runtime"]
+        args.precision = chosen["precision"] if args.precision == "auto" else args.precision
+        args.threads = args.threads or chosen["threads"]
     con = console()
     with con.status("benchmarking batch sizes...") as status:
         result = bench_batch(

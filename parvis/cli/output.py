@@ -14,10 +14,11 @@ def console():
     from rich.console import Console
 
     # Off a terminal (CI logs, pipes) rich already drops colour and animation; a wide fixed width
-    # keeps tables from wrapping into unreadable columns in logs.
+    # keeps tables from wrapping into unreadable columns in logs, and soft wrap keeps a long message
+    # (a deep path) on one line, as scripts that grep the output expect.
     con = Console()
     if not con.is_terminal:
-        con = Console(width=160)
+        con = Console(width=160, soft_wrap=True)
     return con
 
 

@@ -140,11 +140,10 @@ def load_predictor(
 
     source = Path(source)
     if source.is_dir():
-        chosen_file = source / "optimize.json"
-        if not chosen_file.is_file():
-            raise ParvisError(f"{source}: a folder must be `parvis optimize` output (no optimize.json in it)")
-        chosen = json.loads(chosen_file.read_text())["chosen"]
-        source = source / Path(chosen["artifact"]).name
+        from parvis.optimize import chosen_config
+
+        chosen = chosen_config(source)
+        source = Path(chosen["artifact"])
         runtime_name = runtime_name or chosen["runtime"]
         precision = chosen["precision"] if precision == "auto" else precision
         threads = threads or chosen["threads"]
