@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -304,8 +305,9 @@ def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list
                 record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", overlay(array, mask))
         elif overlays:
             canvas = Image.fromarray(array)
-            ImageDraw.Draw(canvas).text((4, 4), f"{record['class_name']} {record['score']:.2f}", fill=(255, 255, 0))
-            record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", np.asarray(canvas))
+            label = f"{record['class_name']} {record['score']:.2f}"
+            ImageDraw.Draw(canvas).text((4, 4), label, fill=(255, 255, 0), font=_label_font())
+            record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", canvas)
         results.append(record)
 
 
@@ -323,12 +325,21 @@ def _write_mask(path: Path, mask: np.ndarray) -> str:
     return str(path)
 
 
-def _write_jpeg(path: Path, image: np.ndarray) -> str:
+@lru_cache(maxsize=1)
+def _label_font():
+    # Loaded once: ImageDraw loads the default font on every call otherwise (most of an overlay's cost).
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _write_jpeg(path: Path, image) -> str:
+    """`image`: an RGB array or a PIL image."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=90)
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "JPEG", quality=90)
     atomic_write_bytes(path, buf.getvalue(), durable=False)  # per image: rename-atomic, no fsync each
     return str(path)
