@@ -102,13 +102,6 @@ def score(runtime_obj, batches: list, meta) -> dict:
     return evaluate(as_model(runtime_obj), batches, meta, fp32, torch.device("cpu"))
 
 
-def _is_int8(path: str) -> bool:
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
-
-
 def _prepare_variant(
     variant: str,
     source: str,
@@ -191,6 +184,7 @@ def optimize(
     """
     from parvis.export import load_source
     from parvis.io import atomic_write_text
+    from parvis.quantize import is_quantized
     from parvis.runtimes import ARTIFACT_SUFFIXES
 
     if objective not in OBJECTIVES:
@@ -225,7 +219,7 @@ def optimize(
             candidates += _prepare_variant(name, checkpoint, pairs, work, data, calib, progress)
         for path in extra:
             runtime_name = "onnxruntime" if str(path).endswith(".onnx") else "torch"
-            precision = "int8" if runtime_name == "onnxruntime" and _is_int8(str(path)) else "fp32"
+            precision = "int8" if runtime_name == "onnxruntime" and is_quantized(path) else "fp32"
             candidates.append(Candidate(Path(path).stem, runtime_name, precision, str(path)))
 
         for c in candidates:

@@ -24,6 +24,14 @@ METHODS = ("minmax", "entropy", "percentile")
 QUANT_KEY = "parvis.quantization"
 
 
+def is_quantized(path: str | Path) -> bool:
+    """Whether an ONNX file holds quantized (QDQ or dynamically quantized) operators."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
+
+
 def calibration_batches(meta, data: str | Path, n: int, batch: int = 8, seed: int = 0) -> list[np.ndarray]:
     """`n` training images of `data`, preprocessed as the model expects, in float32 batches."""
     from parvis.data.check import open_dataset

@@ -24,6 +24,7 @@ import torch
 from parvis import __version__
 from parvis import runtime as rt
 from parvis.errors import ParvisError
+from parvis.quantize import is_quantized
 from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES, open_runtime
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -328,12 +329,15 @@ def bench_batch(
             allowed = ("auto", "fp32", "int8") + (("bf16",) if runtime == "openvino" else ())
             if precision not in allowed:
                 raise ParvisError(f"--precision {precision}: {runtime} here runs {', '.join(allowed[1:])}")
-            if precision == "int8" and data is None:
+            already_int8 = path.endswith(".onnx") and is_quantized(path)
+            if already_int8 and precision not in ("auto", "int8"):
+                raise ParvisError(f"{path}: is an INT8 model; bench it with --precision int8 (or auto)")
+            if precision == "int8" and data is None and not already_int8:
                 raise ParvisError("--precision int8 needs --data DIR to calibrate the INT8 model on its images")
             onnx_path = _onnx_file(path, Path(tmp), progress)
-            if precision == "int8":
+            if precision == "int8" and not already_int8:
                 onnx_path = _int8_file(onnx_path, Path(tmp), data, calib, progress)
-            precision = "fp32" if precision == "auto" else precision
+            precision = ("int8" if already_int8 else "fp32") if precision == "auto" else precision
             model = open_runtime(onnx_path, runtime, threads=threads, device=str(dev), precision=precision)
         elif runtime in ("torch", "torch-compile"):
             resolved = rt.resolve_precision(precision, dev, "infer")

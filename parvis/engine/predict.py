@@ -137,6 +137,7 @@ def load_predictor(
     """(model, what runs it) for a checkpoint, an artifact (.onnx / .pt2) or an `parvis optimize`
     output folder (its chosen artifact, runtime, precision and threads). Artifacts and folders run
     in their runtime behind the VisionModel interface; a checkpoint runs eagerly on `device`."""
+    from parvis.quantize import is_quantized
     from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
 
     source = Path(source)
@@ -158,7 +159,7 @@ def load_predictor(
     if precision == "auto":
         # An artifact runs at the precision stored in it; a checkpoint in a runtime at the device's best.
         if str(source).endswith(".onnx"):
-            precision = "int8" if _is_quantized(source) else "fp32"
+            precision = "int8" if is_quantized(source) else "fp32"
         else:
             precision = runtime.resolve_precision("auto", device, "infer").name
     kwargs = {"precision": precision, "threads": threads}
@@ -166,15 +167,6 @@ def load_predictor(
         kwargs["device"] = str(device)
     rt = open_runtime(str(source), runtime_name, **kwargs)
     return as_model(rt), rt.info()
-
-
-def _is_quantized(path: Path) -> bool:
-    import onnx
-
-    from parvis.quantize import QUANT_KEY
-
-    model = onnx.load(str(path), load_external_data=False)
-    return any(p.key == QUANT_KEY for p in model.metadata_props)
 
 
 def _decode(path: Path, transform) -> tuple[Path, np.ndarray | None, torch.Tensor | None, str | None, float]:
