@@ -37,8 +37,10 @@ chromium:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
 		|| echo "chromium could not be installed: the report screenshot test will be skipped"
 
+# Tests marked `isolated` run in a fresh pytest process after the rest (see tests/deploy/test_runtimes.py).
 test: $(STAMP) chromium
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not isolated"
+	$(PY) -m pytest -q -m isolated
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check parvis tests benchmarks

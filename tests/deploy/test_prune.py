@@ -10,10 +10,8 @@ import torch
 from torch import nn
 
 from parvis.cli import prune as prune_cli
-from parvis.config import TrainConfig
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.engine.evaluate import evaluate_checkpoint
-from parvis.engine.trainer import train
 from parvis.errors import ParvisError
 from parvis.export import export_model, load_source
 from parvis.models import build_model
@@ -23,14 +21,10 @@ FAST_TIMING = {"rounds": 1, "iters": 1, "latency_iters": 2, "batch": 4}
 
 
 @pytest.fixture(scope="module")
-def trained(shapes_dir, tmp_path_factory):
-    """unet_small trained briefly on the tiny shapes set, then pruned 30% with one epoch of fine-tune."""
-    out = tmp_path_factory.mktemp("prune")
-    cfg = TrainConfig(
-        task="segmentation", model="unet_small", data=str(shapes_dir), epochs=6, size=48, batch=8, lr=3e-3,
-        weight_decay=1e-4, warmup_epochs=0.2, workers=0, out=str(out / "run"), eval_every=6,
-    )  # fmt: skip
-    train(cfg, quiet=True)
+def trained(trained):
+    """The session's briefly trained unet_small (tests/deploy/conftest.py), pruned 30% with one epoch
+    of fine-tune into its folder's pruned/."""
+    shapes_dir, out = trained
     report = prune_checkpoint(out / "run" / "best.pt", 0.3, shapes_dir, 1, out / "pruned", timing=FAST_TIMING)
     return shapes_dir, out, report
 

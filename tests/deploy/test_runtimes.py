@@ -4,7 +4,6 @@ the clear errors for what cannot run."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -112,30 +111,17 @@ def test_openvino_conformance(precision, sources):
     _conforms("openvino", precision, "resnet18", paths["onnx"], model)
 
 
-IN_OWN_PROCESS = "PARVIS_TEST_COMPILE_IN_PROCESS"
-
-
 @pytest.mark.slow
-def test_torch_compile_conformance():
-    """Runs the check below in a fresh interpreter. In the long test process (after hundreds of tests
-    with ONNX Runtime, OpenVINO, exporters and loader workers) inductor's compile was killed by a
-    SIGSEGV delivered while it read a compiler subprocess's output; alone, and in `parvis optimize`
-    runs, it never was. A process of its own keeps the conformance check meaningful."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, IN_OWN_PROCESS: "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::test_torch_compile_in_process"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
-
-
-@pytest.mark.skipif(
-    not os.environ.get(IN_OWN_PROCESS), reason="run by test_torch_compile_conformance in its own process"
-)
-def test_torch_compile_in_process(sources):
+@pytest.mark.isolated
+def test_torch_compile_conformance(sources):
     """A segmenter (the smallest registered model to compile). Each graph takes 10-25 s to compile on 2
-    cores, so fp32 runs batch 1 and N (two graphs) and bf16 batch N only (one graph): about 45 s."""
+    cores, so fp32 runs batch 1 and N (two graphs) and bf16 batch N only (one graph): about 45 s.
+
+    Marked isolated: `make test` runs it in a pytest process of its own. At the end of the long test
+    process (hundreds of tests with ONNX Runtime, OpenVINO, exporters, loader workers), that process
+    received a SIGSEGV while inductor read a compiler subprocess's output, even with the compile in a
+    child interpreter; alone, after the deploy tests one file at a time, and in `parvis optimize` runs
+    it never did. Not understood yet: see the closing note of the inference issue."""
     model, paths = sources["unet_small"]
     _conforms("torch-compile", "fp32", "unet_small", paths["checkpoint"], model)
     _conforms("torch-compile", "bf16", "unet_small", paths["checkpoint"], model, batch_1=False)
