@@ -42,10 +42,12 @@ class Candidate:
     reason: str = ""
     metric: float | None = None
     runtimes: dict = field(default_factory=dict)  # threads -> opened Runtime
+    streams: int = 1  # OpenVINO inference streams (parallel requests a batch is split across)
 
     @property
     def key(self) -> str:
-        return f"{self.variant}/{self.runtime}/{self.precision}"
+        streams = f"/{self.streams}streams" if self.streams > 1 else ""
+        return f"{self.variant}/{self.runtime}/{self.precision}{streams}"
 
 
 def matrix(device: torch.device) -> list[tuple[str, str]]:
@@ -152,6 +154,8 @@ def _open(c: Candidate, threads: int, device: torch.device):
     from parvis.runtimes import open_runtime
 
     kwargs = {"threads": threads, "precision": c.precision}
+    if c.streams > 1:
+        kwargs["streams"] = c.streams
     if device.type == "cuda":
         kwargs["device"] = str(device)
     return open_runtime(c.artifact, c.runtime, **kwargs)
@@ -170,6 +174,7 @@ def optimize(
     extra: tuple[str, ...] = (),
     variants: tuple[tuple[str, str], ...] = (),
     calib: int = 128,
+    streams: tuple[int, ...] = (1,),
     rounds: int = 3,
     iters: int = 3,
     latency_iters: int = 30,
@@ -217,6 +222,13 @@ def optimize(
         candidates = _prepare_variant("base", str(source), pairs, work, data, calib, progress)
         for name, checkpoint in variants:
             candidates += _prepare_variant(name, checkpoint, pairs, work, data, calib, progress)
+        if any(n > 1 for n in streams):  # OpenVINO with several streams: one more candidate per count
+            more = []
+            for c in candidates:
+                if c.runtime == "openvino":
+                    more += [Candidate(c.variant, c.runtime, c.precision, c.artifact, c.status, c.reason, streams=n)
+                             for n in streams if n > 1]  # fmt: skip
+            candidates += more
         for path in extra:
             runtime_name = "onnxruntime" if str(path).endswith(".onnx") else "torch"
             precision = "int8" if runtime_name == "onnxruntime" and is_quantized(path) else "fp32"
@@ -282,6 +294,7 @@ def optimize(
             "objective": objective,
             "batches": list(batches),
             "threads": list(threads),
+            "streams": list(streams),
             "rounds": rounds,
             "iters_per_round": iters,
             "metric_name": metric_name,
@@ -299,7 +312,7 @@ def optimize(
 
 
 def _same(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in ("variant", "runtime", "precision", "batch", "threads"))
+    return all(a[k] == b[k] for k in ("variant", "runtime", "precision", "batch", "threads", "streams"))
 
 
 def _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_iters, progress) -> list[dict]:
@@ -324,6 +337,7 @@ def _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_
                     "precision": c.precision,
                     "batch": b,
                     "threads": n,
+                    "streams": c.streams,
                     "status": c.status,
                     "reason": c.reason,
                     "metric": c.metric,
@@ -393,6 +407,7 @@ def chosen_config(folder: str | Path) -> dict:
     try:
         chosen = json.loads(path.read_text())["chosen"]
         config = {k: chosen[k] for k in ("runtime", "precision", "threads", "batch")}
+        config["streams"] = chosen.get("streams", 1)
         config["artifact"] = str(folder / Path(chosen["artifact"]).name)
     except (ValueError, KeyError, TypeError) as exc:
         raise ParvisError(f"{path}: not a readable optimize result ({exc}); run parvis optimize again") from None

@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/optimize", help="output folder (default runs/optimize)")
     p.add_argument("--batch", default="32", help="batch sizes for throughput, e.g. 1,8,32 (default 32)")
     p.add_argument("--threads", default=None, help="thread counts to try, e.g. 1,2 (default: usable cores)")
+    p.add_argument("--streams", default="1", help="OpenVINO stream counts to try, e.g. 1,2 (default 1)")
     p.add_argument("--objective", default="throughput", help="throughput (img/s) or latency (batch-1 p50)")
     p.add_argument("--candidates", default=None, help="RUNTIME:PRECISION list instead of the device's matrix")
     p.add_argument("--candidate", action="append", default=[], metavar="ARTIFACT", help="also try this artifact")
@@ -86,6 +87,7 @@ def run(args) -> int:
         extra=tuple(args.candidate),
         variants=tuple(variants),
         calib=args.calib,
+        streams=_ints("--streams", args.streams),
         rounds=args.rounds,
         progress=lambda msg: con.print(f"[dim]{escape(msg)}[/dim]") if con.is_terminal else None,
     )
@@ -114,7 +116,7 @@ def run(args) -> int:
         status = r["status"] + (" *" if r["chosen"] else "")
         table.add_row(
             r["variant"],
-            r["runtime"],
+            r["runtime"] + (f" x{r['streams']}" if r.get("streams", 1) > 1 else ""),
             r["precision"],
             str(r["batch"]),
             str(r["threads"]),
@@ -129,10 +131,13 @@ def run(args) -> int:
     con.print(table)
     for r in result["candidates"]:
         if r["reason"] and r["batch"] == result["batches"][0] and r["threads"] == result["threads"][0]:
-            con.print(f"  {r['variant']}/{r['runtime']}/{r['precision']}: {escape(r['reason'])}")
+            if r.get("streams", 1) == 1:
+                con.print(f"  {r['variant']}/{r['runtime']}/{r['precision']}: {escape(r['reason'])}")
     c = result["chosen"]
+    streams = f" ({c['streams']} streams)" if c.get("streams", 1) > 1 else ""
     con.print(
-        f"chosen: {c['runtime']} {c['precision']} ({c['variant']}) at batch {c['batch']}, {c['threads']} thread(s): "
+        f"chosen: {c['runtime']}{streams} {c['precision']} ({c['variant']}) at batch {c['batch']}, "
+        f"{c['threads']} thread(s): "
         f"{c['img_s']:,.1f} img/s, {c['speedup_vs_eager_fp32']:.2f}x eager fp32, {name} {c['metric']:.4f} "
         f"({c['metric_drop']:+.2f} points) -> {escape(c['artifact'])}"
     )

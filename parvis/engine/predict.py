@@ -141,6 +141,7 @@ def load_predictor(
     from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
 
     source = Path(source)
+    streams = 1
     if source.is_dir():
         from parvis.optimize import chosen_config
 
@@ -149,6 +150,7 @@ def load_predictor(
         runtime_name = runtime_name or chosen["runtime"]
         precision = chosen["precision"] if precision == "auto" else precision
         threads = threads or chosen["threads"]
+        streams = chosen["streams"]
     if runtime_name is None and not str(source).endswith(ARTIFACT_SUFFIXES):
         if use_ema or threads is None:
             model = load_trained(source, device, use_ema=use_ema)
@@ -163,6 +165,8 @@ def load_predictor(
         else:
             precision = runtime.resolve_precision("auto", device, "infer").name
     kwargs = {"precision": precision, "threads": threads}
+    if streams > 1 and runtime_name == "openvino":
+        kwargs["streams"] = streams
     if device.type != "cpu":
         kwargs["device"] = str(device)
     rt = open_runtime(str(source), runtime_name, **kwargs)
