@@ -37,9 +37,12 @@ chromium:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
 		|| echo "chromium could not be installed: the report screenshot test will be skipped"
 
-# Tests marked `isolated` run in a fresh pytest process after the rest (see tests/deploy/test_runtimes.py).
+# Three pytest processes: the deployment tests (ONNX Runtime quantization next to OpenVINO) leave the
+# test process in a state where a later wait on a subprocess (torchrun, inductor's compiler) received
+# a SIGSEGV; each group alone passes. Tests marked `isolated` get a process of their own.
 test: $(STAMP) chromium
-	$(PY) -m pytest -q -m "not isolated"
+	$(PY) -m pytest -q -m "not isolated" --ignore=tests/deploy
+	$(PY) -m pytest -q -m "not isolated" tests/deploy
 	$(PY) -m pytest -q -m isolated
 
 lint: $(STAMP)
