@@ -119,3 +119,17 @@ def test_predict_runs_artifacts_and_optimize_folders_like_the_checkpoint(trained
     assert not (tmp_path / "p3" / "overlays").exists()
     assert main(["predict", str(tmp_path / "ckpt"), images, "--out", str(tmp_path / "p4")]) == 2
     assert "no optimize.json in it" in capsys.readouterr().err
+
+
+def test_optimize_tries_openvino_stream_counts(trained, tmp_path):
+    data, out = trained
+    quick = {**QUICK, "threads": (2,)}  # OpenVINO caps streams at the thread count
+    result = optimize(
+        str(out / "run" / "best.pt"), str(data), tmp_path / "opt", pairs=[("torch", "fp32"), ("openvino", "fp32")],
+        streams=(1, 2), **quick,
+    )  # fmt: skip
+    rows = {(r["runtime"], r["streams"]): r for r in result["candidates"]}
+    assert set(rows) == {("torch", 1), ("openvino", 1), ("openvino", 2)}
+    assert rows["openvino", 2]["info"]["streams"] == 2 and rows["openvino", 2]["img_s"] > 0
+    # Same model, same math: more streams split the batch, not the result.
+    assert abs(rows["openvino", 2]["metric"] - rows["openvino", 1]["metric"]) < 1e-6
