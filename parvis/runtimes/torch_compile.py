@@ -22,20 +22,19 @@ import inspect
 import time
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from parvis import runtime as rt
 from parvis.errors import ParvisError
-from parvis.runtimes.base import Runtime
-from parvis.runtimes.torch_eager import _threads
+from parvis.runtimes.torch_eager import TorchRuntime
 
 # Every compile of the same model class shares one cache (keyed by forward's code object) and one
 # recompile limit, after which Dynamo silently runs eager; isolate each runtime's compiles (torch 2.14+).
 _ISOLATE = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
 
 
-class TorchCompileRuntime(Runtime):
+class TorchCompileRuntime(TorchRuntime):
+    """TorchRuntime's loading, precision, layout and threads; the module runs through torch.compile."""
+
     name = "torch-compile"
 
     def __init__(
@@ -48,25 +47,13 @@ class TorchCompileRuntime(Runtime):
         warmup_batches: Sequence[int] = (),
     ):
         """`warmup_batches`: batch sizes to compile for now (e.g. (1, 32)) instead of on first use."""
-        from parvis.export import load_source
-
         if source.endswith((".onnx", ".pt2")):
             raise ParvisError(
                 f"{source}: torch-compile compiles a parvis checkpoint or a registered model name; "
                 "run exported artifacts with --runtime onnxruntime, openvino or torch"
             )
-        self.device = rt.resolve_device(device)
-        self.precision = rt.resolve_precision(precision, self.device, "infer")
-        self.threads, self.source = threads, source
-        module = load_source(source, self.device).eval()
-        self.meta = module.meta
-        if channels_last is None:
-            channels_last = rt.preferred_memory_format(self.device) == torch.channels_last
-        self.channels_last = channels_last
-        if channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        self.module = module
-        self.compiled = torch.compile(module, **_ISOLATE)
+        super().__init__(source, threads, device, precision, channels_last)
+        self.compiled = torch.compile(self.module, **_ISOLATE)
         t0 = time.perf_counter()
         size = self.meta.input_size
         for n in warmup_batches:
@@ -74,26 +61,19 @@ class TorchCompileRuntime(Runtime):
         self.warmup_batches = list(warmup_batches)
         self.warmup_s = round(time.perf_counter() - t0, 1)
 
-    @torch.inference_mode()
-    def run(self, images) -> np.ndarray:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch._inductor.config as inductor_config
 
-        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        # detach(): a new tensor object, so marking it dynamic leaves the caller's tensor alone
-        x = x.to(self.device, torch.float32).detach()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if len(x) > 1:
             torch._dynamo.mark_dynamic(x, 0)
-        with _threads(self.threads), rt.autocast(self.precision), inductor_config.patch(freezing=True):
+        with inductor_config.patch(freezing=True):
             try:
-                out = self.compiled(x)
+                return self.compiled(x)
             except torch._dynamo.exc.BackendCompilerFailed as exc:
                 raise ParvisError(
                     f"{self.meta.name}: torch.compile failed ({str(exc).strip().splitlines()[0][:300]}); "
                     "use --runtime torch"
                 ) from exc
-        return out.float().cpu().numpy()
 
     def info(self) -> dict:
         return {

@@ -57,13 +57,17 @@ class TorchRuntime(Runtime):
 
     @torch.inference_mode()
     def run(self, images) -> np.ndarray:
+        # detach(): a new tensor object, so a subclass may mark it (e.g. dynamic) without touching the caller's
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
-        x = x.to(self.device, torch.float32)
+        x = x.to(self.device, torch.float32).detach()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with _threads(self.threads), rt.autocast(self.precision):
-            out = self.module(x)
+            out = self.forward(x)
         return out.float().cpu().numpy()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
 
     def info(self) -> dict:
         return {
