@@ -12,9 +12,15 @@ class ParvisError(Exception):
 
 
 class BadSampleError(ParvisError):
-    """One sample of a dataset cannot be used (unreadable image, missing mask, ...)."""
+    """One sample of a dataset cannot be used (unreadable image, missing mask, ...).
 
-    def __init__(self, path: str | Path, reason: str):
+    `kind` says which way it is bad, for callers that answer differently (the HTTP server):
+    "format" (not an image, or a format not read), "corrupt" (truncated or damaged), "size" (too
+    many pixels), "io" (cannot be read).
+    """
+
+    def __init__(self, path: str | Path, reason: str, kind: str = "corrupt"):
         self.path = str(path)
         self.reason = reason
+        self.kind = kind
         super().__init__(f"{self.path}: {reason}")

@@ -49,7 +49,7 @@ def default_decoder() -> str:
 def image_size(data: bytes, name: str | Path = "<bytes>") -> tuple[int, int]:
     """(height, width) read from the header only. Raises BadSampleError if it is not an image."""
     if not data:
-        raise BadSampleError(name, "empty file (0 bytes); re-create or remove it")
+        raise BadSampleError(name, "empty file (0 bytes); re-create or remove it", kind="format")
     if is_png(data):
         if len(data) < 24:
             raise BadSampleError(name, "truncated PNG header; re-create or remove it")
@@ -69,7 +69,9 @@ def image_size(data: bytes, name: str | Path = "<bytes>") -> tuple[int, int]:
             return height, width
     except UnidentifiedImageError:
         # PIL's own message only names its BytesIO object, which tells the user nothing.
-        raise BadSampleError(name, "not an image (unrecognized file format); re-create or remove it") from None
+        raise BadSampleError(
+            name, "not an image (unrecognized file format); re-create or remove it", kind="format"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadSampleError(name, f"corrupt or truncated image ({exc}); re-create or remove it") from None
 
@@ -80,6 +82,7 @@ def check_pixels(height: int, width: int, name: str | Path, max_pixels: int = MA
             name,
             f"image is {width}x{height} = {height * width:,} pixels, over the limit of {max_pixels:,} "
             "(possible decompression bomb); downscale it or remove it",
+            kind="size",
         )
 
 
@@ -168,7 +171,9 @@ def read_bytes(path: str | Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise BadSampleError(path, f"cannot read ({exc.strerror or exc}); check the path and permissions") from None
+        raise BadSampleError(
+            path, f"cannot read ({exc.strerror or exc}); check the path and permissions", kind="io"
+        ) from None
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
