@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prune,
         quantize,
         report,
+        serve,
         train,
     )
 
@@ -32,7 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (doctor, data, train, evaluate, predict, export, quantize, prune, optimize, bench, report, demo):
+    for module in (
+        doctor,
+        data,
+        train,
+        evaluate,
+        predict,
+        export,
+        quantize,
+        prune,
+        optimize,
+        serve,
+        bench,
+        report,
+        demo,
+    ):
         module.add_parser(sub)
     return parser
 

@@ -153,7 +153,10 @@ def load_predictor(
         streams = chosen["streams"]
     if runtime_name is None and not str(source).endswith(ARTIFACT_SUFFIXES):
         if use_ema or threads is None:
-            model = load_trained(source, device, use_ema=use_ema)
+            from parvis.export import load_source  # a checkpoint, or a registered name (random weights)
+
+            model = load_trained(source, device, use_ema=True) if use_ema else load_source(str(source), device)
+            model = model.to(memory_format=runtime.preferred_memory_format(device))
             return model, {"runtime": "torch", "kind": "eager", "device": str(device)}
         runtime_name = "torch"
     if use_ema:
@@ -308,6 +311,11 @@ def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> str:
+    atomic_write_bytes(path, mask_png(mask), durable=False)  # per image: rename-atomic, no fsync each
+    return str(path)
+
+
+def mask_png(mask: np.ndarray) -> bytes:
     """Class ids as a palette PNG: the pixel values are the ids, the palette makes them visible."""
     import io
 
@@ -317,8 +325,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> str:
     im.putpalette(PALETTE.flatten().tolist())
     buf = io.BytesIO()
     im.save(buf, "PNG")
-    atomic_write_bytes(path, buf.getvalue(), durable=False)  # per image: rename-atomic, no fsync each
-    return str(path)
+    return buf.getvalue()
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,421 @@
+"""The HTTP server: FastAPI on uvicorn, one DynamicBatcher per model.
+
+    POST /v1/models/{name}/predict   an image (raw body or multipart) -> JSON result
+    POST /v1/models/{name}/infer     KServe v2 JSON tensors in -> raw outputs out
+    GET  /v1/models[/{name}]         metadata: task, input, classes, runtime, precision, batching
+    GET  /healthz  /readyz  /metrics
+
+Request handling never blocks the event loop: decoding, preprocessing and result encoding run in a
+worker pool, inference in the batcher's instance threads. Every request takes a queue slot before
+its body is read, so an overloaded server refuses work (503 + Retry-After) before spending anything
+on it, and memory is bounded by max_queue requests per model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from parvis import runtime
+from parvis.data.decode import MAX_IMAGE_PIXELS
+from parvis.errors import BadSampleError, ParvisError
+from parvis.serve.batching import BatcherClosedError, QueueFullError
+from parvis.serve.metrics import ServeMetrics
+from parvis.serve.models import ModelSpec, ServedModel
+from parvis.serve.preprocess import MASK_FORMATS, Preprocessor, result_dict
+
+log = logging.getLogger("parvis.serve")
+
+OPEN_PATHS = ("/healthz", "/readyz")  # answered without an API key (probes)
+API_KEY_ENV = "PARVIS_API_KEY"
+_STATUS_OF_KIND = {"format": 415, "size": 413, "corrupt": 400, "io": 400}
+_ENDPOINT = re.compile(r"^/v1/models/[^/]+/(predict|infer)$")
+
+
+@dataclass
+class ServerConfig:
+    api_key: str | None = None
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = MAX_IMAGE_PIXELS
+    workers: int = 0  # decode/preprocess threads; 0 = usable cores
+    retry_after_s: int = 1
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, detail: str, headers: dict | None = None):
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+class Server:
+    """The state behind the app: served models, their preprocessors, the worker pool, metrics."""
+
+    def __init__(self, specs: list[ModelSpec], config: ServerConfig):
+        self.config = config
+        self.models = {s.name: ServedModel(s) for s in specs}
+        self.preprocessors: dict[str, Preprocessor] = {}
+        self.metrics = ServeMetrics()
+        self.pool = ThreadPoolExecutor(config.workers or runtime.usable_cores(), thread_name_prefix="parvis-pre")
+        self.load_error: str | None = None
+        self.on_load_error = None  # called with the message when loading fails (the runner stops the server)
+
+    @property
+    def ready(self) -> bool:
+        return all(m.ready for m in self.models.values())
+
+    def load_all(self) -> None:
+        try:
+            for name, model in self.models.items():
+                model.load(self.metrics.observer(name, lambda m=model: m.batcher))
+                self.preprocessors[name] = Preprocessor(model.meta, self.config.max_pixels)
+                log.info("model %s ready: %s", name, json.dumps(model.describe()))
+        except Exception as exc:  # noqa: BLE001 - reported as one line, then the server stops
+            self.load_error = str(exc) if isinstance(exc, ParvisError) else f"{type(exc).__name__}: {exc}"
+            log.error("loading failed: %s", self.load_error)
+            if self.on_load_error is not None:
+                self.on_load_error(self.load_error)
+
+    def close(self) -> None:
+        for model in self.models.values():
+            if model.batcher is not None:
+                model.batcher.close(drain=True)
+        self.pool.shutdown(wait=True)
+
+    def model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise HTTPError(404, f"model {name!r} is not served here; GET /v1/models lists the served models")
+        if not model.ready:
+            raise HTTPError(503, f"model {name!r} is still loading; retry shortly", self.retry_headers)
+        return model
+
+    @property
+    def retry_headers(self) -> dict:
+        return {"Retry-After": str(self.config.retry_after_s)}
+
+    def reject(self, name: str, reason: str, detail: str) -> HTTPError:
+        self.metrics.rejected.labels(name, reason).inc()
+        return HTTPError(503, detail, self.retry_headers)
+
+
+class Gate:
+    """ASGI middleware: API key check and per-request metrics, without Starlette's
+    BaseHTTPMiddleware overhead."""
+
+    def __init__(self, app, server: Server):
+        self.app, self.server = app, server
+        key = server.config.api_key
+        self.key = key.encode() if key else None
+
+    def _authorized(self, scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"x-api-key" and hmac.compare_digest(value, self.key):
+                return True
+            if (
+                name == b"authorization"
+                and value[:7].lower() == b"bearer "
+                and hmac.compare_digest(value[7:], self.key)
+            ):
+                return True
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        path = scope["path"]
+        status = [500]
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+                response = JSONResponse(
+                    {"detail": "missing or wrong API key; send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"},
+                    401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send_status)
+            else:
+                await self.app(scope, receive, send_status)
+        finally:
+            match = _ENDPOINT.match(path)
+            if match:
+                name = path.split("/")[3]
+                model = name if name in self.server.models else ""  # no label per unknown name sent
+                endpoint = match.group(1)
+            else:
+                model, endpoint = "", path if path in ("/healthz", "/readyz", "/metrics", "/v1/models") else "other"
+            self.server.metrics.requests.labels(model, endpoint, str(status[0])).inc()
+            self.server.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (never buffered whole)."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise HTTPError(400, f"Content-Length {length!r} is not a number")
+        if int(length) > limit:
+            raise HTTPError(413, f"body of {int(length):,} bytes is over the limit of {limit:,}; send a smaller image")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"body is over the limit of {limit:,} bytes; send a smaller image")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_from_multipart(request: Request, body: bytes) -> bytes:
+    """The first file part of a multipart/form-data body (already read and size-checked)."""
+    from starlette.datastructures import UploadFile
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for malformed bodies
+        raise HTTPError(400, f"malformed multipart body ({exc}); send one image as a file part") from None
+    for value in form.values():
+        if isinstance(value, UploadFile):
+            return await value.read()
+    raise HTTPError(422, "multipart body has no file part; send the image as a file field (e.g. -F image=@x.jpg)")
+
+
+def create_app(server: Server) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Load after the socket is bound: /healthz answers at once, /readyz turns 200 after warm-up.
+        threading.Thread(target=server.load_all, name="parvis-load", daemon=True).start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, server.close)
+
+    app = FastAPI(title="parvis", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(HTTPError)
+    async def http_error(request: Request, exc: HTTPError):
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if server.load_error:
+            return JSONResponse({"ready": False, "error": server.load_error}, 503)
+        loading = [n for n, m in server.models.items() if not m.ready]
+        if loading:
+            return JSONResponse({"ready": False, "loading": loading}, 503, headers=server.retry_headers)
+        return {"ready": True}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"models": [m.describe() for m in server.models.values()]}
+
+    @app.get("/v1/models/{name}")
+    async def describe(name: str):
+        if name not in server.models:
+            raise HTTPError(404, f"model {name!r} is not served here; GET /v1/models lists the served models")
+        return server.models[name].describe()
+
+    @app.post("/v1/models/{name}/predict")
+    async def predict(name: str, request: Request, mask: str = "png"):
+        model = server.model(name)
+        if mask not in MASK_FORMATS:
+            raise HTTPError(422, f"mask={mask!r} is unknown; choose one of {', '.join(MASK_FORMATS)}")
+        timeout = model.spec.config.timeout_ms / 1000.0
+        try:
+            return await asyncio.wait_for(_predict(server, model, request, mask, timeout), timeout)
+        except asyncio.TimeoutError:
+            server.metrics.rejected.labels(name, "timeout").inc()
+            raise HTTPError(504, f"model {name!r} did not answer within {timeout * 1000:.0f} ms; retry later") from None
+
+    @app.post("/v1/models/{name}/infer")
+    async def infer(name: str, request: Request):
+        model = server.model(name)
+        timeout = model.spec.config.timeout_ms / 1000.0
+        try:
+            return await asyncio.wait_for(_infer(server, model, request), timeout)
+        except asyncio.TimeoutError:
+            server.metrics.rejected.labels(name, "timeout").inc()
+            raise HTTPError(504, f"model {name!r} did not answer within {timeout * 1000:.0f} ms; retry later") from None
+
+    return Gate(app, server)
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _reserve(server: Server, model: ServedModel, n: int = 1):
+    try:
+        return model.batcher.reserve(n)
+    except QueueFullError as exc:
+        raise server.reject(
+            model.name, "queue_full", f"model {model.name!r} is overloaded: {exc}; retry later"
+        ) from None
+    except BatcherClosedError:
+        raise server.reject(model.name, "shutting_down", "the server is shutting down; retry on another") from None
+
+
+async def _await_batch(model: ServedModel, futures):
+    try:
+        return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the batch failed: this request (and its batch) get 500
+        raise HTTPError(500, f"inference failed in model {model.name!r}: {type(exc).__name__}: {exc}") from None
+
+
+async def _predict(server: Server, model: ServedModel, request: Request, mask: str, timeout: float):
+    ctype = _content_type(request)
+    if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "multipart/form-data")):
+        raise HTTPError(
+            415, f"Content-Type {ctype!r} is not an image; send image bytes (image/jpeg, image/png, ...) or multipart"
+        )
+    loop = asyncio.get_running_loop()
+    with _reserve(server, model) as slot:
+        body = await read_body(request, server.config.max_body_bytes)
+        if ctype == "multipart/form-data":
+            body = await image_from_multipart(request, body)
+        if not body:
+            raise HTTPError(400, "empty body; send the image bytes as the request body")
+        start = time.perf_counter()
+        try:
+            x, size = await loop.run_in_executor(server.pool, server.preprocessors[model.name], body)
+        except BadSampleError as exc:
+            raise HTTPError(_STATUS_OF_KIND.get(exc.kind, 400), f"{exc.path}: {exc.reason}") from None
+        server.metrics.preprocess.labels(model.name).observe(time.perf_counter() - start)
+        future = slot.submit(x, timeout)
+    (done,) = await _await_batch(model, [future])
+    result = await loop.run_in_executor(server.pool, result_dict, model.meta, done.value, size, mask)
+    return JSONResponse(result, headers=_batch_headers(done))
+
+
+def _batch_headers(done) -> dict:
+    # Batching made visible per response: what batch this request ran in and what it waited.
+    return {
+        "X-Batch-Size": str(done.batch_size),
+        "X-Queue-Wait-Ms": f"{done.queue_wait_s * 1000:.2f}",
+        "X-Inference-Ms": f"{done.run_s * 1000:.2f}",
+    }
+
+
+def parse_v2_input(payload, meta, max_items: int) -> np.ndarray:
+    """The one FP32 (N, 3, S, S) tensor of a KServe v2 inference request; HTTPError 422 names the problem."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or len(payload["inputs"]) != 1:
+        raise HTTPError(422, 'expected {"inputs": [{"name", "shape", "datatype", "data"}]} with exactly one input')
+    tensor = payload["inputs"][0]
+    if not isinstance(tensor, dict) or not {"shape", "datatype", "data"} <= tensor.keys():
+        raise HTTPError(422, "input needs 'shape', 'datatype' and 'data'")
+    if tensor["datatype"] != "FP32":
+        raise HTTPError(422, f"datatype {tensor['datatype']!r} is not accepted; send FP32 (normalized NCHW floats)")
+    size = meta.input_size
+    shape = tensor["shape"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 4
+        or not all(isinstance(d, int) for d in shape)
+        or shape[1:] != [3, size, size]
+        or not 1 <= shape[0] <= max_items
+    ):
+        raise HTTPError(422, f"shape {shape} is not accepted; send [N, 3, {size}, {size}] with 1 <= N <= {max_items}")
+    try:
+        data = np.asarray(tensor["data"], dtype=np.float32).reshape(-1)
+    except (ValueError, TypeError):
+        raise HTTPError(422, "data must be a list of numbers (flat, row-major, or nested by shape)") from None
+    if data.size != math.prod(shape):
+        raise HTTPError(422, f"data holds {data.size} values, shape {shape} needs {math.prod(shape)}")
+    if not np.isfinite(data).all():
+        raise HTTPError(422, "data holds NaN or infinity; send finite values")
+    return data.reshape(shape)
+
+
+async def _infer(server: Server, model: ServedModel, request: Request):
+    ctype = _content_type(request)
+    if ctype and ctype != "application/json":
+        raise HTTPError(415, f"Content-Type {ctype!r} is not accepted here; send KServe v2 JSON (application/json)")
+    body = await read_body(request, server.config.max_body_bytes)
+    loop = asyncio.get_running_loop()
+
+    def parse():
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"body is not valid JSON ({exc})") from None
+        return payload, parse_v2_input(payload, model.meta, model.spec.config.max_queue)
+
+    payload, array = await loop.run_in_executor(server.pool, parse)
+    slots = _reserve(server, model, array.shape[0])
+    slots = slots if isinstance(slots, list) else [slots]
+    timeout = model.spec.config.timeout_ms / 1000.0
+    futures = [slot.submit(torch.from_numpy(x), timeout) for slot, x in zip(slots, array, strict=True)]
+    done = await _await_batch(model, futures)
+    out = torch.stack([d.value for d in done]).numpy()
+    result = {
+        "model_name": model.name,
+        "outputs": [{"name": "output", "shape": list(out.shape), "datatype": "FP32", "data": out.reshape(-1).tolist()}],
+    }
+    if isinstance(payload.get("id"), str):
+        result["id"] = payload["id"]
+    return JSONResponse(result, headers=_batch_headers(done[0]))
+
+
+def run_server(
+    specs: list[ModelSpec],
+    config: ServerConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    graceful_timeout_s: float = 30.0,
+) -> None:
+    """Serve until SIGINT/SIGTERM, then drain in-flight requests. ParvisError if a model fails to load."""
+    import uvicorn
+
+    server = Server(specs, config)
+    app = create_app(server)
+    uv = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,  # per-request lines cost more than a small model's inference; /metrics counts
+            timeout_graceful_shutdown=graceful_timeout_s,
+            lifespan="on",
+        )
+    )
+
+    def stop(_message: str) -> None:
+        uv.should_exit = True
+
+    server.on_load_error = stop
+    uv.run()
+    if server.load_error:
+        raise ParvisError(f"serving stopped: {server.load_error}")
+    if not uv.started:
+        raise ParvisError(f"could not start serving on {host}:{port} (is the port in use? choose another --port)")

@@ -1,0 +1,241 @@
+"""What the server serves: model specs (from the command line or a model repository), loaded as
+runtime instances behind a DynamicBatcher.
+
+A model repository is a folder with one subfolder per model, each holding its artifact (a parvis
+checkpoint, an .onnx / .pt2 file, or the output of `parvis optimize`) and optionally a `model.yaml`:
+
+    models/
+      shapes-seg/            # parvis optimize output: its chosen artifact, runtime, precision, threads
+        optimize.json  model-int8.onnx
+      classifier/
+        best.pt
+        model.yaml           # source: best.pt, runtime: openvino, max_batch_size: 16, instances: 2, ...
+
+Models are only ever loaded from files the operator named on the command line (or that sit in the
+repository the operator named); a request can choose among them by name, never supply one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from parvis import runtime
+from parvis.config import ConfigValueError, _require, load_config
+from parvis.errors import ParvisError
+from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES
+from parvis.serve.batching import DynamicBatcher
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+MODEL_CONFIG = "model.yaml"
+
+
+@dataclass
+class ModelConfig:
+    """How one model is served. Every key may appear in a repository's model.yaml; the `parvis
+    serve` flags set the defaults for all models."""
+
+    source: str = ""  # file or folder, relative to the model's folder in a repository
+    runtime: str = ""  # "" = the artifact's own (optimize's choice, ONNX Runtime for .onnx, torch otherwise)
+    precision: str = "auto"
+    device: str = "auto"
+    threads: int = 0  # per instance; 0 = the usable cores split evenly between the instances
+    instances: int = 1
+    max_batch_size: int = 16
+    max_queue_delay_ms: float = 5.0
+    max_queue: int = 128
+    timeout_ms: float = 30000.0
+
+    def __post_init__(self) -> None:
+        _require(self.runtime in ("", *RUNTIMES), "runtime", f"one of {', '.join(RUNTIMES)}", self.runtime)
+        _require(
+            self.precision in ("auto", "fp32", "tf32", "bf16", "fp16", "int8"),
+            "precision",
+            "a precision",
+            self.precision,
+        )
+        _require(self.threads >= 0, "threads", ">= 0", self.threads)
+        _require(self.instances >= 1, "instances", ">= 1", self.instances)
+        _require(self.max_batch_size >= 1, "max_batch_size", ">= 1", self.max_batch_size)
+        _require(self.max_queue_delay_ms >= 0, "max_queue_delay_ms", ">= 0", self.max_queue_delay_ms)
+        _require(
+            self.max_queue >= self.max_batch_size,
+            "max_queue",
+            f">= max_batch_size ({self.max_batch_size})",
+            self.max_queue,
+        )
+        _require(self.timeout_ms > 0, "timeout_ms", "> 0", self.timeout_ms)
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    config: ModelConfig
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.is_file() and path.suffix in (*CHECKPOINT_SUFFIXES, *ARTIFACT_SUFFIXES)
+
+
+def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
+    """Specs for every model named on the command line: files, optimize folders, registered names
+    and repositories. Checks paths and configs now, so a mistake stops the server before it starts."""
+    from parvis.models import MODELS
+
+    specs: list[ModelSpec] = []
+    for item in sources:
+        path = Path(item)
+        if path.is_file():
+            if not _is_model_file(path):
+                raise ParvisError(
+                    f"{path}: not a model file; serve a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), "
+                    f"an artifact ({', '.join(ARTIFACT_SUFFIXES)}), an optimize folder or a model repository"
+                )
+            specs.append(ModelSpec(path.stem, dataclasses.replace(defaults, source=str(path))))
+        elif path.is_dir() and (path / "optimize.json").is_file():
+            specs.append(ModelSpec(path.name, dataclasses.replace(defaults, source=str(path))))
+        elif path.is_dir():
+            specs += _repository(path, defaults)
+        elif item in MODELS.names():
+            specs.append(ModelSpec(item, dataclasses.replace(defaults, source=item)))
+        else:
+            raise ParvisError(
+                f"{item}: no such file or folder, and not a registered model name; check the path "
+                "(see `parvis train --help` for names)"
+            )
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.name in seen:
+            raise ParvisError(
+                f"two models are named {spec.name!r} ({seen[spec.name]} and {spec.config.source}); "
+                "rename one of the files or folders"
+            )
+        seen[spec.name] = spec.config.source
+    return specs
+
+
+def _repository(folder: Path, defaults: ModelConfig) -> list[ModelSpec]:
+    specs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        values = dataclasses.asdict(defaults)
+        cfg_path = sub / MODEL_CONFIG
+        try:
+            config = load_config(ModelConfig, cfg_path if cfg_path.is_file() else None, values=values)
+        except ParvisError as exc:
+            raise ParvisError(f"{cfg_path}: {exc}") from None
+        if config.source and config.source != defaults.source:
+            source = sub / config.source
+            if not source.exists():
+                raise ParvisError(f"{cfg_path}: source {config.source!r} does not exist in {sub}; fix the key")
+        elif (sub / "optimize.json").is_file():
+            source = sub
+        else:
+            files = sorted(p for p in sub.iterdir() if _is_model_file(p))
+            if len(files) != 1:
+                found = ", ".join(p.name for p in files) or "none"
+                raise ParvisError(
+                    f"{sub}: a model folder needs exactly one model file or a `source:` key in {MODEL_CONFIG} "
+                    f"(found {found})"
+                )
+            source = files[0]
+        specs.append(ModelSpec(sub.name, dataclasses.replace(config, source=str(source))))
+    if not specs:
+        raise ParvisError(
+            f"{folder}: no model subfolders; a model repository holds one folder per model "
+            "(or pass a checkpoint, artifact or optimize folder directly)"
+        )
+    return specs
+
+
+@dataclass
+class ServedModel:
+    """A model's instances, its batcher and what the server reports about it."""
+
+    spec: ModelSpec
+    meta: object = None
+    info: dict = field(default_factory=dict)
+    batcher: DynamicBatcher | None = None
+    ready: bool = False
+    load_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def load(self, observer=None) -> None:
+        """Open `instances` copies of the model, each with its share of the cores, and warm them up
+        at batch 1 and at max_batch_size (a compiled runtime compiles then, not on a user's request)."""
+        from parvis.engine.predict import load_predictor
+
+        cfg = self.spec.config
+        start = time.perf_counter()
+        device = runtime.resolve_device(cfg.device)
+        threads = cfg.threads or max(1, runtime.usable_cores() // cfg.instances)
+        models = []
+        for i in range(cfg.instances):
+            # One instance per GPU where there are several; on the CPU, instances split the cores.
+            dev = device
+            if device.type == "cuda" and cfg.instances > 1:
+                dev = torch.device("cuda", i % max(1, len(runtime.inventory().gpus)))
+            model, info = load_predictor(cfg.source, dev, cfg.runtime or None, cfg.precision, threads)
+            models.append(model)
+        self.meta = models[0].meta
+        self.info = {**info, "threads_per_instance": threads}
+        fns = [_batch_fn(m) for m in models]
+        size = self.meta.input_size
+        for fn in fns:
+            for n in sorted({1, cfg.max_batch_size}):
+                fn([torch.zeros(3, size, size)] * n)
+        self.batcher = DynamicBatcher(
+            fns, cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, observer=observer, name=self.name
+        )
+        self.load_s = time.perf_counter() - start
+        self.ready = True
+
+    def describe(self) -> dict:
+        cfg = self.spec.config
+        out = {"name": self.name, "ready": self.ready, "source": cfg.source}
+        if self.meta is not None:
+            size = self.meta.input_size
+            out.update(
+                task=self.meta.task,
+                architecture=self.meta.name,
+                input={
+                    "shape": [3, size, size],
+                    "datatype": "FP32",
+                    "mean": list(self.meta.mean),
+                    "std": list(self.meta.std),
+                    "layout": "NCHW",
+                },
+                classes=list(self.meta.class_names),
+                runtime=self.info.get("runtime"),
+                precision=self.info.get("precision"),
+                device=self.info.get("device"),
+                threads_per_instance=self.info.get("threads_per_instance"),
+                load_s=round(self.load_s, 2),
+            )
+        out["batching"] = {
+            "max_batch_size": cfg.max_batch_size,
+            "max_queue_delay_ms": cfg.max_queue_delay_ms,
+            "max_queue": cfg.max_queue,
+            "instances": cfg.instances,
+            "timeout_ms": cfg.timeout_ms,
+        }
+        return out
+
+
+def _batch_fn(model):
+    """A batch callable for the batcher: a list of (3, H, W) float tensors -> a list of raw outputs."""
+
+    @torch.inference_mode()
+    def run(items: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(model(torch.stack(items)).float().cpu().unbind(0))
+
+    return run
+
+
+__all__ = ["ConfigValueError", "ModelConfig", "ModelSpec", "ServedModel", "resolve_specs"]
