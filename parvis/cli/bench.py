@@ -63,6 +63,7 @@ def add_parser(sub) -> None:
     r.add_argument("--json", metavar="OUT", default=None)
     r.set_defaults(func=run_runtime)
     add_suite_parsers(bsub)
+    add_serve_parser(bsub)
 
 
 def run_data(args) -> int:
@@ -459,3 +460,139 @@ def run_partition(args) -> int:
         )  # fmt: skip
     table.add_row("aggregate", "", "", f"{result['aggregate_img_s']:,.1f}", f"{result['aggregate_vs_solo']:.2f}", "")
     return _finish(con, args, result, table)
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def add_serve_parser(bsub) -> None:
+    p = bsub.add_parser("serve", help="HTTP load sweep over concurrency; --compare-batching: batching on vs off")
+    p.add_argument("source", nargs="?", metavar="MODEL", help="with --compare-batching: what to serve (any MODEL "
+                   "parvis serve takes); both servers are started on free loopback ports")  # fmt: skip
+    p.add_argument("--url", default=None, help="a running server (loopback only), e.g. http://127.0.0.1:8000")
+    p.add_argument("--model", default=None, help="model name on --url (default: the first it serves)")
+    p.add_argument("--concurrency", default="1,8,32,64", help="client counts (default 1,8,32,64)")
+    p.add_argument("--requests", type=int, default=200, help="answered requests per level (default 200)")
+    p.add_argument("--time-limit", type=float, default=60.0, help="seconds per level at most (default 60)")
+    p.add_argument("--images", default=None, help="folder of request images (default: 8 synthetic 256 px JPEGs)")
+    p.add_argument("--image-size", type=int, default=256, help="side of the synthetic JPEGs (default 256)")
+    p.add_argument("--api-key", default=None, help="sent as a Bearer token")
+    p.add_argument("--compare-batching", action="store_true", help="start MODEL twice: batching on and off")
+    p.add_argument("--max-batch-size", type=int, default=32, help="batching server's max batch (default 32)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=5.0, help="batching server's delay (default 5)")
+    p.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra `parvis serve` argument for both servers, e.g. --serve-arg=--threads --serve-arg=2",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="another running server measured in the same loop (same request protocol)",
+    )
+    p.add_argument("--burst", type=int, default=0, help="then N requests at once (overload): statuses, 503 latency, "
+                   "memory before/after, service right after")  # fmt: skip
+    p.add_argument("--soak", type=int, default=0, help="then N requests in a row: resident memory before/after")
+    p.add_argument("--json", metavar="OUT", default=None)
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args) -> int:
+    from parvis.bench import serve as bs
+
+    con = console()
+    concurrencies = _ints(args.concurrency, "--concurrency")
+    if min(concurrencies) < 1 or args.requests < 1:
+        raise ParvisError("--concurrency values and --requests must be >= 1")
+    images = bs.request_images(8, args.image_size, folder=args.images)
+    if args.compare_batching:
+        if not args.source:
+            raise ParvisError("--compare-batching needs a MODEL to serve (it starts the servers itself)")
+        peers = {}
+        for item in args.peer:
+            name, sep, url = item.partition("=")
+            if not sep or not name or not url:
+                raise ParvisError(f"--peer {item!r}: expected NAME=URL, e.g. ray=http://127.0.0.1:8001")
+            peers[name] = url
+        con.print(f"serving {args.source} twice (max batch {args.max_batch_size} and 1) on loopback ...")
+        result = bs.compare_batching(
+            args.source, images, concurrencies, args.requests, args.time_limit, args.max_batch_size,
+            args.max_queue_delay_ms, args.serve_arg, peers,
+            progress=lambda r: con.print(
+                f"  concurrency {r['concurrency']}: {r['throughput_rps']:.1f} req/s batching, "
+                f"{r['off_throughput_rps']:.1f} off, mean batch {_num(r['mean_batch_size'], '.1f')}"
+            ),
+            burst_n=args.burst, soak_n=args.soak,
+        )  # fmt: skip
+    else:
+        if not args.url:
+            raise ParvisError("give --url URL of a running server, or MODEL with --compare-batching")
+        url = bs.check_loopback(args.url)
+        import httpx
+
+        try:
+            model = args.model or bs._served_name(url)
+        except httpx.HTTPError as exc:
+            raise ParvisError(f"{url}: no server answers ({type(exc).__name__}); start one with parvis serve") from None
+        served = bs.served_config(url, model, args.api_key)
+        rows = bs.sweep(url, model, images, concurrencies, args.requests, args.time_limit, args.api_key,
+                        progress=lambda r: con.print(f"  concurrency {r['concurrency']}: "
+                                                     f"{r['throughput_rps']:.1f} req/s"))  # fmt: skip
+        result = {"benchmark": "serve", "url": url, "model": served.get("architecture", model), "served_name": model,
+                  "task": served.get("task"), "runtime": served.get("runtime"), "precision": served.get("precision"),
+                  "batching": served.get("batching"), "requests_per_level": args.requests, **bs._machine(),
+                  "rows": rows}  # fmt: skip
+        if args.burst:
+            result["burst"] = bs.burst(url, model, images, args.burst, args.api_key)
+        if args.soak:
+            result["soak"] = bs.soak(url, model, images, args.soak, api_key=args.api_key)
+    cols = ["concurrency", "req/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors"]
+    if args.compare_batching:
+        cols += ["off req/s", "speedup", "ceiling req/s", "ceiling ratio"]
+        cols += [f"{k[5:-4]} req/s" for k in result["rows"][0] if k.startswith("peer_") and k.endswith("_rps")]
+    table = _table(f"serve: {result['model']} ({result.get('runtime')} {result.get('precision')})", cols)
+    for r in result["rows"]:
+        cells = [
+            str(r["concurrency"]),
+            _num(r["throughput_rps"], ".1f"),
+            _num(r["p50_ms"], ".1f"),
+            _num(r["p95_ms"], ".1f"),
+            _num(r["p99_ms"], ".1f"),
+            _num(r["mean_batch_size"], ".1f"),
+            str(r["errors"]),
+        ]
+        if args.compare_batching:
+            cells += [
+                _num(r["off_throughput_rps"], ".1f"),
+                _num(r["speedup"]),
+                _num(r["ceiling_rps"], ".1f"),
+                _num(r["ceiling_ratio"]),
+            ]
+            cells += [_num(v, ".1f") for k, v in r.items() if k.startswith("peer_") and k.endswith("_rps")]
+        table.add_row(*cells)  # fmt: skip
+    lines = []
+    if "preprocess_ms" in result:
+        lines.append(
+            f"in-process: preprocess {result['preprocess_ms']:.2f} ms/image, inference per image "
+            + ", ".join(f"{float(v):.2f} ms at batch {k}" for k, v in result["infer_ms_per_image"].items())
+        )
+    if result.get("c1_overhead_ms") is not None:
+        lines.append(f"concurrency 1: p50 is {result['c1_overhead_ms']:.2f} ms above preprocess + batch-1 inference")
+    if "burst" in result:
+        b = result["burst"]
+        lines.append(
+            f"burst of {b['burst_requests']}: {b['statuses']}; 503 p99 {_num(b['rejected_p99_ms'], '.1f')} ms; "
+            f"RSS {_num(b['rss_mb_before'], '.0f')} -> {_num(b['rss_mb_after'], '.0f')} MB; "
+            f"after: {b['after_ok']} ok, {b['after_errors']} errors, p50 {_num(b['after_p50_ms'], '.1f')} ms"
+        )
+    if "soak" in result:
+        s = result["soak"]
+        lines.append(
+            f"soak of {s['requests']}: {s['errors']} errors, RSS {_num(s['rss_mb_before'], '.0f')} -> "
+            f"{_num(s['rss_mb_after'], '.0f')} MB"
+        )
+    return _finish(con, args, result, table, lines=tuple(lines))

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +174,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         if not length.isdigit():
             raise HTTPError(400, f"Content-Length {length!r} is not a number")
         if int(length) > limit:
-            raise HTTPError(413, f"body of {int(length):,} bytes is over the limit of {limit:,}; send a smaller image")
+            raise HTTPError(
+                413, f"body of {int(length):,} bytes is over the limit of {limit:,} bytes; send a smaller image"
+            )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -396,9 +398,20 @@ def run_server(
     """Serve until SIGINT/SIGTERM, then drain in-flight requests. ParvisError if a model fails to load."""
     import uvicorn
 
+    class GracefulServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process would die
+            # by the signal; a drained, orderly stop is a success: forget the signal, exit 0.
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
     server = Server(specs, config)
     app = create_app(server)
-    uv = uvicorn.Server(
+    uv = GracefulServer(
         uvicorn.Config(
             app,
             host=host,

@@ -3,7 +3,7 @@ tests, never share counters)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from parvis.serve.batching import BatchObserver
 
@@ -16,6 +16,7 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
         self.requests = Counter(
             "parvis_requests",
             "HTTP requests by model, endpoint and status code",

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from parvis import runtime
-from parvis.config import ConfigValueError, _require, load_config
+from parvis.config import ConfigValueError, _read_yaml, _require, load_config
 from parvis.errors import ParvisError
 from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES
 from parvis.serve.batching import DynamicBatcher
@@ -121,12 +121,12 @@ def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
 def _repository(folder: Path, defaults: ModelConfig) -> list[ModelSpec]:
     specs = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        values = dataclasses.asdict(defaults)
         cfg_path = sub / MODEL_CONFIG
-        try:
-            config = load_config(ModelConfig, cfg_path if cfg_path.is_file() else None, values=values)
-        except ParvisError as exc:
-            raise ParvisError(f"{cfg_path}: {exc}") from None
+        config = defaults
+        if cfg_path.is_file():
+            # The file's keys win over the command line's defaults; keys it does not set keep them.
+            from_file = load_config(ModelConfig, cfg_path)
+            config = dataclasses.replace(defaults, **{k: getattr(from_file, k) for k in _read_yaml(cfg_path)})
         if config.source and config.source != defaults.source:
             source = sub / config.source
             if not source.exists():

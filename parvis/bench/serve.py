@@ -1,0 +1,507 @@
+"""`parvis bench serve`: a bounded HTTP load generator for inference servers, loopback only.
+
+    rows = sweep("http://127.0.0.1:8000", "resnet18", images, [1, 8, 32])
+    result = compare_batching("runs/opt/resnet18-optimize", images, [1, 8, 32, 64])
+
+Each load level runs `concurrency` async clients (httpx), each sending the next request as soon as
+its previous one is answered, until `requests` answers or `time_limit_s` (closed loop: offered load
+follows the server, so an overloaded server is measured, not a client queue). Batch sizes come
+from each response's X-Batch-Size header (parvis and the peer servers in benchmarks/ send it).
+
+The comparison starts two `parvis serve` processes on free loopback ports, one batching and one
+with max batch 1, and measures them side by side at every concurrency (alternating which goes
+first); peers (other servers already running) join the same loop. The ceiling is measured in this
+process on the same model and runtime, while the servers sit idle: a request costs at least its
+preprocessing plus its share of a batch's inference, so with everything sharing the CPU no server
+can answer more than 1 / (preprocess + inference per image at the batch size used) per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from parvis import runtime as rt
+from parvis.errors import ParvisError
+
+
+def check_loopback(url: str) -> str:
+    """`url` without a trailing slash; ParvisError unless it points at this machine."""
+    import ipaddress
+
+    host = urlparse(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ParvisError(f"--url {url}: the load generator only targets this machine (127.0.0.1 or localhost)")
+    return url.rstrip("/")
+
+
+def request_images(n: int = 8, size: int = 256, seed: int = 0, folder: str | None = None) -> list[bytes]:
+    """JPEG request bodies: the files in `folder` (up to n), or `n` synthetic shapes scenes of size x size."""
+    if folder:
+        from parvis.engine.predict import expand_inputs
+
+        files = expand_inputs([folder])[:n]
+        return [f.read_bytes() for f in files]
+    import simplejpeg
+
+    from parvis.data.synth import render_scene
+
+    return [simplejpeg.encode_jpeg(render_scene(i, size, seed)[0], quality=90) for i in range(n)]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+async def _load(url, model, images, concurrency, requests, time_limit_s, headers, path="predict") -> dict:
+    import httpx
+
+    target = f"{url}/v1/models/{model}/{path}"
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    statuses: dict[str, int] = {}
+    failures: list[str] = []
+    issued = 0
+    deadline = time.perf_counter() + time_limit_s
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    send_headers = {"content-type": "image/jpeg", **headers}
+
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < requests and time.perf_counter() < deadline:
+                body = images[issued % len(images)]
+                issued += 1
+                start = time.perf_counter()
+                try:
+                    response = await client.post(target, content=body, headers=send_headers)
+                    code = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    code = type(exc).__name__
+                    failures.append(code)
+                    response = None
+                elapsed = time.perf_counter() - start
+                statuses[code] = statuses.get(code, 0) + 1
+                if response is not None and response.status_code == 200:
+                    latencies.append(elapsed)
+                    batch_sizes.append(int(response.headers.get("x-batch-size", 1)))
+                elif response is not None and len(failures) < 5:
+                    failures.append(f"{code}: {response.text[:200]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ok = len(latencies)
+    ms = [x * 1000 for x in latencies]
+    return {
+        "concurrency": concurrency,
+        "requests": sum(statuses.values()),
+        "ok": ok,
+        "errors": sum(statuses.values()) - ok,
+        "statuses": statuses,
+        "wall_s": wall,
+        "throughput_rps": ok / wall if wall > 0 else 0.0,
+        "p50_ms": _percentile(ms, 50),
+        "p95_ms": _percentile(ms, 95),
+        "p99_ms": _percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else None,
+        # Per batch, not per request: n requests over the number of batches they ran in.
+        "mean_batch_size": ok / sum(1 / b for b in batch_sizes) if batch_sizes else None,
+        "first_errors": failures[:5],
+    }
+
+
+def load(
+    url: str,
+    model: str,
+    images: list[bytes],
+    concurrency: int,
+    requests: int,
+    time_limit_s: float = 60.0,
+    api_key: str | None = None,
+    warmup: int | None = None,
+) -> dict:
+    """One closed-loop load level; untimed warm-up requests first (default: 2 per client)."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    warm = 2 * concurrency if warmup is None else warmup
+    if warm:
+        asyncio.run(_load(url, model, images, concurrency, warm, time_limit_s, headers))
+    return asyncio.run(_load(url, model, images, concurrency, requests, time_limit_s, headers))
+
+
+def sweep(url, model, images, concurrencies, requests, time_limit_s=60.0, api_key=None, progress=None) -> list[dict]:
+    rows = []
+    for c in concurrencies:
+        rows.append(load(url, model, images, c, requests, time_limit_s, api_key))
+        if progress:
+            progress(rows[-1])
+    return rows
+
+
+# --------------------------------------------------------------------------- server processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A `parvis serve` child process on a free loopback port; stopped with SIGTERM (graceful)."""
+
+    def __init__(
+        self, args: list[str], log_path: Path | None = None, ready_timeout_s: float = 300.0, env: dict | None = None
+    ):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "parvis", "serve", *args, "--port", str(self.port), "--log-level", "warning"]
+        self.log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env} if env else None
+        )
+        self.wait_ready(ready_timeout_s)
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ParvisError(f"the server ({' '.join(self.proc.args[3:])}) exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise ParvisError(f"the server on port {self.port} was not ready after {timeout_s:.0f} s")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def resident_mb(url: str, api_key: str | None = None) -> float | None:
+    """The server's resident memory in MB, from its /metrics (process_resident_memory_bytes)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
+    except httpx.HTTPError:
+        return None
+    match = re.search(r"^process_resident_memory_bytes ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) / 2**20 if match else None
+
+
+# --------------------------------------------------------------------------- ceiling
+
+
+def measure_ceiling(
+    source: str,
+    images: list[bytes],
+    batches: list[int],
+    threads: int | None = None,
+    runtime_name: str | None = None,
+    precision: str = "auto",
+    seconds: float = 1.0,
+) -> dict:
+    """Preprocess ms per image and inference ms per image at each batch size, in this process, with
+    the model and runtime the server runs."""  # fmt: skip
+    import torch
+
+    from parvis.engine.predict import load_predictor
+    from parvis.serve.preprocess import Preprocessor
+
+    model, info = load_predictor(source, torch.device("cpu"), runtime_name, precision, threads or rt.usable_cores())
+    pre = Preprocessor(model.meta)
+    pre(images[0])
+    n, start = 0, time.perf_counter()
+    inputs = []
+    while time.perf_counter() - start < seconds or n < 2 * len(images):
+        x, _ = pre(images[n % len(images)])
+        inputs.append(x)
+        n += 1
+    preprocess_ms = (time.perf_counter() - start) * 1000 / n
+    infer_ms = {}
+    with torch.inference_mode():
+        for b in sorted(set(batches)):
+            batch = torch.stack([inputs[i % len(inputs)] for i in range(b)])
+            model(batch)
+            times = []
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds or len(times) < 3:
+                t0 = time.perf_counter()
+                model(batch)
+                times.append(time.perf_counter() - t0)
+            infer_ms[b] = statistics.median(times) * 1000 / b
+    return {"preprocess_ms": preprocess_ms, "infer_ms_per_image": infer_ms, "info": info, "meta": model.meta}
+
+
+def ceiling_rps(ceiling: dict, batch: float) -> float:
+    """1 / (preprocess + inference per image) at the measured batch size nearest below `batch`
+    (interpolated between measured sizes)."""
+    sizes = sorted(ceiling["infer_ms_per_image"])
+    per_image = float(np.interp(batch, sizes, [ceiling["infer_ms_per_image"][s] for s in sizes]))
+    return 1000.0 / (ceiling["preprocess_ms"] + per_image)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def compare_batching(
+    source: str,
+    images: list[bytes],
+    concurrencies: list[int],
+    requests: int = 400,
+    time_limit_s: float = 60.0,
+    max_batch_size: int = 32,
+    max_queue_delay_ms: float = 5.0,
+    serve_args: list[str] | None = None,
+    peers: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+    progress=None,
+    burst_n: int = 0,
+    soak_n: int = 0,
+) -> dict:
+    """Batching on vs off (and peers) at every concurrency, with speedup, ceiling and ceiling_ratio;
+    then, on the batching server, a burst of `burst_n` requests at once and `soak_n` in a row."""
+    import httpx
+
+    extra = list(serve_args or [])
+    peers = {name: check_loopback(url) for name, url in (peers or {}).items()}
+    common = [source, "--max-queue", str(max(256, 2 * max(concurrencies))), *extra]
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    servers = {}
+    try:
+        servers["on"] = ServerProcess(
+            [*common, "--max-batch-size", str(max_batch_size), "--max-queue-delay-ms", str(max_queue_delay_ms)],
+            log_dir / "serve-batching-on.log" if log_dir else None,
+        )
+        servers["off"] = ServerProcess(
+            [*common, "--max-batch-size", "1"], log_dir / "serve-batching-off.log" if log_dir else None
+        )
+        name = _served_name(servers["on"].url)
+        described = httpx.get(f"{servers['on'].url}/v1/models/{name}", timeout=10).json()
+        targets = {"on": (servers["on"].url, name), "off": (servers["off"].url, name)}
+        for peer, url in peers.items():
+            targets[f"peer_{peer}"] = (url, name)
+        rows = []
+        for i, c in enumerate(concurrencies):
+            order = list(targets) if i % 2 == 0 else list(reversed(targets))
+            measured = {k: load(targets[k][0], targets[k][1], images, c, requests, time_limit_s) for k in order}
+            row = {k: v for k, v in measured["on"].items() if k not in ("statuses", "first_errors")}
+            off = measured["off"]
+            row.update(
+                off_throughput_rps=off["throughput_rps"], off_p50_ms=off["p50_ms"], off_p99_ms=off["p99_ms"],
+                off_mean_batch_size=off["mean_batch_size"], off_errors=off["errors"],
+                speedup=row["throughput_rps"] / off["throughput_rps"] if off["throughput_rps"] else None,
+                p99_over_mean=row["p99_ms"] / row["mean_ms"] if row["mean_ms"] else None,
+            )  # fmt: skip
+            best_peer = 0.0
+            for k in targets:
+                if k.startswith("peer_"):
+                    m = measured[k]
+                    row[f"{k}_rps"] = m["throughput_rps"]
+                    row[f"{k}_p99_ms"] = m["p99_ms"]
+                    row[f"{k}_mean_batch_size"] = m["mean_batch_size"]
+                    row[f"{k}_errors"] = m["errors"]
+                    best_peer = max(best_peer, m["throughput_rps"])
+            if best_peer:
+                row["vs_best_peer"] = row["throughput_rps"] / best_peer
+            row["first_errors"] = measured["on"]["first_errors"] + off["first_errors"]
+            rows.append(row)
+            if progress:
+                progress(row)
+        extras = {}
+        if burst_n:
+            extras["burst"] = burst(servers["on"].url, name, images, burst_n)
+        if soak_n:
+            extras["soak"] = soak(servers["on"].url, name, images, soak_n)
+    finally:
+        for server in servers.values():
+            server.stop()
+    # The ceiling, with the servers gone (they would otherwise hold memory, not CPU, so either is fair).
+    threads = _flag(extra, "--threads")
+    batches = sorted({1, max_batch_size, *(max(1, round(r["mean_batch_size"] or 1)) for r in rows)})
+    ceiling = measure_ceiling(source, images, batches, threads, _flag(extra, "--runtime", str), described["precision"]
+                              if "--precision" in extra else "auto")  # fmt: skip
+    for row in rows:
+        row["ceiling_rps"] = ceiling_rps(ceiling, row["mean_batch_size"] or 1)
+        row["ceiling_ratio"] = row["throughput_rps"] / row["ceiling_rps"]
+    c1 = next((r for r in rows if r["concurrency"] == 1), None)
+    meta = ceiling["meta"]
+    return {
+        "benchmark": "serve",
+        "source": source,
+        "model": meta.name,
+        "task": meta.task,
+        "input_size": meta.input_size,
+        "runtime": described.get("runtime"),
+        "precision": described.get("precision"),
+        "threads": described.get("threads_per_instance"),
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_ms": max_queue_delay_ms,
+        "requests_per_level": requests,
+        "request_image_bytes_mean": int(statistics.fmean(len(b) for b in images)),
+        "preprocess_ms": ceiling["preprocess_ms"],
+        "infer_ms_per_image": {str(k): v for k, v in ceiling["infer_ms_per_image"].items()},
+        "c1_overhead_ms": (c1["p50_ms"] - ceiling["preprocess_ms"] - ceiling["infer_ms_per_image"][1]) if c1 else None,
+        "peers": peers,
+        "serve_args": extra,
+        **_machine(),
+        "rows": rows,
+        **extras,
+    }
+
+
+def _served_name(url: str) -> str:
+    import httpx
+
+    models = httpx.get(f"{url}/v1/models", timeout=10).json()["models"]
+    return models[0]["name"]
+
+
+def _flag(args: list[str], flag: str, cast=int):
+    return cast(args[args.index(flag) + 1]) if flag in args and args.index(flag) + 1 < len(args) else None
+
+
+def _machine() -> dict:
+    import platform
+
+    import torch
+
+    from parvis import __version__
+
+    inv = rt.inventory()
+    return {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "machine": {
+            "cpu": inv.cpu.model,
+            "usable_cores": inv.cpu.usable_cores,
+            "python": platform.python_version(),
+            "parvis": __version__,
+            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        },
+    }
+
+
+# --------------------------------------------------------------------------- overload and soak
+
+
+def burst(url: str, model: str, images: list[bytes], n: int, api_key: str | None = None, settle_s: float = 3.0) -> dict:
+    """`n` requests at once: how many are answered vs refused, how fast the refusals come, memory
+    before and after, and whether service is normal right after."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    before = resident_mb(url, api_key)
+    result = asyncio.run(_burst(url, model, images, n, headers))
+    time.sleep(settle_s)
+    after = resident_mb(url, api_key)
+    recovery = load(url, model, images, 1, 20, 30.0, api_key, warmup=0)
+    return {
+        **result,
+        "rss_mb_before": before,
+        "rss_mb_after": after,
+        "after_ok": recovery["ok"],
+        "after_errors": recovery["errors"],
+        "after_p50_ms": recovery["p50_ms"],
+    }
+
+
+async def _burst(url, model, images, n, headers) -> dict:
+    import httpx
+
+    target = f"{url}/v1/models/{model}/predict"
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
+    results: list[tuple[str, float]] = []
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
+
+        async def one(i: int) -> None:
+            start = time.perf_counter()
+            try:
+                r = await client.post(
+                    target, content=images[i % len(images)], headers={"content-type": "image/jpeg", **headers}
+                )
+                code = str(r.status_code)
+            except httpx.HTTPError as exc:
+                code = type(exc).__name__
+            results.append((code, time.perf_counter() - start))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - start
+    statuses: dict[str, int] = {}
+    for code, _ in results:
+        statuses[code] = statuses.get(code, 0) + 1
+    rejected = [t * 1000 for code, t in results if code == "503"]
+    served = [t * 1000 for code, t in results if code == "200"]
+    return {
+        "burst_requests": n,
+        "statuses": statuses,
+        "wall_s": wall,
+        "rejected_p50_ms": _percentile(rejected, 50),
+        "rejected_p99_ms": _percentile(rejected, 99),
+        "served_p50_ms": _percentile(served, 50),
+        "served_p99_ms": _percentile(served, 99),
+    }
+
+
+def soak(url: str, model: str, images: list[bytes], n: int, concurrency: int = 8, api_key: str | None = None) -> dict:
+    """`n` requests in a row: resident memory before and after (after a warm-up of the same size as
+    the first load level, so allocator pools are already filled)."""
+    load(url, model, images, concurrency, 4 * concurrency, 60.0, api_key, warmup=0)
+    before = resident_mb(url, api_key)
+    row = load(url, model, images, concurrency, n, 3600.0, api_key, warmup=0)
+    after = resident_mb(url, api_key)
+    return {"requests": row["requests"], "ok": row["ok"], "errors": row["errors"],
+            "throughput_rps": row["throughput_rps"], "rss_mb_before": before, "rss_mb_after": after,
+            "rss_growth_mb": (after - before) if before is not None and after is not None else None}  # fmt: skip
+
+
+def served_config(url: str, model: str, api_key: str | None = None) -> dict:
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    r = httpx.get(f"{url}/v1/models/{model}", headers=headers, timeout=10)
+    if r.status_code != 200:
+        raise ParvisError(
+            f"{url}/v1/models/{model}: answered {r.status_code} ({r.text[:200]}); check --url and --model"
+        )
+    return r.json()
+
+
+__all__ = ["ServerProcess", "burst", "check_loopback", "compare_batching", "load", "request_images", "soak", "sweep"]
