@@ -24,7 +24,7 @@ from parvis import __version__
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 
-SUITES = ("data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition")
+SUITES = ("data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition", "serve")
 KINDS = (*SUITES, "optimize")
 REPORT_KEY = "parvis_report"  # marks this module's own JSON output, so a re-run over a folder skips it
 
@@ -44,6 +44,11 @@ COLUMNS = {
         "arithmetic_intensity", "attainable_gflops", "bound",
     ],
     "partition": ["run", "share", "threads", "img_s", "kept_vs_solo", "kept_vs_alone_same_share"],
+    "serve": [
+        "concurrency", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch_size", "errors",
+        "off_throughput_rps", "speedup", "ceiling_rps", "ceiling_ratio", "peer_fastapi_rps", "peer_ray_rps",
+        "vs_best_peer",
+    ],
     "optimize": [
         "chosen", "variant", "runtime", "precision", "batch", "threads", "img_s", "latency_ms_p50", "metric",
         "metric_drop", "size_mb", "speedup_vs_eager_fp32", "status", "reason",
@@ -189,6 +194,11 @@ def _rows(data: dict, kind: str) -> tuple[list[dict], list[tuple[str, list[str],
                                                      "reduced_img_s_per_core", "error"], data["decoders"]))  # fmt: skip
     if kind == "train" and data.get("end_to_end"):
         extra.append(("end to end on the real loader", list(data["end_to_end"]), [data["end_to_end"]]))
+    if kind == "serve":
+        for part in ("burst", "soak"):
+            if isinstance(data.get(part), dict):
+                flat = {k: v for k, v in data[part].items() if _scalar(v)}
+                extra.append((part, list(flat), [flat]))
     if kind == "roofline" and data.get("peak_gflops"):
         peaks = [{"measure": k, "value": v} for k, v in data["peak_gflops"].items()]
         peaks.append({"measure": "memory_bandwidth_gbs", "value": data.get("memory_bandwidth_gbs")})
@@ -287,6 +297,32 @@ def _plot_batch(section: Section):
     for ax in (a, b):
         ax.set_xticks(xs, [str(x) for x in xs])
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _plot_serve(section: Section):
+    rows = [r for r in section.rows if r.get("throughput_rps") is not None]
+    if not rows:
+        return None
+    fig, (a, b) = _figure(9, 3.4, ncols=2)
+    xs = [r["concurrency"] for r in rows]
+    series = [("throughput_rps", "p99_ms", "parvis batching", "o-")]
+    if any(r.get("off_throughput_rps") is not None for r in rows):
+        series.append(("off_throughput_rps", "off_p99_ms", "parvis batch 1", "s--"))
+    for key in sorted({k for r in rows for k in r if k.startswith("peer_") and k.endswith("_rps")}):
+        series.append((key, key[:-4] + "_p99_ms", key[5:-4], "^:"))
+    for rps, p99, label, marker in series:
+        a.plot(xs, [r.get(rps) for r in rows], marker, label=label)
+        b.plot(xs, [r.get(p99) for r in rows], marker, label=label)
+    if any(r.get("ceiling_rps") for r in rows):
+        a.plot(xs, [r.get("ceiling_rps") for r in rows], "k:", lw=1, label="CPU-sharing ceiling")
+    a.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s", title="throughput")
+    b.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="p99 latency")
+    for ax in (a, b):
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -422,6 +458,7 @@ PLOTS: dict[str, tuple[str, Callable[[Section], object]]] = {
     "roofline": ("roofline: achieved vs peak GFLOP/s", _plot_roofline),
     "partition": ("throughput each concurrent job keeps", _plot_partition),
     "optimize": ("optimize candidates: speedup vs eager fp32", _plot_optimize),
+    "serve": ("HTTP serving: throughput and p99 latency vs concurrent clients", _plot_serve),
 }  # fmt: skip
 
 

@@ -14,6 +14,8 @@ at once (THROUGHPUT hint); with one stream the whole batch is one request (LATEN
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from parvis import runtime as rt
@@ -116,12 +118,20 @@ class OpenVinoRuntime(Runtime):
         except Exception as exc:
             raise ParvisError(f"{path}: OpenVINO cannot compile it ({str(exc).strip().splitlines()[0]})") from exc
         self.requests = [self.compiled.create_infer_request() for _ in range(streams)]
+        # The requests are reused by every call; a second thread calling run() at the same time
+        # would fail with "Infer Request is busy". Callers wait their turn; for concurrency open one
+        # runtime per thread (parvis serve does, one per instance).
+        self._lock = threading.Lock()
         self.path, self.precision, self.threads, self.streams, self.hint = path, precision, threads, streams, hint
         self.version = ov.__version__.split("-")[0]  # "2026.4.1-22982-<hash>-releases/..."
 
     def run(self, images) -> np.ndarray:
         x = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
         x = np.ascontiguousarray(x, dtype=np.float32)
+        with self._lock:
+            return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if len(self.requests) == 1 or len(x) == 1:
             request = self.requests[0]
             request.infer({0: x})

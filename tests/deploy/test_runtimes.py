@@ -151,6 +151,21 @@ def test_openvino_streams_split_a_batch_and_give_the_same_logits(sources):
     np.testing.assert_allclose(two.run(x), one, atol=1e-5)
 
 
+def test_openvino_runtime_can_be_called_from_several_threads(sources):
+    """Callers from several threads share the runtime's requests in turn (a request is single-use at a
+    time: without the runtime's lock the second caller fails with "Infer Request is busy")."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, paths = sources["resnet18"]
+    rt_ = open_runtime(paths["onnx"], "openvino", threads=1)
+    xs = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(16)]
+    expected = [rt_.run(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(rt_.run, xs))
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
 def test_openvino_errors(sources, int8_resnet18, monkeypatch):
     _, paths = sources["resnet18"]
     with pytest.raises(ParvisError, match=r"resnet18\.pt: OpenVINO runs \.onnx files"):
