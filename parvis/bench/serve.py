@@ -3,7 +3,7 @@
     rows = sweep("http://127.0.0.1:8000", "resnet18", images, [1, 8, 32])
     result = compare_batching("runs/opt/resnet18-optimize", images, [1, 8, 32, 64])
 
-Each load level runs `concurrency` async clients (httpx), each sending the next request as soon as
+Each load level runs `concurrency` async clients (aiohttp, or httpx), each sending the next request as soon as
 its previous one is answered, until `requests` answers or `time_limit_s` (closed loop: offered load
 follows the server, so an overloaded server is measured, not a client queue). Batch sizes come
 from each response's X-Batch-Size header (parvis and the peer servers in benchmarks/ send it).
@@ -68,20 +68,70 @@ def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-async def _load(url, model, images, concurrency, requests, time_limit_s, headers, path="predict") -> dict:
-    import httpx
+CLIENTS = ("aiohttp", "httpx")
 
-    target = f"{url}/v1/models/{model}/{path}"
+
+class _Client:
+    """The few HTTP calls the load generator makes, over aiohttp (default) or httpx.
+
+    The generator shares the CPU with the server it measures, so its own cost matters: measured on
+    the 2-core EPYC against the same server, httpx took 2.3 ms of client CPU per request at 32
+    connections and 5.9 ms at 64 (its connection pool scans every connection per request), aiohttp
+    0.15 ms at both; with httpx a third of the machine went to the client."""
+
+    def __init__(self, kind: str, connections: int):
+        if kind not in CLIENTS:
+            raise ParvisError(f"--client {kind!r} is unknown; choose one of {', '.join(CLIENTS)}")
+        self.kind, self.connections = kind, connections
+
+    async def __aenter__(self) -> _Client:
+        if self.kind == "aiohttp":
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.connections, force_close=False)
+            self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
+        else:
+            import httpx
+
+            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
+            self.session = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.kind == "aiohttp":
+            await self.session.close()
+        else:
+            await self.session.aclose()
+
+    async def post(self, url: str, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+        """(status, lower-case headers, body); OSError-like failures raise ClientFailure."""
+        try:
+            if self.kind == "aiohttp":
+                async with self.session.post(url, data=body, headers=headers) as r:
+                    return r.status, {k.lower(): v for k, v in r.headers.items()}, await r.read()
+            r = await self.session.post(url, content=body, headers=headers)
+            return r.status_code, dict(r.headers), r.content
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - connection refused/reset, timeouts: counted, not fatal
+            raise ClientFailure(type(exc).__name__) from None
+
+
+class ClientFailure(Exception):
+    pass
+
+
+async def _load(url, model, images, concurrency, requests, time_limit_s, headers, client="aiohttp") -> dict:
+    target = f"{url}/v1/models/{model}/predict"
     latencies: list[float] = []
     batch_sizes: list[int] = []
     statuses: dict[str, int] = {}
     failures: list[str] = []
     issued = 0
     deadline = time.perf_counter() + time_limit_s
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     send_headers = {"content-type": "image/jpeg", **headers}
 
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60.0)) as client:
+    async with _Client(client, concurrency) as session:
 
         async def worker() -> None:
             nonlocal issued
@@ -90,30 +140,29 @@ async def _load(url, model, images, concurrency, requests, time_limit_s, headers
                 issued += 1
                 start = time.perf_counter()
                 try:
-                    response = await client.post(target, content=body, headers=send_headers)
-                    code = str(response.status_code)
-                except httpx.HTTPError as exc:
-                    code = type(exc).__name__
-                    failures.append(code)
-                    response = None
+                    status, response_headers, content = await session.post(target, body, send_headers)
+                    code = str(status)
+                except ClientFailure as exc:
+                    code, status = str(exc), None
                 elapsed = time.perf_counter() - start
                 statuses[code] = statuses.get(code, 0) + 1
-                if response is not None and response.status_code == 200:
+                if status == 200:
                     latencies.append(elapsed)
-                    batch_sizes.append(int(response.headers.get("x-batch-size", 1)))
-                elif response is not None and len(failures) < 5:
-                    failures.append(f"{code}: {response.text[:200]}")
+                    batch_sizes.append(int(response_headers.get("x-batch-size", 1)))
+                elif len(failures) < 5:
+                    failures.append(code if status is None else f"{code}: {content[:200].decode(errors='replace')}")
 
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ok = len(latencies)
     ms = [x * 1000 for x in latencies]
+    total = sum(statuses.values())
     return {
         "concurrency": concurrency,
-        "requests": sum(statuses.values()),
+        "requests": total,
         "ok": ok,
-        "errors": sum(statuses.values()) - ok,
+        "errors": total - ok,
         "statuses": statuses,
         "wall_s": wall,
         "throughput_rps": ok / wall if wall > 0 else 0.0,
@@ -123,6 +172,8 @@ async def _load(url, model, images, concurrency, requests, time_limit_s, headers
         "mean_ms": statistics.fmean(ms) if ms else None,
         # Per batch, not per request: n requests over the number of batches they ran in.
         "mean_batch_size": ok / sum(1 / b for b in batch_sizes) if batch_sizes else None,
+        "client": client,
+        "client_cpu_ms_per_request": cpu * 1000 / total if total else None,
         "first_errors": failures[:5],
     }
 
@@ -136,19 +187,22 @@ def load(
     time_limit_s: float = 60.0,
     api_key: str | None = None,
     warmup: int | None = None,
+    client: str = "aiohttp",
 ) -> dict:
     """One closed-loop load level; untimed warm-up requests first (default: 2 per client)."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     warm = 2 * concurrency if warmup is None else warmup
     if warm:
-        asyncio.run(_load(url, model, images, concurrency, warm, time_limit_s, headers))
-    return asyncio.run(_load(url, model, images, concurrency, requests, time_limit_s, headers))
+        asyncio.run(_load(url, model, images, concurrency, warm, time_limit_s, headers, client))
+    return asyncio.run(_load(url, model, images, concurrency, requests, time_limit_s, headers, client))
 
 
-def sweep(url, model, images, concurrencies, requests, time_limit_s=60.0, api_key=None, progress=None) -> list[dict]:
+def sweep(
+    url, model, images, concurrencies, requests, time_limit_s=60.0, api_key=None, progress=None, client="aiohttp"
+) -> list[dict]:
     rows = []
     for c in concurrencies:
-        rows.append(load(url, model, images, c, requests, time_limit_s, api_key))
+        rows.append(load(url, model, images, c, requests, time_limit_s, api_key, client=client))
         if progress:
             progress(rows[-1])
     return rows
@@ -293,11 +347,14 @@ def compare_batching(
     peers: dict[str, str] | None = None,
     log_dir: Path | None = None,
     progress=None,
-    burst_n: int = 0,
+    burst_factor: float = 0.0,
+    burst_seconds: float = 3.0,
     soak_n: int = 0,
+    client: str = "aiohttp",
 ) -> dict:
     """Batching on vs off (and peers) at every concurrency, with speedup, ceiling and ceiling_ratio;
-    then, on the batching server, a burst of `burst_n` requests at once and `soak_n` in a row."""
+    then, on the batching server, `burst_factor` x its best measured throughput for `burst_seconds`
+    (open loop) and `soak_n` requests in a row."""
     import httpx
 
     extra = list(serve_args or [])
@@ -322,7 +379,9 @@ def compare_batching(
         rows = []
         for i, c in enumerate(concurrencies):
             order = list(targets) if i % 2 == 0 else list(reversed(targets))
-            measured = {k: load(targets[k][0], targets[k][1], images, c, requests, time_limit_s) for k in order}
+            measured = {
+                k: load(targets[k][0], targets[k][1], images, c, requests, time_limit_s, client=client) for k in order
+            }
             row = {k: v for k, v in measured["on"].items() if k not in ("statuses", "first_errors")}
             off = measured["off"]
             row.update(
@@ -347,10 +406,12 @@ def compare_batching(
             if progress:
                 progress(row)
         extras = {}
-        if burst_n:
-            extras["burst"] = burst(servers["on"].url, name, images, burst_n)
+        if burst_factor:
+            rate = burst_factor * max(r["throughput_rps"] for r in rows)
+            extras["burst"] = {"factor": burst_factor, **burst(servers["on"].url, name, images, rate, burst_seconds,
+                                                               client=client)}  # fmt: skip
         if soak_n:
-            extras["soak"] = soak(servers["on"].url, name, images, soak_n)
+            extras["soak"] = soak(servers["on"].url, name, images, soak_n, client=client)
     finally:
         for server in servers.values():
             server.stop()
@@ -375,6 +436,7 @@ def compare_batching(
         "threads": described.get("threads_per_instance"),
         "max_batch_size": max_batch_size,
         "max_queue_delay_ms": max_queue_delay_ms,
+        "client": client,
         "requests_per_level": requests,
         "request_image_bytes_mean": int(statistics.fmean(len(b) for b in images)),
         "preprocess_ms": ceiling["preprocess_ms"],
@@ -423,15 +485,25 @@ def _machine() -> dict:
 # --------------------------------------------------------------------------- overload and soak
 
 
-def burst(url: str, model: str, images: list[bytes], n: int, api_key: str | None = None, settle_s: float = 3.0) -> dict:
-    """`n` requests at once: how many are answered vs refused, how fast the refusals come, memory
-    before and after, and whether service is normal right after."""
+def burst(
+    url: str,
+    model: str,
+    images: list[bytes],
+    rate_rps: float,
+    seconds: float = 3.0,
+    api_key: str | None = None,
+    settle_s: float = 3.0,
+    client: str = "aiohttp",
+) -> dict:
+    """Open-loop overload: requests sent at `rate_rps` for `seconds` whatever the answers (e.g. 10x
+    what the server sustains). How many are served vs refused, how fast refusals come, resident
+    memory before and after, and whether service is normal right after."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     before = resident_mb(url, api_key)
-    result = asyncio.run(_burst(url, model, images, n, headers))
+    result = asyncio.run(_burst(url, model, images, rate_rps, seconds, headers, client))
     time.sleep(settle_s)
     after = resident_mb(url, api_key)
-    recovery = load(url, model, images, 1, 20, 30.0, api_key, warmup=0)
+    recovery = load(url, model, images, 1, 20, 30.0, api_key, warmup=0, client=client)
     return {
         **result,
         "rss_mb_before": before,
@@ -442,50 +514,65 @@ def burst(url: str, model: str, images: list[bytes], n: int, api_key: str | None
     }
 
 
-async def _burst(url, model, images, n, headers) -> dict:
-    import httpx
-
+async def _burst(url, model, images, rate_rps, seconds, headers, client) -> dict:
     target = f"{url}/v1/models/{model}/predict"
-    limits = httpx.Limits(max_connections=n, max_keepalive_connections=0)
-    results: list[tuple[str, float]] = []
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
+    n = max(1, int(rate_rps * seconds))
+    results: list[tuple[str, float, float]] = []  # (status, latency, how late it was sent)
+    send_headers = {"content-type": "image/jpeg", **headers}
+    async with _Client(client, 4096) as session:
 
-        async def one(i: int) -> None:
+        async def one(i: int, scheduled: float) -> None:
             start = time.perf_counter()
             try:
-                r = await client.post(
-                    target, content=images[i % len(images)], headers={"content-type": "image/jpeg", **headers}
-                )
-                code = str(r.status_code)
-            except httpx.HTTPError as exc:
-                code = type(exc).__name__
-            results.append((code, time.perf_counter() - start))
+                status, _, _ = await session.post(target, images[i % len(images)], send_headers)
+                code = str(status)
+            except ClientFailure as exc:
+                code = str(exc)
+            results.append((code, time.perf_counter() - start, start - scheduled))
 
-        start = time.perf_counter()
-        await asyncio.gather(*(one(i) for i in range(n)))
-        wall = time.perf_counter() - start
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            scheduled = t0 + i / rate_rps
+            if (delay := scheduled - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, scheduled)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
     statuses: dict[str, int] = {}
-    for code, _ in results:
+    for code, _, _ in results:
         statuses[code] = statuses.get(code, 0) + 1
-    rejected = [t * 1000 for code, t in results if code == "503"]
-    served = [t * 1000 for code, t in results if code == "200"]
+    rejected = [t * 1000 for code, t, _ in results if code == "503"]
+    served = [t * 1000 for code, t, _ in results if code == "200"]
     return {
+        "offered_rps": rate_rps,
+        "seconds": seconds,
         "burst_requests": n,
         "statuses": statuses,
         "wall_s": wall,
+        "served_rps": len(served) / wall if wall > 0 else 0.0,
         "rejected_p50_ms": _percentile(rejected, 50),
         "rejected_p99_ms": _percentile(rejected, 99),
         "served_p50_ms": _percentile(served, 50),
         "served_p99_ms": _percentile(served, 99),
+        "send_late_p99_ms": _percentile([late * 1000 for _, _, late in results], 99),
     }
 
 
-def soak(url: str, model: str, images: list[bytes], n: int, concurrency: int = 8, api_key: str | None = None) -> dict:
+def soak(
+    url: str,
+    model: str,
+    images: list[bytes],
+    n: int,
+    concurrency: int = 8,
+    api_key: str | None = None,
+    client: str = "aiohttp",
+) -> dict:
     """`n` requests in a row: resident memory before and after (after a warm-up of the same size as
     the first load level, so allocator pools are already filled)."""
-    load(url, model, images, concurrency, 4 * concurrency, 60.0, api_key, warmup=0)
+    load(url, model, images, concurrency, 4 * concurrency, 60.0, api_key, warmup=0, client=client)
     before = resident_mb(url, api_key)
-    row = load(url, model, images, concurrency, n, 3600.0, api_key, warmup=0)
+    row = load(url, model, images, concurrency, n, 3600.0, api_key, warmup=0, client=client)
     after = resident_mb(url, api_key)
     return {"requests": row["requests"], "ok": row["ok"], "errors": row["errors"],
             "throughput_rps": row["throughput_rps"], "rss_mb_before": before, "rss_mb_after": after,

@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -54,6 +55,39 @@ class ServerConfig:
     max_pixels: int = MAX_IMAGE_PIXELS
     workers: int = 0  # decode/preprocess threads; 0 = usable cores
     retry_after_s: int = 1
+    # Niceness added to the compute threads (decode, preprocessing, inference), so that on a saturated
+    # CPU the event loop, which admits and refuses requests, answers first (see lower_priority).
+    compute_nice: int = 10
+
+
+def release_memory() -> None:
+    """Collect garbage and return free heap pages to the OS (glibc's malloc_trim; elsewhere a no-op)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+            pass
+
+
+def lower_priority(nice: int) -> None:
+    """Make the calling thread (and the threads it starts later) `nice` steps less urgent.
+
+    Measured on the 2-core EPYC at 10x overload (open loop, 1,800 requests/s offered to a server
+    sustaining 180): with every thread at one priority the 503 answers took p99 798 ms, because the
+    event loop waited for cores behind inference and decoding; with compute threads at +10, p99 58 ms
+    (p50 0.3 ms) and the same throughput. Linux only (per-thread nice); elsewhere a no-op."""
+    if nice <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError:
+        pass  # not permitted or not per-thread on this system: everything keeps one priority
 
 
 class HTTPError(Exception):
@@ -69,7 +103,12 @@ class Server:
         self.models = {s.name: ServedModel(s) for s in specs}
         self.preprocessors: dict[str, Preprocessor] = {}
         self.metrics = ServeMetrics()
-        self.pool = ThreadPoolExecutor(config.workers or runtime.usable_cores(), thread_name_prefix="parvis-pre")
+        self.pool = ThreadPoolExecutor(
+            config.workers or runtime.usable_cores(),
+            thread_name_prefix="parvis-pre",
+            initializer=lower_priority,
+            initargs=(config.compute_nice,),
+        )
         self.load_error: str | None = None
         self.on_load_error = None  # called with the message when loading fails (the runner stops the server)
 
@@ -78,6 +117,8 @@ class Server:
         return all(m.ready for m in self.models.values())
 
     def load_all(self) -> None:
+        # Model instances (and the runtime threads they start) inherit this thread's priority.
+        lower_priority(self.config.compute_nice)
         try:
             for name, model in self.models.items():
                 model.load(self.metrics.observer(name, lambda m=model: m.batcher))
@@ -88,6 +129,26 @@ class Server:
             log.error("loading failed: %s", self.load_error)
             if self.on_load_error is not None:
                 self.on_load_error(self.load_error)
+
+    @property
+    def idle(self) -> bool:
+        return all(m.batcher is None or m.batcher.free == m.spec.config.max_queue and not m.batcher.busy
+                   for m in self.models.values())  # fmt: skip
+
+    async def release_memory_when_idle(self, period_s: float = 1.0) -> None:
+        """After a busy spell, once the server has been idle for two checks in a row, hand freed heap
+        back to the OS. glibc keeps what a burst's requests used (bodies, tensors, per-thread arenas)
+        otherwise: measured +40 to +340 MB of resident memory after overload bursts, kept for good."""
+        busy_since_trim, idle_checks = False, 0
+        while True:
+            await asyncio.sleep(period_s)
+            if not self.idle:
+                busy_since_trim, idle_checks = True, 0
+                continue
+            idle_checks += 1
+            if busy_since_trim and idle_checks >= 2:
+                await asyncio.get_running_loop().run_in_executor(None, release_memory)
+                busy_since_trim = False
 
     def close(self) -> None:
         for model in self.models.values():
@@ -106,6 +167,10 @@ class Server:
     @property
     def retry_headers(self) -> dict:
         return {"Retry-After": str(self.config.retry_after_s)}
+
+    def overloaded(self, model: ServedModel) -> JSONResponse:
+        detail = f"model {model.name!r} is overloaded: queue full ({model.spec.config.max_queue} places); retry later"
+        return JSONResponse({"detail": detail}, 503, headers=self.retry_headers)
 
     def reject(self, name: str, reason: str, detail: str) -> HTTPError:
         self.metrics.rejected.labels(name, reason).inc()
@@ -145,6 +210,7 @@ class Gate:
                 status[0] = message["status"]
             await send(message)
 
+        match = _ENDPOINT.match(path)
         try:
             if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
                 response = JSONResponse(
@@ -153,10 +219,14 @@ class Gate:
                     headers={"WWW-Authenticate": "Bearer"},
                 )
                 await response(scope, receive, send_status)
+            elif match and (model := self.server.models.get(path.split("/")[3])) and model.full:
+                # Overloaded: refuse here, before routing, so a flood of refusals costs the event loop
+                # as little as possible (the batcher's own check below stays the authority).
+                self.server.metrics.rejected.labels(model.name, "queue_full").inc()
+                await self.server.overloaded(model)(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
         finally:
-            match = _ENDPOINT.match(path)
             if match:
                 name = path.split("/")[3]
                 model = name if name in self.server.models else ""  # no label per unknown name sent
@@ -208,7 +278,9 @@ def create_app(server: Server) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Load after the socket is bound: /healthz answers at once, /readyz turns 200 after warm-up.
         threading.Thread(target=server.load_all, name="parvis-load", daemon=True).start()
+        trimmer = asyncio.create_task(server.release_memory_when_idle())
         yield
+        trimmer.cancel()
         await asyncio.get_running_loop().run_in_executor(None, server.close)
 
     app = FastAPI(title="parvis", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -314,7 +386,10 @@ async def _predict(server: Server, model: ServedModel, request: Request, mask: s
         server.metrics.preprocess.labels(model.name).observe(time.perf_counter() - start)
         future = slot.submit(x, timeout)
     (done,) = await _await_batch(model, [future])
-    result = await loop.run_in_executor(server.pool, result_dict, model.meta, done.value, size, mask)
+    if model.meta.task == "classification":  # a softmax over a few logits: cheaper than a pool hop
+        result = result_dict(model.meta, done.value, size, mask)
+    else:  # masks are resized and PNG-encoded: off the event loop
+        result = await loop.run_in_executor(server.pool, result_dict, model.meta, done.value, size, mask)
     return JSONResponse(result, headers=_batch_headers(done))
 
 

@@ -167,6 +167,11 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
+    def free(self) -> int:
+        """Places left in the queue (queued and reserved items take one each)."""
+        return self.max_queue - len(self._queue) - self._reserved
+
+    @property
     def busy(self) -> int:
         """Instances running a batch right now."""
         return self._busy

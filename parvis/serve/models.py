@@ -196,6 +196,11 @@ class ServedModel:
         self.load_s = time.perf_counter() - start
         self.ready = True
 
+    @property
+    def full(self) -> bool:
+        """The batcher has no place left (a cheap, lock-free look; reserve() decides)."""
+        return self.batcher is not None and self.batcher.free <= 0
+
     def describe(self) -> dict:
         cfg = self.spec.config
         out = {"name": self.name, "ready": self.ready, "source": cfg.source}
