@@ -14,6 +14,7 @@ on it, and memory is bounded by max_queue requests per model.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -64,7 +65,6 @@ def release_memory() -> None:
     """Collect garbage and return free heap pages to the OS (glibc's malloc_trim; elsewhere a no-op)."""
     import ctypes
     import ctypes.util
-    import gc
 
     gc.collect()
     libc = ctypes.util.find_library("c")
@@ -124,6 +124,10 @@ class Server:
                 model.load(self.metrics.observer(name, lambda m=model: m.batcher))
                 self.preprocessors[name] = Preprocessor(model.meta, self.config.max_pixels)
                 log.info("model %s ready: %s", name, json.dumps(model.describe()))
+            # Everything loaded so far (torch, the models, the runtimes) lives as long as the server:
+            # keep it out of the cyclic collector's full passes, which otherwise stall the event loop.
+            gc.collect()
+            gc.freeze()
         except Exception as exc:  # noqa: BLE001 - reported as one line, then the server stops
             self.load_error = str(exc) if isinstance(exc, ParvisError) else f"{type(exc).__name__}: {exc}"
             log.error("loading failed: %s", self.load_error)
@@ -149,6 +153,13 @@ class Server:
             if busy_since_trim and idle_checks >= 2:
                 await asyncio.get_running_loop().run_in_executor(None, release_memory)
                 busy_since_trim = False
+
+    async def watch_loop_lag(self, period_s: float = 0.1) -> None:
+        """How late the event loop wakes up: a busy or starved loop delays every answer, 503s included."""
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(period_s)
+            self.metrics.loop_lag.observe(max(0.0, time.perf_counter() - start - period_s))
 
     def close(self) -> None:
         for model in self.models.values():
@@ -278,9 +289,13 @@ def create_app(server: Server) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Load after the socket is bound: /healthz answers at once, /readyz turns 200 after warm-up.
         threading.Thread(target=server.load_all, name="parvis-load", daemon=True).start()
-        trimmer = asyncio.create_task(server.release_memory_when_idle())
+        background = [
+            asyncio.create_task(server.release_memory_when_idle()),
+            asyncio.create_task(server.watch_loop_lag()),
+        ]
         yield
-        trimmer.cancel()
+        for task in background:
+            task.cancel()
         await asyncio.get_running_loop().run_in_executor(None, server.close)
 
     app = FastAPI(title="parvis", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -63,6 +63,12 @@ class ServeMetrics:
         )
         self.queue_depth = Gauge("parvis_queue_depth", "Items waiting for a batch", ["model"], registry=r)
         self.instances_busy = Gauge("parvis_instances_busy", "Model instances running a batch", ["model"], registry=r)
+        self.loop_lag = Histogram(
+            "parvis_event_loop_lag_seconds",
+            "How late a 100 ms timer fires on the event loop (admission delay)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self.rejected = Counter(
             "parvis_rejected", "Requests refused before inference, by reason", ["model", "reason"], registry=r
         )
