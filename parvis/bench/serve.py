@@ -11,7 +11,7 @@ from each response's X-Batch-Size header (parvis and the peer servers in benchma
 The comparison starts two `parvis serve` processes on free loopback ports, one batching and one
 with max batch 1, and measures them side by side at every concurrency (alternating which goes
 first); peers (other servers already running) join the same loop. The ceiling is measured in this
-process on the same model and runtime, while the servers sit idle: a request costs at least its
+process on the same model and runtime, right after each level while the servers sit idle: a request costs at least its
 preprocessing plus its share of a batch's inference, so with everything sharing the CPU no server
 can answer more than 1 / (preprocess + inference per image at the batch size used) per second.
 """
@@ -303,53 +303,56 @@ def resident_mb(url: str, api_key: str | None = None) -> float | None:
 # --------------------------------------------------------------------------- ceiling
 
 
-def measure_ceiling(
-    source: str,
-    images: list[bytes],
-    batches: list[int],
-    threads: int | None = None,
-    runtime_name: str | None = None,
-    precision: str = "auto",
-    seconds: float = 1.0,
-) -> dict:
-    """Preprocess ms per image and inference ms per image at each batch size, in this process, with
-    the model and runtime the server runs."""  # fmt: skip
-    import torch
+class CeilingProbe:
+    """The model and runtime a server runs, loaded in this process, to time what one request costs
+    at the least: its preprocessing and its share of a batch's inference. Measured right after each
+    load level (the servers idle meanwhile), so host-speed drift during a run hits both alike."""
 
-    from parvis.engine.predict import load_predictor
-    from parvis.serve.preprocess import Preprocessor
+    def __init__(self, source: str, images: list[bytes], threads: int | None = None,
+                 runtime_name: str | None = None, precision: str = "auto"):  # fmt: skip
+        import torch
 
-    model, info = load_predictor(source, torch.device("cpu"), runtime_name, precision, threads or rt.usable_cores())
-    pre = Preprocessor(model.meta)
-    pre(images[0])
-    n, start = 0, time.perf_counter()
-    inputs = []
-    while time.perf_counter() - start < seconds or n < 2 * len(images):
-        x, _ = pre(images[n % len(images)])
-        inputs.append(x)
-        n += 1
-    preprocess_ms = (time.perf_counter() - start) * 1000 / n
-    infer_ms = {}
-    with torch.inference_mode():
-        for b in sorted(set(batches)):
-            batch = torch.stack([inputs[i % len(inputs)] for i in range(b)])
-            model(batch)
-            times = []
+        from parvis.engine.predict import load_predictor
+        from parvis.serve.preprocess import Preprocessor
+
+        self.model, self.info = load_predictor(
+            source, torch.device("cpu"), runtime_name, precision, threads or rt.usable_cores()
+        )
+        self.meta = self.model.meta
+        self.pre = Preprocessor(self.meta)
+        self.images = images
+        self.inputs = [self.pre(b)[0] for b in images]
+
+    def preprocess_ms(self, seconds: float = 0.5) -> float:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 2 * len(self.images):
+            self.pre(self.images[n % len(self.images)])
+            n += 1
+        return (time.perf_counter() - start) * 1000 / n
+
+    def infer_ms_per_image(self, batch: int, seconds: float = 0.5) -> float:
+        import torch
+
+        x = torch.stack([self.inputs[i % len(self.inputs)] for i in range(batch)])
+        times = []
+        with torch.inference_mode():
+            self.model(x)
             start = time.perf_counter()
             while time.perf_counter() - start < seconds or len(times) < 3:
                 t0 = time.perf_counter()
-                model(batch)
+                self.model(x)
                 times.append(time.perf_counter() - t0)
-            infer_ms[b] = statistics.median(times) * 1000 / b
-    return {"preprocess_ms": preprocess_ms, "infer_ms_per_image": infer_ms, "info": info, "meta": model.meta}
+        return statistics.median(times) * 1000 / batch
 
-
-def ceiling_rps(ceiling: dict, batch: float) -> float:
-    """1 / (preprocess + inference per image) at the measured batch size nearest below `batch`
-    (interpolated between measured sizes)."""
-    sizes = sorted(ceiling["infer_ms_per_image"])
-    per_image = float(np.interp(batch, sizes, [ceiling["infer_ms_per_image"][s] for s in sizes]))
-    return 1000.0 / (ceiling["preprocess_ms"] + per_image)
+    def measure(self, mean_batch: float | None) -> dict:
+        """{"preprocess_ms", "infer_ms_b1", "batch", "infer_ms_per_image", "ceiling_rps"} at the batch
+        size a level formed (its mean, rounded)."""
+        batch = max(1, round(mean_batch or 1))
+        pre = self.preprocess_ms()
+        infer = self.infer_ms_per_image(batch)
+        infer1 = infer if batch == 1 else self.infer_ms_per_image(1)
+        return {"preprocess_ms": pre, "infer_ms_b1": infer1, "ceiling_batch": batch, "infer_ms_per_image": infer,
+                "ceiling_rps": 1000.0 / (pre + infer)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- comparison
@@ -383,6 +386,9 @@ def compare_batching(
     common = [source, "--max-queue", str(max(max_batch_size, 2 * max(concurrencies))), *extra]
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
+    threads = _flag(extra, "--threads")
+    precision = extra[extra.index("--precision") + 1] if "--precision" in extra[:-1] else "auto"
+    probe = CeilingProbe(source, images, threads, _flag(extra, "--runtime", str), precision)
     servers = {}
     try:
         servers["on"] = ServerProcess(
@@ -423,6 +429,10 @@ def compare_batching(
             if best_peer:
                 row["vs_best_peer"] = row["throughput_rps"] / best_peer
             row["first_errors"] = measured["on"]["first_errors"] + off["first_errors"]
+            row.update(probe.measure(row["mean_batch_size"]))
+            row["ceiling_ratio"] = row["throughput_rps"] / row["ceiling_rps"]
+            if c == 1 and row["p50_ms"] is not None:
+                row["c1_overhead_ms"] = row["p50_ms"] - row["preprocess_ms"] - row["infer_ms_b1"]
             rows.append(row)
             if progress:
                 progress(row)
@@ -436,16 +446,8 @@ def compare_batching(
     finally:
         for server in servers.values():
             server.stop()
-    # The ceiling, with the servers gone (they would otherwise hold memory, not CPU, so either is fair).
-    threads = _flag(extra, "--threads")
-    batches = sorted({1, max_batch_size, *(max(1, round(r["mean_batch_size"] or 1)) for r in rows)})
-    ceiling = measure_ceiling(source, images, batches, threads, _flag(extra, "--runtime", str), described["precision"]
-                              if "--precision" in extra else "auto")  # fmt: skip
-    for row in rows:
-        row["ceiling_rps"] = ceiling_rps(ceiling, row["mean_batch_size"] or 1)
-        row["ceiling_ratio"] = row["throughput_rps"] / row["ceiling_rps"]
     c1 = next((r for r in rows if r["concurrency"] == 1), None)
-    meta = ceiling["meta"]
+    meta = probe.meta
     return {
         "benchmark": "serve",
         "source": source,
@@ -460,9 +462,7 @@ def compare_batching(
         "client": client,
         "requests_per_level": requests,
         "request_image_bytes_mean": int(statistics.fmean(len(b) for b in images)),
-        "preprocess_ms": ceiling["preprocess_ms"],
-        "infer_ms_per_image": {str(k): v for k, v in ceiling["infer_ms_per_image"].items()},
-        "c1_overhead_ms": (c1["p50_ms"] - ceiling["preprocess_ms"] - ceiling["infer_ms_per_image"][1]) if c1 else None,
+        "c1_overhead_ms": c1.get("c1_overhead_ms") if c1 else None,
         "peers": peers,
         "serve_args": extra,
         **_machine(),
@@ -471,10 +471,17 @@ def compare_batching(
     }
 
 
-def _served_name(url: str) -> str:
+def _served_name(url: str, api_key: str | None = None) -> str:
+    """The first model a server lists."""
     import httpx
 
-    models = httpx.get(f"{url}/v1/models", timeout=10).json()["models"]
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    r = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
+    if r.status_code != 200:
+        raise ParvisError(f"{url}/v1/models: answered {r.status_code} ({r.text[:200]}); check --url and --api-key")
+    models = r.json().get("models") or []
+    if not models:
+        raise ParvisError(f"{url}: serves no models")
     return models[0]["name"]
 
 

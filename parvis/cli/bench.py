@@ -545,13 +545,15 @@ def run_serve(args) -> int:
         import httpx
 
         try:
-            model = args.model or bs._served_name(url)
+            model = args.model or bs._served_name(url, args.api_key)
         except httpx.HTTPError as exc:
             raise ParvisError(f"{url}: no server answers ({type(exc).__name__}); start one with parvis serve") from None
         served = bs.served_config(url, model, args.api_key)
-        rows = bs.sweep(url, model, images, concurrencies, args.requests, args.time_limit, args.api_key,
-                        progress=lambda r: con.print(f"  concurrency {r['concurrency']}: "
-                                                     f"{r['throughput_rps']:.1f} req/s"), client=args.client)  # fmt: skip
+        def progress(r):
+            con.print(f"  concurrency {r['concurrency']}: {r['throughput_rps']:.1f} req/s")
+
+        rows = bs.sweep(url, model, images, concurrencies, args.requests, args.time_limit, args.api_key, progress,
+                        client=args.client)  # fmt: skip
         result = {"benchmark": "serve", "url": url, "model": served.get("architecture", model), "served_name": model,
                   "task": served.get("task"), "runtime": served.get("runtime"), "precision": served.get("precision"),
                   "batching": served.get("batching"), "requests_per_level": args.requests, **bs._machine(),
@@ -587,10 +589,15 @@ def run_serve(args) -> int:
             cells += [_num(v, ".1f") for k, v in r.items() if k.startswith("peer_") and k.endswith("_rps")]
         table.add_row(*cells)  # fmt: skip
     lines = []
-    if "preprocess_ms" in result:
+    if args.compare_batching:
         lines.append(
-            f"in-process: preprocess {result['preprocess_ms']:.2f} ms/image, inference per image "
-            + ", ".join(f"{float(v):.2f} ms at batch {k}" for k, v in result["infer_ms_per_image"].items())
+            "ceiling = 1 / (preprocess + inference per image at the level's batch), timed in this process after "
+            "each level: "
+            + "; ".join(
+                f"{r['concurrency']}: {r['preprocess_ms']:.2f} + {r['infer_ms_per_image']:.2f} ms at batch "
+                f"{r['ceiling_batch']}"
+                for r in result["rows"]
+            )  # fmt: skip
         )
     if result.get("c1_overhead_ms") is not None:
         lines.append(f"concurrency 1: p50 is {result['c1_overhead_ms']:.2f} ms above preprocess + batch-1 inference")

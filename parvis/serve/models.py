@@ -96,8 +96,8 @@ def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
                     f"an artifact ({', '.join(ARTIFACT_SUFFIXES)}), an optimize folder or a model repository"
                 )
             specs.append(ModelSpec(path.stem, dataclasses.replace(defaults, source=str(path))))
-        elif path.is_dir() and (path / "optimize.json").is_file():
-            specs.append(ModelSpec(path.name, dataclasses.replace(defaults, source=str(path))))
+        elif path.is_dir() and _is_model_folder(path):
+            specs.append(_model_folder(path, defaults))
         elif path.is_dir():
             specs += _repository(path, defaults)
         elif item in MODELS.names():
@@ -118,31 +118,43 @@ def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
     return specs
 
 
+def _is_model_folder(folder: Path) -> bool:
+    """A folder that is one model: optimize output, a model.yaml, or model files directly inside."""
+    return (
+        (folder / "optimize.json").is_file()
+        or (folder / MODEL_CONFIG).is_file()
+        or any(_is_model_file(p) for p in folder.iterdir())
+    )
+
+
+def _model_folder(sub: Path, defaults: ModelConfig) -> ModelSpec:
+    cfg_path = sub / MODEL_CONFIG
+    config = defaults
+    if cfg_path.is_file():
+        # The file's keys win over the command line's defaults; keys it does not set keep them.
+        from_file = load_config(ModelConfig, cfg_path)
+        config = dataclasses.replace(defaults, **{k: getattr(from_file, k) for k in _read_yaml(cfg_path)})
+    if config.source and config.source != defaults.source:
+        source = sub / config.source
+        if not source.exists():
+            raise ParvisError(f"{cfg_path}: source {config.source!r} does not exist in {sub}; fix the key")
+    elif (sub / "optimize.json").is_file():
+        source = sub
+    else:
+        files = sorted(p for p in sub.iterdir() if _is_model_file(p))
+        if len(files) != 1:
+            found = ", ".join(p.name for p in files) or "none"
+            raise ParvisError(
+                f"{sub}: a model folder needs exactly one model file or a `source:` key in {MODEL_CONFIG} "
+                f"(found {found})"
+            )
+        source = files[0]
+    return ModelSpec(sub.name, dataclasses.replace(config, source=str(source)))
+
+
 def _repository(folder: Path, defaults: ModelConfig) -> list[ModelSpec]:
-    specs = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        cfg_path = sub / MODEL_CONFIG
-        config = defaults
-        if cfg_path.is_file():
-            # The file's keys win over the command line's defaults; keys it does not set keep them.
-            from_file = load_config(ModelConfig, cfg_path)
-            config = dataclasses.replace(defaults, **{k: getattr(from_file, k) for k in _read_yaml(cfg_path)})
-        if config.source and config.source != defaults.source:
-            source = sub / config.source
-            if not source.exists():
-                raise ParvisError(f"{cfg_path}: source {config.source!r} does not exist in {sub}; fix the key")
-        elif (sub / "optimize.json").is_file():
-            source = sub
-        else:
-            files = sorted(p for p in sub.iterdir() if _is_model_file(p))
-            if len(files) != 1:
-                found = ", ".join(p.name for p in files) or "none"
-                raise ParvisError(
-                    f"{sub}: a model folder needs exactly one model file or a `source:` key in {MODEL_CONFIG} "
-                    f"(found {found})"
-                )
-            source = files[0]
-        specs.append(ModelSpec(sub.name, dataclasses.replace(config, source=str(source))))
+    subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    specs = [_model_folder(sub, defaults) for sub in subs]
     if not specs:
         raise ParvisError(
             f"{folder}: no model subfolders; a model repository holds one folder per model "
