@@ -549,6 +549,7 @@ def run_serve(args) -> int:
         except httpx.HTTPError as exc:
             raise ParvisError(f"{url}: no server answers ({type(exc).__name__}); start one with parvis serve") from None
         served = bs.served_config(url, model, args.api_key)
+
         def progress(r):
             con.print(f"  concurrency {r['concurrency']}: {r['throughput_rps']:.1f} req/s")
 

@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png, to_tensor
 from parvis.data.transforms import Normalize, build_transform, decode_min_size
 from parvis.engine.predict import mask_png
-from parvis.errors import BadSampleError
+from parvis.errors import BadSampleError, ParvisError
 from parvis.models.base import ModelMeta
 from parvis.structures import Classification, SegmentationMask
 
@@ -65,6 +65,8 @@ def check_format(data: bytes, name: str) -> None:
 
 def result_dict(meta: ModelMeta, logits: torch.Tensor, size: tuple[int, int], mask_format: str = "png") -> dict:
     """One image's JSON result from its raw output, through the shared result types."""
+    if meta.task not in ("classification", "segmentation"):
+        raise ParvisError(f"serving {meta.task} models is not supported yet (classification and segmentation are)")
     if meta.task == "classification":
         probs = logits.float().softmax(0)
         score, label = probs.max(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import re
 import signal
@@ -238,14 +239,66 @@ def test_a_bad_model_file_stops_the_server_with_one_line(tmp_path):
     assert "parvis: error: serving stopped: " in log and "broken.pt" in log
 
 
-def test_a_failing_batch_answers_500_and_the_server_keeps_serving(repository, monkeypatch):
-    """In-process uvicorn (a thread) whose model raises on a white image: that request gets 500 with
-    the error, the next normal request 200."""
+@contextlib.contextmanager
+def in_process(server):
+    """`server` (parvis.serve.app.Server) on real uvicorn in a thread, on a free loopback port."""
     import uvicorn
 
     from parvis.bench.serve import free_port
+    from parvis.serve.app import create_app
+
+    port = free_port()
+    uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    deadline = time.time() + 30
+    while not uv.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        yield client
+    finally:
+        uv.should_exit = True
+        thread.join(30)
+
+
+def wait_ready(client, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while client.get("/readyz").status_code != 200:
+        assert time.time() < deadline, "server not ready"
+        time.sleep(0.1)
+
+
+def test_ready_only_after_warm_up(repository, monkeypatch):
+    from parvis.serve.app import Server, ServerConfig
+    from parvis.serve.models import ModelConfig, ServedModel, resolve_specs
+
+    release = threading.Event()
+    real_load = ServedModel.load
+
+    def slow_load(self, observer=None):
+        release.wait(30)
+        real_load(self, observer)
+
+    monkeypatch.setattr(ServedModel, "load", slow_load)
+    server = Server(resolve_specs([str(repository / "clf" / "best.pt")], ModelConfig()), ServerConfig())
+    with in_process(server) as client:
+        assert client.get("/healthz").status_code == 200  # alive while loading
+        loading = client.get("/readyz")
+        assert loading.status_code == 503 and loading.json() == {"ready": False, "loading": ["best"]}
+        early = client.post("/v1/models/best/predict", content=jpeg())
+        assert early.status_code == 503 and "still loading" in early.json()["detail"]
+        assert early.headers["retry-after"] == "1"
+        release.set()
+        wait_ready(client)
+        assert client.post("/v1/models/best/predict", content=jpeg()).status_code == 200
+
+
+def test_a_failing_batch_answers_500_and_the_server_keeps_serving(repository, monkeypatch):
+    """The model raises on a white image: that request gets 500 with the error, the next normal
+    request 200."""
     from parvis.serve import models as served
-    from parvis.serve.app import Server, ServerConfig, create_app
+    from parvis.serve.app import Server, ServerConfig
     from parvis.serve.models import ModelConfig, resolve_specs
 
     real = served._batch_fn
@@ -261,22 +314,9 @@ def test_a_failing_batch_answers_500_and_the_server_keeps_serving(repository, mo
         return check
 
     monkeypatch.setattr(served, "_batch_fn", failing)
-    server = Server(resolve_specs([str(repository / "clf" / "best.pt")], ModelConfig(max_batch_size=1)),
-                    ServerConfig())  # fmt: skip
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    specs = resolve_specs([str(repository / "clf" / "best.pt")], ModelConfig(max_batch_size=1))
+    with in_process(Server(specs, ServerConfig())) as client:
+        wait_ready(client)
         white = io.BytesIO()
         Image.new("RGB", (40, 40), (255, 255, 255)).save(white, "PNG")
         r = client.post("/v1/models/best/predict", content=white.getvalue())
@@ -285,6 +325,3 @@ def test_a_failing_batch_answers_500_and_the_server_keeps_serving(repository, mo
         assert client.post("/v1/models/best/predict", content=jpeg()).status_code == 200
         text = client.get("/metrics").text
         assert re.search(r'^parvis_batch_failures_total\{model="best"\} 1\.0$', text, re.M)
-    finally:
-        uv.should_exit = True
-        thread.join(30)
