@@ -32,6 +32,7 @@ from parvis.serve.batching import DynamicBatcher
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 MODEL_CONFIG = "model.yaml"
+SERVED_TASKS = ("classification", "segmentation")
 
 
 @dataclass
@@ -196,6 +197,9 @@ class ServedModel:
             model, info = load_predictor(cfg.source, dev, cfg.runtime or None, cfg.precision, threads)
             models.append(model)
         self.meta = models[0].meta
+        if self.meta.task not in SERVED_TASKS:
+            raise ParvisError(f"{cfg.source}: serving {self.meta.task} models is not supported yet "
+                              f"({', '.join(SERVED_TASKS)} are)")  # fmt: skip
         self.info = {**info, "threads_per_instance": threads}
         fns = [_batch_fn(m) for m in models]
         size = self.meta.input_size
