@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
         nargs="+",
         metavar="MODEL_OR_REPO",
         help="checkpoint, artifact, optimize folder, "
-        "registered name, or a model repository folder; a model's name is its file or folder stem",
+        "registered name, or a model repository folder; a model's name is its file or folder stem, or NAME "
+        "in NAME=MODEL",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)

@@ -244,6 +244,8 @@ class Gate:
                 endpoint = match.group(1)
             else:
                 model, endpoint = "", path if path in ("/healthz", "/readyz", "/metrics", "/v1/models") else "other"
+                if path.startswith("/v1/models/") and path.count("/") == 3:
+                    endpoint = "/v1/models/{name}"
             self.server.metrics.requests.labels(model, endpoint, str(status[0])).inc()
             self.server.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
 

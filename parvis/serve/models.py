@@ -84,11 +84,17 @@ def _is_model_file(path: Path) -> bool:
 
 def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
     """Specs for every model named on the command line: files, optimize folders, registered names
-    and repositories. Checks paths and configs now, so a mistake stops the server before it starts."""
+    and repositories; `NAME=MODEL` names a single model. Checks paths and configs now, so a mistake
+    stops the server before it starts."""
     from parvis.models import MODELS
 
     specs: list[ModelSpec] = []
     for item in sources:
+        name, sep, rest = item.partition("=")
+        if sep and name and rest and "/" not in name:  # NAME=MODEL: serve MODEL under NAME
+            (spec,) = resolve_specs([rest], defaults)
+            specs.append(ModelSpec(name, spec.config))
+            continue
         path = Path(item)
         if path.is_file():
             if not _is_model_file(path):

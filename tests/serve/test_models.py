@@ -23,6 +23,9 @@ def test_repository_specs_take_model_yaml_over_flag_defaults(repository):
 def test_single_files_folders_and_registered_names(repository):
     specs = resolve_specs([str(repository / "clf" / "best.pt"), str(repository / "seg"), "resnet18"], ModelConfig())
     assert [s.name for s in specs] == ["best", "seg", "resnet18"]
+    named = resolve_specs([f"shapes={repository / 'clf' / 'best.pt'}", "r18=resnet18"], ModelConfig())
+    assert [(s.name, s.config.source) for s in named] == [("shapes", str(repository / "clf" / "best.pt")),
+                                                          ("r18", "resnet18")]  # fmt: skip
 
 
 @pytest.mark.parametrize(
