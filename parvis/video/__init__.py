@@ -1,0 +1,1 @@
+"""Video analytics: sources, batching across streams (muxer), tracking, annotation, sinks."""
