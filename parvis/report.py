@@ -24,7 +24,7 @@ from parvis import __version__
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 
-SUITES = ("data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition", "serve")
+SUITES = ("data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition", "serve", "video")
 KINDS = (*SUITES, "optimize")
 REPORT_KEY = "parvis_report"  # marks this module's own JSON output, so a re-run over a folder skips it
 
@@ -48,6 +48,10 @@ COLUMNS = {
         "concurrency", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", "mean_batch_size", "errors",
         "off_throughput_rps", "speedup", "ceiling_rps", "ceiling_ratio", "peer_fastapi_rps", "peer_ray_rps",
         "vs_best_peer",
+    ],
+    "video": [
+        "streams", "batch", "aggregate_fps", "mean_batch", "model_only_img_s", "ceiling_fps", "ceiling_ratio",
+        "peer_fps", "vs_peer", "mota", "id_switches", "decode_ms", "infer_ms", "track_ms", "encode_ms",
     ],
     "optimize": [
         "chosen", "variant", "runtime", "precision", "batch", "threads", "img_s", "latency_ms_p50", "metric",
@@ -327,6 +331,14 @@ def _plot_serve(section: Section):
     return fig
 
 
+def _plot_video(section: Section):
+    rows = [r for r in section.rows if r.get("aggregate_fps")]
+    if not rows:
+        return None
+    labels = [f"{r['streams']} stream(s), batch {r['batch']}" for r in rows]
+    return _bars(labels, [r.get("ceiling_ratio") or 0.0 for r in rows], "aggregate fps / CPU-sharing ceiling")
+
+
 def _plot_scaling(section: Section):
     fig, (a, b) = _figure(9, 3.4, ncols=2)
     any_rows, ticks = False, set()
@@ -459,6 +471,7 @@ PLOTS: dict[str, tuple[str, Callable[[Section], object]]] = {
     "partition": ("throughput each concurrent job keeps", _plot_partition),
     "optimize": ("optimize candidates: speedup vs eager fp32", _plot_optimize),
     "serve": ("HTTP serving: throughput and p99 latency vs concurrent clients", _plot_serve),
+    "video": ("multi-stream video: share of the CPU-sharing ceiling reached", _plot_video),
 }  # fmt: skip
 
 

@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
     r.set_defaults(func=run_runtime)
     add_suite_parsers(bsub)
     add_serve_parser(bsub)
+    add_video_parser(bsub)
 
 
 def run_data(args) -> int:
@@ -617,3 +618,66 @@ def run_serve(args) -> int:
             f"{_num(s['rss_mb_after'], '.0f')} MB"
         )
     return _finish(con, args, result, table, lines=tuple(lines))
+
+
+# --------------------------------------------------------------------------- video
+
+
+def add_video_parser(bsub) -> None:
+    p = bsub.add_parser("video", help="multi-stream video: aggregate fps vs model-only, ceiling and a sequential peer")
+    p.add_argument("source", metavar="MODEL", help="checkpoint, artifact, optimize folder or registered name")
+    p.add_argument("--streams", default="1,2,4", help="stream counts (default 1,2,4)")
+    p.add_argument("--batch", default=None, help="batch sizes (default: 1 and the stream count)")
+    p.add_argument("--clips", default=None, help="folder of clips (parvis data synth --task video output, or *.mp4); "
+                   "default: synthetic clips made for the run")  # fmt: skip
+    p.add_argument("--frames", type=int, default=150, help="frames per synthetic clip (default 150)")
+    p.add_argument("--size", default="320x240", help="synthetic clip size WxH (default 320x240)")
+    p.add_argument("--runtime", default=None, help="torch|torch-compile|onnxruntime|openvino (default: by file)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", metavar="OUT", default=None)
+    p.set_defaults(func=run_video_bench)
+
+
+def run_video_bench(args) -> int:
+    import tempfile
+
+    import torch
+
+    from parvis.bench.suites import header
+    from parvis.bench.video import bench_video
+    from parvis.engine.predict import load_predictor
+
+    streams = _ints(args.streams, "--streams")
+    batches = _ints(args.batch, "--batch") if args.batch else None
+    model, info = load_predictor(args.source, torch.device("cpu"), args.runtime, "auto", args.threads)
+    con = console()
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = Path(args.clips) if args.clips else None
+        if clips is None:
+            from parvis.data.video_synth import synthesize_video
+
+            try:
+                width, height = (int(v) for v in args.size.lower().split("x"))
+            except ValueError:
+                raise ParvisError(f"--size {args.size!r}: expected WxH, e.g. 320x240") from None
+            clips = Path(tmp) / "clips"
+            synthesize_video(clips, max(streams), args.frames, width, height)
+        elif not clips.is_dir():
+            raise ParvisError(f"--clips {clips}: no such folder")
+        result = bench_video(model, clips, streams, batches, progress=lambda r: con.print(
+            f"  {r['streams']} stream(s), batch {r['batch']}: {r['aggregate_fps']:.1f} fps"))  # fmt: skip
+    result = {**header("video", args.source, model.meta, max(streams), args.threads, torch.device("cpu")),
+              "runtime": info.get("runtime"), "precision": info.get("precision"), **result,
+              "ceiling_kind": "cpu: 1 / sum of stage times per frame"}  # fmt: skip
+    cols = ["streams", "batch", "fps", "model-only img/s", "ceiling fps", "ceiling ratio", "peer fps", "vs peer",
+            "MOTA", "ID sw"]  # fmt: skip
+    table = _table(f"video: {model.meta.name} ({info.get('runtime')} {info.get('precision', '')})", cols)
+    for r in result["rows"]:
+        table.add_row(str(r["streams"]), str(r["batch"]), _num(r["aggregate_fps"], ".1f"),
+                      _num(r["model_only_img_s"], ".1f"), _num(r["ceiling_fps"], ".1f"), _num(r["ceiling_ratio"]),
+                      _num(r["peer_fps"], ".1f"), _num(r["vs_peer"]), _num(r.get("mota"), ".3f"),
+                      str(r.get("id_switches", "-")))  # fmt: skip
+    r0 = result["rows"][-1]
+    line = (f"per frame, each stage alone (last row): decode {r0['decode_ms']:.2f} ms, inference {r0['infer_ms']:.2f} "
+            f"ms, tracking {r0['track_ms']:.2f} ms, annotate + encode {r0['encode_ms']:.2f} ms")  # fmt: skip
+    return _finish(con, args, result, table, lines=(line,))

@@ -1,4 +1,4 @@
-"""`parvis data synth` (the embedded shapes set) and `parvis data check` (find every bad file)."""
+"""`parvis data synth` (shapes images or video clips with tracks) and `parvis data check` (find every bad file)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,22 @@ def add_parser(sub) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     dsub.required = True
 
-    s = dsub.add_parser("synth", help="generate the shapes dataset (classification, segmentation, detection)")
+    s = dsub.add_parser(
+        "synth", help="generate the shapes dataset (classification, segmentation, detection) or video clips"
+    )
+    s.add_argument(
+        "--task",
+        choices=("image", "video"),
+        default="image",
+        help="image: the shapes scenes (default); video: MP4 clips with MOTChallenge ground-truth tracks",
+    )
     s.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    s.add_argument("--n", type=int, default=1000, help="number of scenes (default 1000)")
-    s.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    s.add_argument("--n", type=int, default=None, help="number of scenes (default 1000) or video clips (default 4)")
+    s.add_argument("--size", default=None, help="image side in pixels (default 128); video: WxH (default 320x240)")
     s.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files")
-    s.add_argument("--val-fraction", type=float, default=0.2, help="share of scenes in the val split (default 0.2)")
+    s.add_argument("--val-fraction", type=float, default=None, help="share of scenes in the val split (default 0.2)")
+    s.add_argument("--frames", type=int, default=None, help="video: frames per clip (default 150)")
+    s.add_argument("--fps", type=float, default=None, help="video: frames per second (default 15)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     s.set_defaults(func=run_synth)
 
@@ -27,19 +37,68 @@ def add_parser(sub) -> None:
 
 
 def run_synth(args) -> int:
+    if args.task == "video":
+        return run_synth_video(args)
     from parvis.data.synth import synthesize
+    from parvis.errors import ParvisError
 
+    for flag, value in (("--frames", args.frames), ("--fps", args.fps)):
+        if value is not None:
+            raise ParvisError(f"{flag} applies to --task video only")
+    size = 128
+    if args.size is not None:
+        try:
+            size = int(args.size)
+        except ValueError:
+            raise ParvisError(f"--size must be a whole number of pixels, got {args.size!r}") from None
     con = console()
     result = synthesize(
         args.out,
-        n=args.n,
-        size=args.size,
+        n=1000 if args.n is None else args.n,
+        size=size,
         seed=args.seed,
-        val_fraction=args.val_fraction,
+        val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
         workers=args.workers,
         progress=con.is_terminal,
     )
     con.print(_synth_line(args.out, result))
+    return 0
+
+
+def run_synth_video(args) -> int:
+    import re
+
+    from parvis.data.video_synth import check_size, synthesize_video
+    from parvis.errors import ParvisError
+
+    if args.val_fraction is not None:
+        raise ParvisError("--val-fraction applies to --task image only")
+    width, height = 320, 240
+    if args.size is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", args.size)
+        if not match:
+            raise ParvisError(f"--size for video must be WIDTHxHEIGHT in pixels, like 320x240; got {args.size!r}")
+        width, height = int(match[1]), int(match[2])
+        try:
+            check_size(width, height)
+        except ParvisError as exc:
+            raise ParvisError(f"--size {args.size}: {exc}") from None
+    con = console()
+    result = synthesize_video(
+        args.out,
+        n_clips=4 if args.n is None else args.n,
+        frames=150 if args.frames is None else args.frames,
+        width=width,
+        height=height,
+        fps=15 if args.fps is None else args.fps,
+        seed=args.seed,
+        workers=args.workers,
+        progress=con.is_terminal,
+    )
+    con.print(
+        f"wrote {result['clips']} clips x {result['frames']} frames at {width}x{height}, {result['fps']:g} fps "
+        f"({result['codec']}) to {args.out} in {result['seconds']:.1f} s ({result['frames_per_s']:.0f} frames/s)"
+    )
     return 0
 
 

@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         report,
         serve,
         train,
+        video,
     )
 
     parser = argparse.ArgumentParser(
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prune,
         optimize,
         serve,
+        video,
         bench,
         report,
         demo,
