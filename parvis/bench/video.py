@@ -84,6 +84,7 @@ def sequential_peer(model, clips: list[str], out: Path) -> float | None:
         import supervision as sv
     except ImportError:
         return None
+    from parvis.structures import Detections
     from parvis.video.annotate import annotate
     from parvis.video.io import open_writer, read_frames
     from parvis.video.pipeline import _to_frame, preprocessor
@@ -102,12 +103,14 @@ def sequential_peer(model, clips: list[str], out: Path) -> float | None:
                 sv_det = sv.Detections(xyxy=det.boxes.numpy(), confidence=det.scores.numpy(),
                                        class_id=det.labels.numpy().astype(int))  # fmt: skip
                 sv_det = tracker.update_with_detections(sv_det)
-                from parvis.structures import Detections
-
-                shown = Detections(torch.as_tensor(sv_det.xyxy, dtype=torch.float32),
-                                   torch.as_tensor(sv_det.confidence, dtype=torch.float32),
-                                   torch.as_tensor(sv_det.class_id, dtype=torch.int64), det.class_names,
-                                   torch.as_tensor(sv_det.tracker_id, dtype=torch.int64))  # fmt: skip
+                n = len(sv_det)
+                shown = Detections(
+                    torch.as_tensor(sv_det.xyxy, dtype=torch.float32).reshape(n, 4),
+                    torch.as_tensor(sv_det.confidence if n else [], dtype=torch.float32),
+                    torch.as_tensor(sv_det.class_id if n else [], dtype=torch.int64),
+                    det.class_names,
+                    torch.as_tensor(sv_det.tracker_id if n else [], dtype=torch.int64),
+                )
                 if writer_cm is None:
                     writer_cm = open_writer(out / f"peer_{k}.mp4", frame.shape[1], frame.shape[0], 15.0)
                     writer = writer_cm.__enter__()

@@ -22,6 +22,12 @@ def add_parser(sub) -> None:
                         "files never drop)")  # fmt: skip
     p.add_argument("--queue", type=int, default=4, help="frames buffered per stream (default 4)")
     p.add_argument("--score-threshold", type=float, default=0.3, help="detections shown and tracked (default 0.3)")
+    p.add_argument(
+        "--track-threshold",
+        type=float,
+        default=0.4,
+        help="least score that starts a track (default 0.4; scores down to 0.1 only continue one)",
+    )
     p.add_argument("--no-video", action="store_true", help="write JSONL events and the summary only")
     p.add_argument("--retries", type=int, default=5, help="reconnects of a network source, with backoff (default 5)")
     p.add_argument("--runtime", default=None, help="torch|torch-compile|onnxruntime|openvino (default: by file)")
@@ -61,13 +67,15 @@ def run(args) -> int:
             args.sources, model, args.out, batch=args.batch, live=True if args.live else None,
             push_timeout_ms=args.push_timeout_ms, queue_size=args.queue, write_video=not args.no_video,
             score_threshold=args.score_threshold, retries=args.retries, progress=progress,
+            track_threshold=args.track_threshold,
         )  # fmt: skip
     finally:
         if live_view is not None:
             live_view.stop()
     from rich.table import Table
 
-    table = Table(title=f"video: {model.meta.name} ({info.get('runtime')} {info.get('precision', '')}), "
+    what = info.get("precision") or runtime.resolve_precision(args.precision, device, "infer").name
+    table = Table(title=f"video: {model.meta.name} ({info.get('runtime')} {what}), "
                         f"batch {args.batch}", title_justify="left")  # fmt: skip
     for col in ("stream", "source", "frames", "fps", "dropped", "errors", "latency p50 ms", "status"):
         table.add_column(col, justify="left" if col in ("source", "status") else "right")
@@ -79,6 +87,10 @@ def run(args) -> int:
     busy = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in summary["stage_busy_s"].items())
     con.print(f"{summary['frames']} frames in {summary['wall_s']:.1f} s: aggregate {summary['aggregate_fps']:.1f} fps, "
               f"mean batch {summary['mean_batch']:.1f}; busy: {busy}")  # fmt: skip
+    if summary.get("tracking"):
+        t = summary["tracking"]
+        con.print(f"tracking vs ground truth: MOTA {t['mota']:.3f}, {t['id_switches']} ID switches, mean IDF1 "
+                  f"{t['idf1_mean']:.3f} over {t['gt_boxes']} boxes in {t['streams']} stream(s)")  # fmt: skip
     con.print(f"wrote {args.out}/summary.json")
     failed = [s for s in summary["streams"] if s["error"]]
     return 1 if failed and len(failed) == len(summary["streams"]) else 0
