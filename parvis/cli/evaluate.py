@@ -48,7 +48,9 @@ def run(args) -> int:
     if args.scales:
         result["scales"] = [float(s) for s in args.scales.split(",")]
     con = console()
-    main_keys = ("top1", "top5") if meta.task == "classification" else ("miou", "pixel_acc")
+    main_keys = {"classification": ("top1", "top5"), "detection": ("map50", "map", "map75")}.get(
+        meta.task, ("miou", "pixel_acc")
+    )
     con.print(
         f"{meta.name} on {escape(args.data)} \\[{args.split}], {metrics['images']} images, "
         f"{precision_name} on {device}: "
@@ -58,6 +60,9 @@ def run(args) -> int:
     per_class = {k[4:]: v for k, v in metrics.items() if k.startswith("iou_")}
     if per_class:
         con.print("per-class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()))
+    per_class_ap = {k[5:]: v for k, v in metrics.items() if k.startswith("ap50_")}
+    if per_class_ap:
+        con.print("per-class AP@0.5: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class_ap.items()))
     if args.json:
         write_json(args.json, result)
     return 0

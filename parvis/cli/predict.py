@@ -45,9 +45,13 @@ def run(args) -> int:
     for r in results[:5]:
         if "error" in r:
             continue
-        what = r.get("class_name") or ", ".join(
-            f"{k} {v:.2f}" for k, v in r["class_shares"].items() if v > 0.005 and k != r.get("background", "background")
-        )
+        if "detections" in r:
+            what = ", ".join(f"{d['class_name']} {d['score']:.2f}" for d in r["detections"] if d["score"] >= 0.3)
+        else:
+            what = r.get("class_name") or ", ".join(
+                f"{k} {v:.2f}" for k, v in r["class_shares"].items()
+                if v > 0.005 and k != r.get("background", "background")
+            )  # fmt: skip
         con.print(f"{r['file']}: {what or 'background only'}")
     con.print(
         f"predicted {len(results) - len(errors)} image(s) with {what_runs}"

@@ -11,7 +11,8 @@ from parvis import runtime
 
 
 def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_index: int | None, device):
-    """top-1/top-5 accuracy for classification; mIoU, per-class IoU and pixel accuracy for segmentation.
+    """top-1/top-5 accuracy for classification; mIoU, per-class IoU and pixel accuracy for segmentation;
+    COCO box mAP for detection (see :func:`detection_metric`).
 
     torchmetrics synchronizes its states across ranks in compute() when a process group is up,
     so every rank gets the metric of the whole validation split.
@@ -19,6 +20,8 @@ def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_ind
     from torchmetrics import MetricCollection
     from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+    if task == "detection":
+        return detection_metric().to(device)
     if task == "classification":
         metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes > 5:
@@ -34,12 +37,62 @@ def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_ind
     ).to(device)
 
 
+# COCO evaluation backends torchmetrics can use, fastest first.
+COCO_BACKENDS = (("faster_coco_eval", "faster_coco_eval"), ("pycocotools", "pycocotools"))
+
+
+def detection_metric():
+    """torchmetrics' MeanAveragePrecision on xyxy boxes, with the COCO evaluation backend installed
+    (faster-coco-eval, else pycocotools); extended_summary keeps the precision table that per-class
+    AP@0.5 is read from."""
+    import importlib.util
+
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from parvis.errors import ParvisError
+
+    backend = next((name for name, module in COCO_BACKENDS if importlib.util.find_spec(module)), None)
+    if backend is None:
+        raise ParvisError("detection mAP needs a COCO evaluation backend: pip install pycocotools")
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", extended_summary=True, backend=backend)
+
+
+def _detection_update(metric, detections: list, targets: list[dict]) -> None:
+    preds = [{"boxes": d.boxes, "scores": d.scores, "labels": d.labels} for d in detections]
+    truth = [
+        {"boxes": t["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4), "labels": t["labels"]} for t in targets
+    ]
+    metric.update(preds, truth)
+
+
+def _detection_values(values: dict, class_names: list[str]) -> dict[str, float]:
+    """map (IoU 0.5:0.95), map50, map75, mar100 and ap50_<class>: the area under class k's
+    precision-recall curve at IoU 0.5 (all areas, 100 detections) from COCO's precision table."""
+    out = {
+        "map": float(values["map"]),
+        "map50": float(values["map_50"]),
+        "map75": float(values["map_75"]),
+        "mar100": float(values["mar_100"]),
+    }
+    precision = values.get("precision")  # (IoU thresholds, recall points, classes seen, areas, max dets)
+    classes = values.get("classes")
+    if precision is None or classes is None or precision.ndim != 5:
+        return out
+    for k, label in enumerate(classes.reshape(-1).tolist()):
+        curve = precision[0, :, k, 0, -1]
+        curve = curve[curve > -1]  # -1: a class without ground truth in this split
+        if 0 <= label < len(class_names) and curve.numel():
+            out[f"ap50_{class_names[label]}"] = float(curve.mean())
+    return out
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, device: torch.device) -> dict:
     """Run `model` over `batches` (a DevicePrefetcher) and return plain-float metrics.
 
     Keys: classification -> top1 (and top5 when there are more than 5 classes); segmentation ->
-    miou, pixel_acc and iou_<class> per class; always loss, images, images_per_s, data_wait.
+    miou, pixel_acc and iou_<class> per class; detection -> map (COCO, IoU 0.5:0.95), map50, map75,
+    mar100 and ap50_<class> per class; always loss, images, images_per_s, data_wait.
     """
     was_training = model.training
     model.eval()
@@ -47,6 +100,7 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
     loss_fn = _unwrap(model).loss
+    detection = meta.task == "detection"
     start = time.perf_counter()
     for batch in batches:
         if batch.images.numel() == 0:
@@ -55,19 +109,25 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
             raw = model(batch.images)
         loss_sum += loss_fn(raw, batch.targets).double() * len(batch.images)
         count += len(batch.images)
-        metrics.update(raw.float(), batch.targets)
+        if detection:
+            _detection_update(metrics, _unwrap(model).postprocess(raw), batch.targets)
+        else:
+            metrics.update(raw.float(), batch.targets)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(loss_sum)
         torch.distributed.all_reduce(count)
     values = metrics.compute()
     elapsed = time.perf_counter() - start
     out: dict[str, float] = {}
-    for key, value in values.items():
-        if value.numel() == 1:
-            out[key] = float(value)
-        else:  # per-class IoU
-            for name, v in zip(meta.class_names, value.tolist(), strict=True):
-                out[f"iou_{name}"] = float(v)
+    if detection:
+        out.update(_detection_values(values, meta.class_names))
+    else:
+        for key, value in values.items():
+            if value.numel() == 1:
+                out[key] = float(value)
+            else:  # per-class IoU
+                for name, v in zip(meta.class_names, value.tolist(), strict=True):
+                    out[f"iou_{name}"] = float(v)
     out["loss"] = float(loss_sum / count.clamp(min=1))
     out["images"] = int(count)
     out["images_per_s"] = float(count) / elapsed if elapsed > 0 else 0.0

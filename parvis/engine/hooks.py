@@ -163,7 +163,18 @@ class ProgressHook(Hook):
             f"{r['train_img_s']:,.0f} img/s",
             f"data wait {r['train_data_wait'] * 100:.0f}%",
         ]
-        for key in ("val_top1", "val_top5", "val_miou", "val_pixel_acc", "val_loss", "val_ema_top1", "val_ema_miou"):
+        for key in (
+            "val_top1",
+            "val_top5",
+            "val_miou",
+            "val_pixel_acc",
+            "val_map50",
+            "val_map",
+            "val_loss",
+            "val_ema_top1",
+            "val_ema_miou",
+            "val_ema_map50",
+        ):
             if key in r:
                 parts.append(f"{key[4:]} {r[key]:.4f}")
         line = "  ".join(parts)

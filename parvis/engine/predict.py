@@ -27,6 +27,7 @@ from parvis.engine.checkpoint import load_checkpoint
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_bytes, atomic_write_text
 from parvis.models import ModelMeta, VisionModel, build_model
+from parvis.structures import Detections
 
 # A fixed, distinguishable colour per class id for masks and overlays (background stays dark).
 PALETTE = np.array(
@@ -50,6 +51,10 @@ PALETTE = np.array(
     ],
     dtype=np.uint8,
 )
+
+
+# Detections scoring below this stay in results.json but are not drawn (the model keeps low scores for mAP).
+DRAW_SCORE = 0.3
 
 
 def load_trained(path: str | Path, device: torch.device, use_ema: bool = False) -> VisionModel:
@@ -224,7 +229,8 @@ def predict_files(
     overlays: bool = True,
     stats: dict | None = None,
 ) -> list[dict]:
-    """Predict every file; write results.json, and for segmentation masks/*.png (+ overlays/*.jpg).
+    """Predict every file; write results.json (detection: boxes in the file's pixels), masks/*.png for
+    segmentation, and overlays/*.jpg (masks blended, boxes or the class drawn).
 
     Three stages overlap over bounded queues: `decode_threads` threads decode and resize batch k+1
     while the model runs batch k and a writer thread encodes the outputs of batch k-1. `stats`, when
@@ -293,6 +299,9 @@ def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list
             results.append({"file": str(path), "error": error})
             continue
         _, logits, result = next(post)
+        if meta.task == "detection":
+            results.append(_detection_record(path, array, result, meta, out, overlays))
+            continue
         record = {"file": str(path), **result.to_dict()}
         if meta.task == "segmentation":
             # Back to the file's own resolution before the argmax, so masks line up with the image.
@@ -308,6 +317,30 @@ def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list
             ImageDraw.Draw(canvas).text((4, 4), label, fill=(255, 255, 0), font=_label_font())
             record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", canvas)
         results.append(record)
+
+
+def _detection_record(path: Path, array: np.ndarray, result, meta: ModelMeta, out: Path, overlays: bool) -> dict:
+    """Boxes scaled from the model's input back to the file's pixels; every detection the model
+    kept goes to the JSON, those scoring at least DRAW_SCORE onto the overlay."""
+    from PIL import Image, ImageDraw
+
+    height, width = array.shape[:2]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32) / meta.input_size
+    boxes = result.boxes.detach().float().cpu() * scale
+    detections = Detections(boxes, result.scores.detach().cpu(), result.labels.detach().cpu(), meta.class_names)
+    record = {"file": str(path), "width": width, "height": height, **detections.to_dict()}
+    if overlays:
+        canvas = Image.fromarray(array)
+        draw = ImageDraw.Draw(canvas)
+        for item in record["detections"]:
+            if item["score"] < DRAW_SCORE:
+                continue
+            colour = tuple(int(c) for c in PALETTE[(item["label"] + 1) % len(PALETTE)])
+            x0, y0, x1, y1 = item["box"]
+            draw.rectangle((x0, y0, x1, y1), outline=colour, width=2)
+            draw.text((x0 + 2, y0 + 1), f"{item['class_name']} {item['score']:.2f}", fill=colour, font=_label_font())
+        record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", canvas)
+    return record
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> str:

@@ -26,6 +26,9 @@ from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook,
 from parvis.errors import ParvisError
 from parvis.models import MODELS, VisionModel, build_model
 
+# The validation metric that picks best.pt, per task (higher is better for each).
+MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
+
 
 class NonFiniteLoss(ParvisError):
     exit_code = 3
@@ -161,7 +164,7 @@ class Trainer:
                 _unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
             )
         self.epoch, self.step = 0, 0
-        self.monitor = "top1" if task == "classification" else "miou"
+        self.monitor = MONITOR[task]
         self.checkpoints = CheckpointManager(self.out, monitor=self.monitor, mode="max")
         self.history: list[dict] = []
         if resume:

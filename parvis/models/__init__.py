@@ -3,9 +3,17 @@
 Importing this package imports every family module, which registers its models in `MODELS`.
 """
 
-from parvis.models import classification, deeplab, hmsa, unet  # noqa: F401  (registration)
-from parvis.models.base import ModelMeta, VisionModel, build_model, load_weights
+from parvis.models import centernet, classification, deeplab, hmsa, unet  # noqa: F401  (registration)
+from parvis.models.base import DetectionModel, ModelMeta, VisionModel, build_model, load_weights
 from parvis.models.sliding_window import sliding_window_inference
 from parvis.registry import MODELS
 
-__all__ = ["MODELS", "ModelMeta", "VisionModel", "build_model", "load_weights", "sliding_window_inference"]
+__all__ = [
+    "MODELS",
+    "DetectionModel",
+    "ModelMeta",
+    "VisionModel",
+    "build_model",
+    "load_weights",
+    "sliding_window_inference",
+]

@@ -17,10 +17,11 @@ from torch.utils.checkpoint import checkpoint
 
 from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from parvis.errors import ParvisError
+from parvis.models.centers import center_loss, decode_centers
 from parvis.registry import MODELS
-from parvis.structures import Classification, SegmentationMask
+from parvis.structures import Classification, Detections, SegmentationMask
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
 # The label value segmentation masks use for "do not score this pixel" (see parvis.data.synth).
 SEGMENTATION_IGNORE_INDEX = 255
 
@@ -123,6 +124,33 @@ class SegmentationModel(VisionModel):
     def loss(self, raw: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
         ignore = -100 if self.meta.ignore_index is None else self.meta.ignore_index
         return F.cross_entropy(raw.float(), targets, ignore_index=ignore, label_smoothing=label_smoothing)
+
+
+class DetectionModel(VisionModel):
+    """raw: (B, C + 4, H / s, W / s) at output stride s = `meta.extra["output_stride"]`: class
+    heatmap logits, box size and center offset per cell (the format of `parvis.models.centers`).
+
+    postprocess: 3x3 max-pool peaks, the top `max_detections` per image, those scoring above
+    `score_threshold` (low by default: mAP wants the whole ranking) -> Detections in input pixels.
+    """
+
+    score_threshold: float = 0.05
+    max_detections: int = 100
+
+    @property
+    def output_stride(self) -> int:
+        return int(self.meta.extra.get("output_stride", 4))
+
+    def postprocess(self, raw: Tensor) -> list[Detections]:
+        boxes, scores, labels, keep = decode_centers(
+            raw, self.meta.num_classes, self.output_stride, self.max_detections, self.score_threshold
+        )
+        names = self.meta.class_names
+        return [Detections(b[k], s[k], c[k], names) for b, s, c, k in zip(boxes, scores, labels, keep, strict=True)]
+
+    def loss(self, raw: Tensor, targets: list[dict], label_smoothing: float = 0.0) -> Tensor:
+        """`targets`: the loader's per-image dicts with "boxes" (xyxy input pixels) and "labels"."""
+        return center_loss(raw, targets, self.meta.num_classes, self.output_stride)
 
 
 class SegmentationTrunk(SegmentationModel):

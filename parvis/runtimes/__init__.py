@@ -53,9 +53,10 @@ def as_model(runtime: Runtime):
     written for PyTorch models runs artifacts unchanged."""
     import torch
 
-    from parvis.models.base import ClassificationModel, SegmentationModel
+    from parvis.models.base import ClassificationModel, DetectionModel, SegmentationModel
 
-    base = ClassificationModel if runtime.meta.task == "classification" else SegmentationModel
+    bases = {"classification": ClassificationModel, "segmentation": SegmentationModel, "detection": DetectionModel}
+    base = bases.get(runtime.meta.task, SegmentationModel)
 
     class RuntimeModel(base):
         def __init__(self):

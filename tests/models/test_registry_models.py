@@ -28,7 +28,10 @@ SIZE = 32
 
 def _batch(model):
     images = torch.randn(BATCH, 3, SIZE, SIZE)
-    if model.meta.task == "segmentation":
+    if model.meta.task == "detection":  # one box per image, the loader's list of dicts
+        boxes = torch.tensor([[2.0, 3.0, 20.0, 17.0], [8.0, 8.0, 30.0, 31.0]])
+        targets = [{"boxes": boxes[i : i + 1], "labels": torch.tensor([i % NUM_CLASSES])} for i in range(BATCH)]
+    elif model.meta.task == "segmentation":
         targets = torch.randint(0, NUM_CLASSES, (BATCH, SIZE, SIZE))
         targets[:, :4] = model.meta.ignore_index  # the ignore label must be accepted by the loss
     else:
@@ -58,6 +61,8 @@ def test_forward_backward(model, precision):
         raw = model(images)
         loss = model.loss(raw, targets, label_smoothing=0.1)
     expected = (BATCH, NUM_CLASSES) + (tuple(images.shape[-2:]) if model.meta.task == "segmentation" else ())
+    if model.meta.task == "detection":  # heatmap + size + offset channels at stride 4
+        expected = (BATCH, NUM_CLASSES + 4, SIZE // 4, SIZE // 4)
     assert tuple(raw.shape) == expected
     assert torch.isfinite(loss)
     loss.backward()
@@ -74,6 +79,9 @@ def test_postprocess_types(model):
     if model.meta.task == "classification":
         assert all(isinstance(r, Classification) for r in results)
         assert 0 <= results[0].label < NUM_CLASSES and 0 <= results[0].score <= 1
+    elif model.meta.task == "detection":
+        assert all(isinstance(r, Detections) for r in results)
+        assert all(len(r) <= 100 and (r.labels < NUM_CLASSES).all() for r in results)
     else:
         assert all(isinstance(r, SegmentationMask) for r in results)
         assert results[0].mask.shape == images.shape[-2:] and results[0].mask.dtype == torch.int64
@@ -142,7 +150,7 @@ def test_registered_names():
     assert MODELS.names(task="classification") == classification
     assert MODELS.names(family="hmsa") == sorted(f"hmsa_{t}" for t in trunks)
     assert MODELS.names(task="segmentation") == sorted(trunks + [f"hmsa_{t}" for t in trunks])
-    assert MODELS.names(task="detection") == []
+    assert MODELS.names(task="detection") == [f"centernet_{e}" for e in ("resnet18", "resnet34", "resnet50", "small")]
     assert MODELS.info("hmsa_unet_resnet18") == {"task": "segmentation", "family": "hmsa", "trunk": "unet_resnet18"}
 
 
@@ -162,7 +170,7 @@ def test_unknown_name_lists_registered_and_suggests():
     message = str(err.value)
     assert message.startswith("unknown model 'resnet19'") and "did you mean 'resnet18'" in message
     assert "registered: " + ", ".join(MODELS.names()) in message
-    with pytest.raises(ParvisError, match="unknown model 'zzz'; registered: convnext_tiny"):
+    with pytest.raises(ParvisError, match="unknown model 'zzz'; registered: centernet_resnet18, "):
         MODELS.get("zzz")
 
 
