@@ -671,7 +671,11 @@ def run_video_bench(args) -> int:
               "ceiling_kind": "cpu: 1 / sum of stage times per frame"}  # fmt: skip
     cols = ["streams", "batch", "fps", "model-only img/s", "ceiling fps", "ceiling ratio", "peer fps", "vs peer",
             "MOTA", "ID sw"]  # fmt: skip
-    table = _table(f"video: {model.meta.name} ({info.get('runtime')} {info.get('precision', '')})", cols)
+    from parvis import runtime as rt
+
+    what = info.get("precision") or rt.resolve_precision("auto", torch.device("cpu"), "infer").name
+    result["precision"] = what
+    table = _table(f"video: {model.meta.name} ({info.get('runtime')} {what})", cols)
     for r in result["rows"]:
         table.add_row(str(r["streams"]), str(r["batch"]), _num(r["aggregate_fps"], ".1f"),
                       _num(r["model_only_img_s"], ".1f"), _num(r["ceiling_fps"], ".1f"), _num(r["ceiling_ratio"]),

@@ -1,0 +1,71 @@
+"""`parvis video` and `parvis bench video` from the command line, on tiny synthetic clips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from parvis.cli.main import main
+from parvis.data.video_synth import synthesize_video
+from parvis.engine.checkpoint import save_checkpoint
+from parvis.models import build_model
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["circle", "ring", "square", "star", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videocli")
+    synthesize_video(root / "video", n_clips=2, frames=12, width=96, height=64)
+    torch.manual_seed(0)
+    model = build_model("centernet_small", len(CLASSES), CLASSES, 32)
+    save_checkpoint(root / "det.pt", {"model": model.state_dict(), "meta": model.meta.to_dict()})
+    return root
+
+
+def test_video_command_writes_outputs_and_evaluates_tracks(setup, tmp_path, capsys):
+    clips = sorted(str(p) for p in (setup / "video" / "clips").glob("*.mp4"))
+    code = main(["video", *clips, "--model", str(setup / "det.pt"), "--out", str(tmp_path), "--batch", "2"])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["frames"] for s in summary["streams"]] == [12, 12]
+    assert {"fps", "dropped", "errors"} <= summary["streams"][0].keys() and summary["aggregate_fps"] > 0
+    assert "mota" in summary["tracking"] and "mota" in summary["streams"][0]["tracking"]  # ground truth found
+    for i in range(2):
+        assert (tmp_path / f"stream_{i}.mp4").is_file() and (tmp_path / f"stream_{i}.mot.txt").is_file()
+        assert len((tmp_path / f"stream_{i}.jsonl").read_text().splitlines()) == 12
+    out = capsys.readouterr().out
+    assert "aggregate" in out and "tracking vs ground truth: MOTA" in out
+
+
+def test_video_command_errors(setup, tmp_path, capsys):
+    clip = str(next((setup / "video" / "clips").glob("*.mp4")))
+    assert main(["video", clip, "--model", str(setup / "det.pt"), "--out", str(tmp_path), "--batch", "0"]) == 2
+    assert "--batch and --queue must be >= 1" in capsys.readouterr().err
+    # Every source missing: the run ends with exit 1 and says why per stream.
+    assert main(["video", str(tmp_path / "none.mp4"), "--model", str(setup / "det.pt"), "--out", str(tmp_path)]) == 1
+    assert "no such file" in capsys.readouterr().out
+
+
+def test_bench_video_rows(setup, tmp_path):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "video", str(setup / "det.pt"), "--streams", "1,2", "--batch", "2",
+                 "--clips", str(setup / "video"), "--json", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "video"
+    assert [(r["streams"], r["batch"]) for r in result["rows"]] == [(1, 2), (2, 2)]
+    for row in result["rows"]:
+        assert {"streams", "batch", "aggregate_fps", "model_only_img_s", "ceiling_fps", "ceiling_ratio",
+                "peer_fps"} <= row.keys()  # fmt: skip
+        assert row["aggregate_fps"] > 0 and row["ceiling_ratio"] == pytest.approx(
+            row["aggregate_fps"] / row["ceiling_fps"]
+        )
+    from parvis.report import build_sections, load_results
+
+    (section,) = build_sections(load_results([out])[0], plots=True)
+    assert section.kind == "video" and section.figure is not None
