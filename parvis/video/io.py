@@ -160,7 +160,10 @@ def open_writer(
     container = None
     try:
         try:
-            container = av.open(tmp, "w")
+            # faststart: the index (moov) goes before the frames, so the file can be read while it
+            # downloads, e.g. over HTTP from a server without range requests.
+            options = {"movflags": "+faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+            container = av.open(tmp, "w", options=options)
             stream = _add_stream(container, name, width + width % 2, height + height % 2, rate, reproducible)
         except av.FFmpegError as exc:
             raise ParvisError(f"cannot write {path} with encoder {name}: {exc}") from None
