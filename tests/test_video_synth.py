@@ -236,9 +236,12 @@ def test_reading_bad_files_raises_bad_sample_error(tmp_path, clips):
     assert err.value.kind == "format"
     data = (clips[0] / "clips/clip_000.mp4").read_bytes()
     truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: nothing to read
-    with pytest.raises(BadSampleError, match="truncated"):
+    truncated.write_bytes(data[: len(data) // 2])  # the index comes first (faststart): frames run out
+    with pytest.raises(BadSampleError, match=r"truncated: \d+ of its \d+ frames could be read"):
         list(read_frames(truncated))
+    counted = []
+    frames = list(read_frames(truncated, on_corrupt=lambda: counted.append(1)))
+    assert 0 < len(frames) < FRAMES and counted == [1]  # the frames before the cut, and the cut counted
 
 
 def test_corrupt_packets_raise_or_are_skipped_and_counted(tmp_path):

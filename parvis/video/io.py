@@ -228,8 +228,10 @@ def read_frames_with_pts(
         time_base = stream.time_base
         index = 0
 
+        skipped = 0
+
         def frames_of(packet):
-            nonlocal index
+            nonlocal index, skipped
             try:
                 decoded = stream.decode(packet)
             except av.FFmpegError as exc:
@@ -237,6 +239,7 @@ def read_frames_with_pts(
                     reason = f"undecodable data after {index} good frames ({_reason(exc)}); re-encode or remove it"
                     raise BadSampleError(path, reason) from None
                 on_corrupt()
+                skipped += 1
                 return
             for vf in decoded:
                 t = float(vf.pts * time_base) if vf.pts is not None and time_base else None
@@ -248,6 +251,12 @@ def read_frames_with_pts(
                 yield from frames_of(packet)
         except av.FFmpegError as exc:
             raise BadSampleError(path, f"after frame {index}: damaged container ({_reason(exc)})") from None
+        # A file cut short after its index (MP4 with faststart) ends early without a decoder error
+        # (frames lost to skipped corrupt packets are already counted).
+        if stream.frames and index + skipped < stream.frames:
+            if on_corrupt is None:
+                raise BadSampleError(path, f"truncated: {index} of its {stream.frames} frames could be read")
+            on_corrupt()
     finally:
         container.close()
 
