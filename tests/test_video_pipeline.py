@@ -72,6 +72,13 @@ def test_two_streams_give_decodable_videos_and_events_with_the_right_counts(clip
     assert saved["streams"][0]["fps"] > 0 and saved["streams"][1]["dropped"] == 0
 
 
+def test_mosaic_tiles_every_stream_in_one_video(clips, tmp_path):
+    summary = run_video(clips, BoxModel(), tmp_path, batch=2, mosaic=True)
+    info = probe(tmp_path / "mosaic.mp4")
+    assert (info["width"], info["height"]) == (2 * 96, 64)  # 2 streams: a 2 x 1 grid of 96 x 64 tiles
+    assert 24 <= info["frames"] <= 42 and summary["mosaic"].endswith("mosaic.mp4")
+
+
 def test_a_broken_source_leaves_the_others_at_full_output(clips, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)

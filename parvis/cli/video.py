@@ -29,6 +29,7 @@ def add_parser(sub) -> None:
         help="least score that starts a track (default 0.4; scores down to 0.1 only continue one)",
     )
     p.add_argument("--no-video", action="store_true", help="write JSONL events and the summary only")
+    p.add_argument("--mosaic", action="store_true", help="also write mosaic.mp4: all streams tiled in one video")
     p.add_argument("--retries", type=int, default=5, help="reconnects of a network source, with backoff (default 5)")
     p.add_argument("--runtime", default=None, help="torch|torch-compile|onnxruntime|openvino (default: by file)")
     p.add_argument("--precision", default="auto")
@@ -56,18 +57,18 @@ def run(args) -> int:
         live_view.start()
     last = [0.0]
 
-    def progress(states, mux):
+    def progress(states, mux, busy):
         now = time.perf_counter()
         if live_view is not None and now - last[0] > 0.5:
             last[0] = now
-            live_view.update(_table(states, mux))
+            live_view.update(_table(states, mux, busy))
 
     try:
         summary = run_video(
             args.sources, model, args.out, batch=args.batch, live=True if args.live else None,
             push_timeout_ms=args.push_timeout_ms, queue_size=args.queue, write_video=not args.no_video,
             score_threshold=args.score_threshold, retries=args.retries, progress=progress,
-            track_threshold=args.track_threshold,
+            track_threshold=args.track_threshold, mosaic=args.mosaic,
         )  # fmt: skip
     finally:
         if live_view is not None:
@@ -96,10 +97,11 @@ def run(args) -> int:
     return 1 if failed and len(failed) == len(summary["streams"]) else 0
 
 
-def _table(states, mux):
+def _table(states, mux, busy):
     from rich.table import Table
 
-    table = Table(title="parvis video", title_justify="left")
+    caption = "busy: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in busy.items())
+    table = Table(title="parvis video", title_justify="left", caption=caption, caption_justify="left")
     for col in ("stream", "frames", "fps", "dropped", "errors", "latency ms", "queue"):
         table.add_column(col, justify="right")
     now = time.perf_counter()

@@ -188,6 +188,7 @@ def run_video(
     progress=None,
     tracker_factory=None,
     track_threshold: float = 0.4,
+    mosaic: bool = False,
 ) -> dict:
     """Run every source through `model` (a VisionModel, e.g. from load_predictor); write per-stream
     annotated MP4 and JSONL under `out` and return (and write) summary.json's content."""
@@ -257,6 +258,8 @@ def run_video(
         finally:
             to_write.put(None)
 
+    tiler = Mosaic(n) if mosaic and write_video else None
+
     def write() -> None:
         writers, logs, tmp_logs = {}, {}, {}
         try:
@@ -280,13 +283,24 @@ def run_video(
                         cm = open_writer(out / f"stream_{s}.mp4", frame.shape[1], frame.shape[0], state.fps)
                         writers[s] = (cm, cm.__enter__())
                     writers[s][1].write(frame)
+                    # The mosaic advances with the lowest-numbered stream that still has frames to come.
+                    leader = next(
+                        (i for i in range(n) if not (mux.ended[i] and states[i].written >= states[i].decoded)), s
+                    )
+                    if tiler is not None and (tile := tiler.add(s, frame, leader)) is not None:
+                        if "mosaic" not in writers:
+                            from parvis.video.io import open_writer
+
+                            cm = open_writer(out / "mosaic.mp4", tile.shape[1], tile.shape[0], states[s].fps)
+                            writers["mosaic"] = (cm, cm.__enter__())
+                        writers["mosaic"][1].write(tile)
                 now = time.perf_counter()
                 busy["write_s"] += now - t0
                 state.written += 1
                 state.t_last = now
                 state.latencies.append(now - packet.item.t_decoded)
                 if progress is not None:
-                    progress(states, mux)
+                    progress(states, mux, {"decode_s": sum(x.busy_decode_s for x in states), **busy})
         except BaseException as exc:  # noqa: BLE001
             failure.append(exc)
             stop.set()
@@ -339,6 +353,37 @@ def run_video(
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+class Mosaic:
+    """All streams tiled in one video: a grid of the latest annotated frame of each stream, each tile
+    the size of the first frame seen. A mosaic frame is written each time the lowest-numbered stream
+    still running delivers one, so the mosaic runs at that stream's pace."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.cols = int(np.ceil(np.sqrt(n)))
+        self.rows = int(np.ceil(n / self.cols))
+        self.tile: tuple[int, int] | None = None  # (height, width)
+        self.latest: dict[int, np.ndarray] = {}
+
+    def add(self, stream: int, frame: np.ndarray, leader: int) -> np.ndarray | None:
+        """Remember `stream`'s latest frame; the tiled frame when `stream` is the `leader`."""
+        from PIL import Image
+
+        if self.tile is None:
+            self.tile = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
+        h, w = self.tile
+        if frame.shape[:2] != (h, w):
+            frame = np.asarray(Image.fromarray(frame).resize((w, h)))
+        self.latest[stream] = frame
+        if stream != leader:
+            return None
+        canvas = np.zeros((self.rows * h, self.cols * w, 3), np.uint8)
+        for i, tile in self.latest.items():
+            r, c = divmod(i, self.cols)
+            canvas[r * h : (r + 1) * h, c * w : (c + 1) * w] = tile
+        return canvas
 
 
 def ground_truth_of(source: str) -> Path | None:
@@ -408,6 +453,7 @@ def _summary(states, mux, wall, busy, batches, out, write_video) -> dict:
             "video": str(out / f"stream_{i}.mp4") if write_video and s.written else None,
             "events": str(out / f"stream_{i}.jsonl") if s.written else None,
         })  # fmt: skip
+    mosaic = out / "mosaic.mp4"
     total = sum(s["frames"] for s in streams)
     return {
         "streams": streams,
@@ -417,4 +463,5 @@ def _summary(states, mux, wall, busy, batches, out, write_video) -> dict:
         "batches": len(batches),
         "mean_batch": float(np.mean(batches)) if batches else 0.0,
         "stage_busy_s": {"decode_s": sum(s["decode_s"] for s in streams), **busy},
+        "mosaic": str(mosaic) if mosaic.is_file() else None,
     }
