@@ -334,13 +334,15 @@ def create_app(server: Server) -> FastAPI:
         return server.models[name].describe()
 
     @app.post("/v1/models/{name}/predict")
-    async def predict(name: str, request: Request, mask: str = "png"):
+    async def predict(name: str, request: Request, mask: str = "png", min_score: float = 0.3):
         model = server.model(name)
         if mask not in MASK_FORMATS:
             raise HTTPError(422, f"mask={mask!r} is unknown; choose one of {', '.join(MASK_FORMATS)}")
+        if not 0.0 <= min_score <= 1.0:
+            raise HTTPError(422, f"min_score={min_score} is outside 0..1")
         timeout = model.spec.config.timeout_ms / 1000.0
         try:
-            return await asyncio.wait_for(_predict(server, model, request, mask, timeout), timeout)
+            return await asyncio.wait_for(_predict(server, model, request, mask, timeout, min_score), timeout)
         except asyncio.TimeoutError:
             server.metrics.rejected.labels(name, "timeout").inc()
             raise HTTPError(504, f"model {name!r} did not answer within {timeout * 1000:.0f} ms; retry later") from None
@@ -382,7 +384,9 @@ async def _await_batch(model: ServedModel, futures):
         raise HTTPError(500, f"inference failed in model {model.name!r}: {type(exc).__name__}: {exc}") from None
 
 
-async def _predict(server: Server, model: ServedModel, request: Request, mask: str, timeout: float):
+async def _predict(
+    server: Server, model: ServedModel, request: Request, mask: str, timeout: float, min_score: float = 0.3
+):
     ctype = _content_type(request)
     if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "multipart/form-data")):
         raise HTTPError(
@@ -405,8 +409,10 @@ async def _predict(server: Server, model: ServedModel, request: Request, mask: s
     (done,) = await _await_batch(model, [future])
     if model.meta.task == "classification":  # a softmax over a few logits: cheaper than a pool hop
         result = result_dict(model.meta, done.value, size, mask)
-    else:  # masks are resized and PNG-encoded: off the event loop
-        result = await loop.run_in_executor(server.pool, result_dict, model.meta, done.value, size, mask)
+    else:  # masks resized and PNG-encoded, detection peaks decoded: off the event loop
+        result = await loop.run_in_executor(
+            server.pool, result_dict, model.meta, done.value, size, mask, model.postprocess, min_score
+        )
     return JSONResponse(result, headers=_batch_headers(done))
 
 

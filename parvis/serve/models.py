@@ -32,7 +32,7 @@ from parvis.serve.batching import DynamicBatcher
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 MODEL_CONFIG = "model.yaml"
-SERVED_TASKS = ("classification", "segmentation")
+SERVED_TASKS = ("classification", "segmentation", "detection")
 
 
 @dataclass
@@ -180,6 +180,7 @@ class ServedModel:
     batcher: DynamicBatcher | None = None
     ready: bool = False
     load_s: float = 0.0
+    postprocess: object = None
 
     @property
     def name(self) -> str:
@@ -203,6 +204,7 @@ class ServedModel:
             model, info = load_predictor(cfg.source, dev, cfg.runtime or None, cfg.precision, threads)
             models.append(model)
         self.meta = models[0].meta
+        self.postprocess = models[0].postprocess  # detection decoding (peaks -> boxes), off the instances
         if self.meta.task not in SERVED_TASKS:
             raise ParvisError(f"{cfg.source}: serving {self.meta.task} models is not supported yet "
                               f"({', '.join(SERVED_TASKS)} are)")  # fmt: skip

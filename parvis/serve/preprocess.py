@@ -20,7 +20,7 @@ from parvis.data.transforms import Normalize, build_transform, decode_min_size
 from parvis.engine.predict import mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.models.base import ModelMeta
-from parvis.structures import Classification, SegmentationMask
+from parvis.structures import Classification, Detections, SegmentationMask
 
 # Formats the server decodes. Anything else Pillow could open (EPS through Ghostscript, PSD, ICO, ...)
 # is refused with 415: fewer decoders reachable from the network, and none that shells out.
@@ -63,10 +63,27 @@ def check_format(data: bytes, name: str) -> None:
         raise BadSampleError(name, f"corrupt or truncated image ({exc})") from None
 
 
-def result_dict(meta: ModelMeta, logits: torch.Tensor, size: tuple[int, int], mask_format: str = "png") -> dict:
-    """One image's JSON result from its raw output, through the shared result types."""
-    if meta.task not in ("classification", "segmentation"):
-        raise ParvisError(f"serving {meta.task} models is not supported yet (classification and segmentation are)")
+def result_dict(
+    meta: ModelMeta,
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    mask_format: str = "png",
+    postprocess=None,
+    min_score: float = 0.3,
+) -> dict:
+    """One image's JSON result from its raw output, through the shared result types. Detection needs
+    the model's `postprocess` (its decoding); boxes come back in the image's own pixels."""
+    if meta.task not in ("classification", "segmentation", "detection"):
+        raise ParvisError(f"serving {meta.task} models is not supported (classification, segmentation, detection are)")
+    if meta.task == "detection":
+        det = postprocess(logits.float()[None])[0]
+        keep = det.scores >= min_score
+        # The detection preset resizes to a square: scale x and y back separately.
+        height, width = size
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32) / meta.input_size
+        return Detections(
+            det.boxes[keep].float() * scale, det.scores[keep], det.labels[keep], meta.class_names
+        ).to_dict()
     if meta.task == "classification":
         probs = logits.float().softmax(0)
         score, label = probs.max(0)

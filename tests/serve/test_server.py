@@ -325,3 +325,24 @@ def test_a_failing_batch_answers_500_and_the_server_keeps_serving(repository, mo
         assert client.post("/v1/models/best/predict", content=jpeg()).status_code == 200
         text = client.get("/metrics").text
         assert re.search(r'^parvis_batch_failures_total\{model="best"\} 1\.0$', text, re.M)
+
+
+def test_detection_models_answer_with_boxes_in_image_pixels(tmp_path):
+    from tests.serve.conftest import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "det.pt", "centernet_small", CLASSES)
+    with ServerProcess([str(tmp_path / "det.pt")]) as proc:
+        client = httpx.Client(base_url=proc.url, timeout=30)
+        assert client.get("/v1/models/det").json()["task"] == "detection"
+        body = jpeg(160, 80)
+        r = client.post("/v1/models/det/predict?min_score=0", content=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["count"] == len(out["detections"]) > 0  # random weights: low scores, kept with min_score=0
+        for d in out["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert -1 <= x1 <= x2 <= 161 and -1 <= y1 <= y2 <= 81  # the image's own 160 x 80 pixels
+            assert d["class_name"] in CLASSES and 0 <= d["score"] <= 1
+        strict = client.post("/v1/models/det/predict?min_score=0.99", content=body).json()
+        assert strict["count"] <= out["count"]
+        assert client.post("/v1/models/det/predict?min_score=2", content=body).status_code == 422
