@@ -28,16 +28,24 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> P
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        # mkstemp creates the file 0600; give it the mode a plain open() would (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
+
+
+def publish(tmp: str | Path, path: str | Path, fsync: bool = False) -> None:
+    """Move a finished temp file (made by mkstemp in `path`'s folder) into place: the mode a plain
+    open() would give it (mkstemp makes 0600; 0666 minus the umask), then an atomic rename."""
+    if fsync:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

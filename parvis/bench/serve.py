@@ -36,6 +36,10 @@ from parvis import runtime as rt
 from parvis.errors import ParvisError
 
 
+def _auth(api_key: str | None) -> dict:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def check_loopback(url: str) -> str:
     """`url` without a trailing slash; ParvisError unless it points at this machine."""
     import ipaddress
@@ -210,7 +214,7 @@ def load(
     client: str = "aiohttp",
 ) -> dict:
     """One closed-loop load level; untimed warm-up requests first (default: 2 per client)."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = _auth(api_key)
     warm = 2 * concurrency if warmup is None else warmup
     if warm:
         _run(_load(url, model, images, concurrency, warm, time_limit_s, headers, client))
@@ -291,7 +295,7 @@ def resident_mb(url: str, api_key: str | None = None) -> float | None:
     """The server's resident memory in MB, from its /metrics (process_resident_memory_bytes)."""
     import httpx
 
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = _auth(api_key)
     try:
         text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
     except httpx.HTTPError:
@@ -475,7 +479,7 @@ def _served_name(url: str, api_key: str | None = None) -> str:
     """The first model a server lists."""
     import httpx
 
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = _auth(api_key)
     r = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
     if r.status_code != 200:
         raise ParvisError(f"{url}/v1/models: answered {r.status_code} ({r.text[:200]}); check --url and --api-key")
@@ -526,7 +530,7 @@ def burst(
     """Open-loop overload: requests sent at `rate_rps` for `seconds` whatever the answers (e.g. 10x
     what the server sustains). How many are served vs refused, how fast refusals come, resident
     memory before and after, and whether service is normal right after."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = _auth(api_key)
     before = resident_mb(url, api_key)
     result = _run(_burst(url, model, images, rate_rps, seconds, headers, client))
     time.sleep(settle_s)
@@ -610,7 +614,7 @@ def soak(
 def served_config(url: str, model: str, api_key: str | None = None) -> dict:
     import httpx
 
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = _auth(api_key)
     r = httpx.get(f"{url}/v1/models/{model}", headers=headers, timeout=10)
     if r.status_code != 200:
         raise ParvisError(

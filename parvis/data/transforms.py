@@ -170,3 +170,19 @@ class Normalize(torch.nn.Module):
             out.copy_(x.permute(0, 2, 3, 1))
             return out.permute(0, 3, 1, 2)
         return x
+
+
+class EvalPreprocess:
+    """One decoded RGB uint8 image (H, W, 3) -> the normalized float (3, S, S) a model evaluates on:
+    its task's eval preset, then its mean/std. What serve (per request) and video (per frame of a
+    classification or segmentation model) hand to a model, one image at a time."""
+
+    def __init__(self, task: str, size: int, mean, std):
+        self.transform = build_transform(task, False, size)
+        self.normalize = Normalize(mean, std)
+
+    def __call__(self, array) -> torch.Tensor:
+        from parvis.data.decode import to_tensor
+
+        image = self.transform(tv_tensors.Image(to_tensor(array))).as_subclass(torch.Tensor)
+        return self.normalize(image[None])[0].contiguous()

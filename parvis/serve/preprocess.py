@@ -13,10 +13,9 @@ import io
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision import tv_tensors
 
-from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png, to_tensor
-from parvis.data.transforms import Normalize, build_transform, decode_min_size
+from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png
+from parvis.data.transforms import EvalPreprocess, decode_min_size
 from parvis.engine.predict import mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.models.base import ModelMeta
@@ -34,16 +33,14 @@ class Preprocessor:
     def __init__(self, meta: ModelMeta, max_pixels: int = MAX_IMAGE_PIXELS):
         self.meta = meta
         self.max_pixels = max_pixels
-        self.transform = build_transform(meta.task, False, meta.input_size)
         self.min_size = decode_min_size(meta.task, False, meta.input_size)
-        self.normalize = Normalize(meta.mean, meta.std)
+        self.prepare = EvalPreprocess(meta.task, meta.input_size, meta.mean, meta.std)
 
     def __call__(self, data: bytes, name: str = "request body") -> tuple[torch.Tensor, tuple[int, int]]:
         check_format(data, name)
         height, width = image_size(data, name)
         array = decode(data, min_size=self.min_size, name=name, max_pixels=self.max_pixels)
-        image = self.transform(tv_tensors.Image(to_tensor(array))).as_subclass(torch.Tensor)
-        return self.normalize(image[None])[0].contiguous(), (height, width)
+        return self.prepare(array), (height, width)
 
 
 def check_format(data: bytes, name: str) -> None:

@@ -31,6 +31,7 @@ import av
 import numpy as np
 
 from parvis.errors import BadSampleError, ParvisError
+from parvis.io import publish
 
 # Preferred first: H.264 plays everywhere and is what cameras send. MPEG-4 part 2 is in every
 # FFmpeg build, so it is the fallback when a build has no H.264 encoder (libx264 is GPL and some
@@ -173,13 +174,7 @@ def open_writer(
             raise ParvisError(f"{path}: no frames were written, so no video was saved")
         writer._finish()
         container = None
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 minus the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        publish(tmp, path, fsync=True)
     except BaseException:
         if container is not None:
             with contextlib.suppress(Exception):

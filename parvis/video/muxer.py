@@ -108,9 +108,6 @@ class StreamMuxer:
                 break
         self._next = (start + 1) % self.n_streams
 
-    def _all_done(self) -> bool:
-        return all(self.ended) and not any(self.queues)
-
     def batches(self) -> Iterator[list[Packet]]:
         while True:
             with self._cond:

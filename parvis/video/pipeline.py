@@ -99,18 +99,12 @@ class EvalPreset:
     """Classification and segmentation: the model's own eval preset (as predict and serve use)."""
 
     def __init__(self, meta):
-        from parvis.data.transforms import Normalize, build_transform
+        from parvis.data.transforms import EvalPreprocess
 
-        self.transform = build_transform(meta.task, False, meta.input_size)
-        self.normalize = Normalize(meta.mean, meta.std)
+        self.prepare = EvalPreprocess(meta.task, meta.input_size, meta.mean, meta.std)
 
     def __call__(self, frame: np.ndarray) -> tuple[torch.Tensor, float]:
-        from torchvision import tv_tensors
-
-        from parvis.data.decode import to_tensor
-
-        image = self.transform(tv_tensors.Image(to_tensor(frame))).as_subclass(torch.Tensor)
-        return self.normalize(image[None])[0].contiguous(), 1.0
+        return self.prepare(frame), 1.0
 
 
 def preprocessor(meta):
@@ -283,11 +277,13 @@ def run_video(
                         cm = open_writer(out / f"stream_{s}.mp4", frame.shape[1], frame.shape[0], state.fps)
                         writers[s] = (cm, cm.__enter__())
                     writers[s][1].write(frame)
-                    # The mosaic advances with the lowest-numbered stream that still has frames to come.
-                    leader = next(
-                        (i for i in range(n) if not (mux.ended[i] and states[i].written >= states[i].decoded)), s
-                    )
-                    if tiler is not None and (tile := tiler.add(s, frame, leader)) is not None:
+                    if tiler is not None:
+                        # The mosaic advances with the lowest-numbered stream that still has frames to come.
+                        leader = next(
+                            (i for i in range(n) if not (mux.ended[i] and states[i].written >= states[i].decoded)), s
+                        )
+                        tile = tiler.add(s, frame, leader)
+                    if tiler is not None and tile is not None:
                         if "mosaic" not in writers:
                             from parvis.video.io import open_writer
 
