@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     s.add_argument("--frames", type=int, default=None, help="video: frames per clip (default 150)")
     s.add_argument("--fps", type=float, default=None, help="video: frames per second (default 15)")
     s.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
-    s.set_defaults(func=run_synth)
+    s.set_defaults(func=run_synth, torch_free=True)
 
     c = dsub.add_parser("check", help="decode every file and report each problem by file name")
     c.add_argument("path", metavar="DIR", help="a dataset folder (dataset.yaml, ImageFolder, images+masks, COCO)")

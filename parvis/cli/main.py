@@ -60,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = argv
-        from parvis import runtime
+        # parvis.runtime imports torch (about 2 s); a command that never touches torch (data synth,
+        # report) says so with set_defaults(torch_free=True) and starts without it.
+        if not getattr(args, "torch_free", False):
+            from parvis import runtime
 
-        runtime.configure_host_allocator()
+            runtime.configure_host_allocator()
         return int(args.func(args) or 0)
     except ParvisError as exc:
         if debug:

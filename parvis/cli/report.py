@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="FILE.html", help="HTML to write; FILE.json and FILE.csv beside it")
     p.add_argument("--title", default="parvis report", help="page title (default 'parvis report')")
     p.add_argument("--skip-unknown", action="store_true", help="skip files that are not parvis results (say which)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, torch_free=True)
 
 
 def run(args) -> int:

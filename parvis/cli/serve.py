@@ -13,10 +13,22 @@ from parvis.cli.output import console
 from parvis.errors import ParvisError
 
 
-def add_parser(sub) -> None:
-    from parvis.serve.models import ModelConfig
+class _ServeDefaults:
+    """parvis.serve.models.ModelConfig's defaults, copied so `parvis --help` does not import torch and the
+    serving stack (tests/test_cli_startup.py checks they stay equal)."""
 
-    d = ModelConfig()
+    precision = "auto"
+    device = "auto"
+    threads = 0
+    instances = 1
+    max_batch_size = 16
+    max_queue_delay_ms = 5.0
+    max_queue = 128
+    timeout_ms = 30000.0
+
+
+def add_parser(sub) -> None:
+    d = _ServeDefaults
     p = sub.add_parser("serve", help="serve models over HTTP with dynamic batching, metrics and overload protection")
     p.add_argument(
         "models",
