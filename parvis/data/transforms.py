@@ -47,8 +47,21 @@ def classification_train(size: int, crop_scale: tuple[float, float] = (0.08, 1.0
     return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
 
 
-def classification_eval(size: int) -> v2.Transform:
-    return v2.Compose([v2.Resize(int(round(size / CROP_PCT)), antialias=True), v2.CenterCrop(size)])
+def classification_eval(size: int, crop_pct: float | None = None, interpolation: str = "bilinear") -> v2.Transform:
+    """Resize the short side to size / crop_pct, then the center size x size (torchvision's and timm's
+    eval recipe; a model from a zoo brings its own crop_pct and interpolation)."""
+    mode = _interpolation(interpolation)
+    # floor for a zoo's crop_pct, as timm's transforms_factory does; parvis's own models keep round().
+    resize = int(size / crop_pct) if crop_pct else int(round(size / CROP_PCT))
+    return v2.Compose([v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(size)])
+
+
+def _interpolation(name: str) -> v2.InterpolationMode:
+    try:
+        return v2.InterpolationMode(name)
+    except ValueError:
+        choices = ", ".join(m.value for m in (v2.InterpolationMode.BILINEAR, v2.InterpolationMode.BICUBIC))
+        raise ParvisError(f"interpolation {name!r} is unknown; choose one of {choices}") from None
 
 
 def segmentation_train(size: int, crop_scale: tuple[float, float] = (0.25, 1.0)) -> v2.Transform:
@@ -88,11 +101,19 @@ _PRESETS = {
 }
 
 
-def build_transform(task: str, train: bool, size: int, crop_scale: tuple[float, float] | None = None) -> v2.Transform:
+def build_transform(
+    task: str,
+    train: bool,
+    size: int,
+    crop_scale: tuple[float, float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str = "bilinear",
+) -> v2.Transform:
     """The preset for `task`: a callable (image, target) -> (image, target) on uint8 tensors.
 
     `crop_scale` overrides a training preset's random-crop area range (classification's ImageNet
     default 0.08-1 can cut a centred object out of the frame; recipes for such data use e.g. 0.5-1).
+    `crop_pct` and `interpolation` shape the classification eval preset (a zoo model's own values).
     """
     if task not in TASKS:
         raise ParvisError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
@@ -100,6 +121,8 @@ def build_transform(task: str, train: bool, size: int, crop_scale: tuple[float, 
         raise ParvisError(f"image size {size} is too small; use at least 8 px (e.g. --size 224)")
     if crop_scale is not None and train and task in ("classification", "segmentation"):
         return _PRESETS[(task, train)](size, tuple(crop_scale))
+    if task == "classification" and not train:
+        return classification_eval(size, crop_pct, interpolation)
     return _PRESETS[(task, train)](size)
 
 
@@ -177,9 +200,16 @@ class EvalPreprocess:
     its task's eval preset, then its mean/std. What serve (per request) and video (per frame of a
     classification or segmentation model) hand to a model, one image at a time."""
 
-    def __init__(self, task: str, size: int, mean, std):
-        self.transform = build_transform(task, False, size)
+    def __init__(self, task: str, size: int, mean, std, crop_pct: float | None = None, interpolation: str = "bilinear"):
+        self.transform = build_transform(task, False, size, crop_pct=crop_pct, interpolation=interpolation)
         self.normalize = Normalize(mean, std)
+
+    @classmethod
+    def for_model(cls, meta) -> EvalPreprocess:
+        """The preprocessing a model's metadata (`parvis.models.ModelMeta`) describes."""
+        extra = getattr(meta, "extra", None) or {}
+        return cls(meta.task, meta.input_size, meta.mean, meta.std, extra.get("crop_pct"),
+                   extra.get("interpolation", "bilinear"))  # fmt: skip
 
     def __call__(self, array) -> torch.Tensor:
         from parvis.data.decode import to_tensor

@@ -8,17 +8,15 @@ mean/std, class names, task), so it travels with checkpoints and exported artifa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from parvis.data.transforms import build_transform
 from parvis.errors import ParvisError
 from parvis.models.centers import center_loss, decode_centers
-from parvis.registry import MODELS
 from parvis.structures import Classification, Detections, SegmentationMask
 
 TASKS = ("classification", "segmentation", "detection")
@@ -142,6 +140,8 @@ class DetectionModel(VisionModel):
         return int(self.meta.extra.get("output_stride", 4))
 
     def postprocess(self, raw: Tensor) -> list[Detections]:
+        if self.meta.extra.get("output_format") == "boxes":
+            return boxes_postprocess(raw, self.meta.class_names, self.score_threshold)
         boxes, scores, labels, keep = decode_centers(
             raw, self.meta.num_classes, self.output_stride, self.max_detections, self.score_threshold
         )
@@ -151,6 +151,24 @@ class DetectionModel(VisionModel):
     def loss(self, raw: Tensor, targets: list[dict], label_smoothing: float = 0.0) -> Tensor:
         """`targets`: the loader's per-image dicts with "boxes" (xyxy input pixels) and "labels"."""
         return center_loss(raw, targets, self.meta.num_classes, self.output_stride)
+
+
+def boxes_postprocess(raw: Tensor, class_names: list[str], score_threshold: float) -> list[Detections]:
+    """Detections from padded (B, N, 6) rows of (x0, y0, x1, y1, score, label); padding has score -1
+    (the raw output of detectors that decode inside the model, e.g. torchvision's)."""
+    out = []
+    for rows in raw.detach().float().cpu():
+        rows = rows[rows[:, 4] >= score_threshold]
+        out.append(Detections(rows[:, :4], rows[:, 4], rows[:, 5].long(), class_names))
+    return out
+
+
+def eval_transform(meta: ModelMeta):
+    """The eval preset a model's metadata describes (a zoo model's own crop_pct and interpolation)."""
+    return build_transform(
+        meta.task, False, meta.input_size, crop_pct=meta.extra.get("crop_pct"),
+        interpolation=meta.extra.get("interpolation", "bilinear"),
+    )  # fmt: skip
 
 
 class SegmentationTrunk(SegmentationModel):
@@ -168,113 +186,3 @@ class SegmentationTrunk(SegmentationModel):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_features(images)[0]
-
-
-def make_meta(
-    name: str,
-    num_classes: int,
-    class_names: list[str] | None = None,
-    input_size: int = 224,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-) -> ModelMeta:
-    """The metadata of registered model `name`, checking what a user can get wrong."""
-    task = MODELS.info(name)["task"]
-    if num_classes < 1:
-        raise ParvisError(f"--num-classes must be at least 1, got {num_classes}")
-    if class_names is None:
-        class_names = [f"class_{i}" for i in range(num_classes)]
-    if len(class_names) != num_classes:
-        raise ParvisError(
-            f"{len(class_names)} class names given for {num_classes} classes; pass --num-classes {len(class_names)}"
-        )
-    if len(mean) != 3 or len(std) != 3:
-        raise ParvisError(f"mean and std need 3 values (RGB), got mean={list(mean)} std={list(std)}")
-    return ModelMeta(
-        name=name,
-        task=task,
-        num_classes=num_classes,
-        class_names=list(class_names),
-        input_size=input_size,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        ignore_index=SEGMENTATION_IGNORE_INDEX if task == "segmentation" else None,
-    )
-
-
-def build_model(
-    name: str,
-    num_classes: int,
-    class_names: list[str] | None = None,
-    input_size: int = 224,
-    weights: str | Path | None = None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    **kwargs,
-) -> VisionModel:
-    """Build registered model `name` (random init), then load `weights` from a local file if given.
-
-    `kwargs` go to the family's builder (e.g. `scales=` for hmsa_* models).
-    """
-    meta = make_meta(name, num_classes, class_names, input_size, mean, std)
-    model = MODELS.get(name)(meta, **kwargs)
-    if weights is not None:
-        load_weights(model, weights)
-    return model
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
-    """(state dict, meta dict or None) from a .safetensors file, a raw torch state dict, or a parvis checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParvisError(f"weights file {path} does not exist; check the path")
-    try:
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError as exc:
-                raise ParvisError(f"{path}: reading .safetensors needs `pip install safetensors`") from exc
-            return load_file(str(path), device="cpu"), None
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except ParvisError:
-        raise
-    except Exception as exc:  # a truncated zip, a pickle that needs arbitrary code, not a weights file at all
-        raise ParvisError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    meta = None
-    if isinstance(obj, dict):
-        meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else None
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ParvisError(f"{path}: not a state dict (name -> tensor), nor a checkpoint with a 'model' entry")
-    return obj, meta
-
-
-def load_weights(model: VisionModel, path: str | Path) -> None:
-    """Load a local weights file into `model`, strictly: every key present, every shape equal."""
-    state, file_meta = read_state_dict(path)
-    own = model.state_dict()
-    mismatched = {
-        k: (tuple(v.shape), tuple(own[k].shape)) for k, v in state.items() if k in own and v.shape != own[k].shape
-    }
-    if mismatched:
-        listing = ", ".join(f"{k} {f} vs {m}" for k, (f, m) in list(mismatched.items())[:4])
-        file_classes = (file_meta or {}).get("num_classes")
-        if file_classes is None:
-            # Every mismatching tensor is a head tensor whose first dim is the class count when only the head differs.
-            firsts = {f[0] for f, _ in mismatched.values() if f}
-            file_classes = firsts.pop() if len(firsts) == 1 else None
-        hint = f"pass --num-classes {file_classes}" if file_classes is not None else "is it a different model?"
-        raise ParvisError(
-            f"{path}: {len(mismatched)} tensors do not fit {model.meta.name} with {model.meta.num_classes} classes "
-            f"(file vs model: {listing}); {hint}"
-        )
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ParvisError(
-            f"{path}: does not match {model.meta.name}: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}; is it a different model?"
-        )
-    model.load_state_dict(state)

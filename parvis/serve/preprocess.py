@@ -34,7 +34,7 @@ class Preprocessor:
         self.meta = meta
         self.max_pixels = max_pixels
         self.min_size = decode_min_size(meta.task, False, meta.input_size)
-        self.prepare = EvalPreprocess(meta.task, meta.input_size, meta.mean, meta.std)
+        self.prepare = EvalPreprocess.for_model(meta)
 
     def __call__(self, data: bytes, name: str = "request body") -> tuple[torch.Tensor, tuple[int, int]]:
         check_format(data, name)

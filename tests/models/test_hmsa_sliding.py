@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from parvis.errors import ParvisError
 from parvis.models import build_model, sliding_window_inference
-from parvis.models.base import SegmentationTrunk, make_meta
+from parvis.models.base import SegmentationTrunk
+from parvis.models.build import make_meta
 from parvis.models.hmsa import HierarchicalMultiScaleAttention
 from parvis.models.sliding_window import importance_map, window_starts
 
