@@ -6,7 +6,7 @@ PARVIS := $(VENV)/bin/parvis
 DATA   ?= data/shapes
 STAMP  := $(VENV)/.parvis-installed
 
-.PHONY: setup chromium demo test lint bench-data clean
+.PHONY: setup chromium demo test lint docs bench-data clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ test: $(STAMP) chromium
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check parvis tests benchmarks
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken page, link or anchor.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) $(DATA) runs
