@@ -24,7 +24,7 @@ import torch
 
 from parvis import runtime
 from parvis.data.transforms import Normalize, build_transform
-from parvis.engine.predict import _decode, expand_inputs, load_predictor, predict_files
+from parvis.engine.predict import _decode, expand_inputs, open_predictor, predict_files
 
 
 def main() -> int:
@@ -38,9 +38,7 @@ def main() -> int:
     args = ap.parse_args()
 
     cpu = torch.device("cpu")
-    model, info = load_predictor(args.model, cpu)
-    eager = info.get("kind") == "eager"
-    precision = runtime.resolve_precision("auto" if eager else "fp32", cpu, "infer")
+    model, info = open_predictor(args.model, cpu)
     files = expand_inputs([args.images])
     meta = model.meta
     transform = build_transform(meta.task, False, meta.input_size)
@@ -53,7 +51,7 @@ def main() -> int:
 
     decoded = decode_all()  # warm-up, and the inputs of the inference-alone timing
     batches = [normalize(torch.stack([d[2] for d in c]).permute(0, 3, 1, 2)) for c in decoded]
-    with torch.no_grad(), runtime.autocast(precision):
+    with torch.no_grad():  # the model applies its own precision
         model(batches[0])
     runs = {"decode_s": [], "infer_s": [], "e2e_s": [], "e2e_overlays_s": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,14 +60,14 @@ def main() -> int:
             decode_all()
             runs["decode_s"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            with torch.no_grad(), runtime.autocast(precision):
+            with torch.no_grad():  # the model applies its own precision
                 for b in batches:
                     model(b)
             runs["infer_s"].append(time.perf_counter() - t0)
             for key, overlays in (("e2e_s", False), ("e2e_overlays_s", True)):
                 stats: dict = {}
                 predict_files(
-                    model, files, Path(tmp) / f"{key}{r}", cpu, precision, args.batch, args.decode_threads,
+                    model, files, Path(tmp) / f"{key}{r}", cpu, args.batch, args.decode_threads,
                     overlays=overlays, stats=stats,
                 )  # fmt: skip
                 runs[key].append(stats["wall_s"])
@@ -99,7 +97,7 @@ def main() -> int:
         "ratio_with_overlays": n / med["e2e_overlays_s"] / limit,
     }
     print(
-        f"{n} images, {result['runtime']['runtime']} {result['runtime'].get('precision', precision.name)}: "
+        f"{n} images, {result['runtime']['runtime']} {result['runtime']['precision']}: "
         f"decode {result['decode_ms_per_image']:.2f} ms/img + inference {result['infer_ms_per_image']:.2f} ms/img "
         f"-> limit {limit:.1f} img/s; end to end {result['e2e_img_s']:.1f} img/s = {result['ratio']:.2f}x the limit "
         f"({result['e2e_overlays_img_s']:.1f} img/s = {result['ratio_with_overlays']:.2f}x with overlay images)"

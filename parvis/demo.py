@@ -45,8 +45,9 @@ def run_demo(
     from parvis.bench.train import bench_train
     from parvis.data.synth import synthesize
     from parvis.engine.evaluate import evaluate_checkpoint
-    from parvis.engine.predict import load_trained, predict_files
+    from parvis.engine.predict import predict_files
     from parvis.engine.trainer import train
+    from parvis.runtimes import open_predictor
 
     out, data = Path(out), Path(data)
     t0 = time.perf_counter()
@@ -99,8 +100,8 @@ def run_demo(
 
     say("predicting 6 validation images with the segmenter")
     files = sorted((data / "images" / "val").glob("*.jpg"))[:6]
-    trained = load_trained(out / "segmentation" / "best.pt", device)
-    predictions = predict_files(trained, files, out / "predict", device, precision)
+    trained, _ = open_predictor(out / "segmentation" / "best.pt", device, precision=precision.name)
+    predictions = predict_files(trained, files, out / "predict", device)
     mark = lap("predict_s", mark)
 
     say(f"timing fp32 vs auto training steps of {model}")

@@ -4,7 +4,7 @@ Both artifacts take the model's input as it is fed during training and evaluatio
 H x W, normalized with the metadata's mean/std) and return its raw output (logits), with a dynamic
 batch dimension. The model metadata (task, input size, mean/std, class names, ...) travels inside the
 artifact: ONNX `metadata_props["parvis.meta"]`, or the `parvis_meta.json` extra file of a
-torch.export archive. Every export is checked against the source model in eager fp32 on a batch
+torch.export archive (`parvis.artifact` owns the format). Every export is checked against the source model in eager fp32 on a batch
 size other than the one it was traced with (which also proves the batch dimension is dynamic); the
 maximum absolute difference is printed and stored next to the metadata. A failed check writes
 nothing.
@@ -12,7 +12,6 @@ nothing.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -20,32 +19,15 @@ from pathlib import Path
 
 import torch
 
+from parvis.artifact import program_extra, stamp_onnx
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_bytes
 from parvis.models.base import ModelMeta, VisionModel
 
 FORMATS = ("onnx", "torch-export")
-META_KEY = "parvis.meta"
-PARITY_KEY = "parvis.parity_max_abs_err"
-TORCH_EXPORT_META = "parvis_meta.json"
 TRACE_BATCH, CHECK_BATCH = 2, 3
 # fp32 reassociation in another runtime: differences scale with the logits' magnitude.
 PARITY_RTOL = 1e-3
-
-
-def load_source(spec: str, device: torch.device | None = None) -> VisionModel:
-    """A model from a parvis checkpoint, or a registered model name (random weights, default heads)."""
-    from parvis.engine.predict import load_trained
-    from parvis.models import MODELS, build_model
-
-    device = device or torch.device("cpu")
-    if Path(spec).is_file():
-        return load_trained(spec, device)
-    if spec in MODELS.names():
-        task = MODELS.info(spec)["task"]
-        classes = [f"class_{i}" for i in range(1000 if task == "classification" else 21)]
-        return build_model(spec, len(classes), classes, input_size=224).to(device).eval()
-    raise ParvisError(f"{spec}: no such checkpoint file or registered model name; see `parvis train --help` for names")
 
 
 def export_model(model: VisionModel, out: str | Path, fmt: str = "onnx", opset: int = 18) -> dict:
@@ -53,8 +35,9 @@ def export_model(model: VisionModel, out: str | Path, fmt: str = "onnx", opset: 
     if fmt not in FORMATS:
         raise ParvisError(f"--format {fmt!r} is unknown; choose one of {', '.join(FORMATS)}")
     out = Path(out)
-    if not out.parent.is_dir():
-        raise ParvisError(f"{out.parent}: output folder does not exist; create it or choose another --out")
+    if out.exists() and out.is_dir():
+        raise ParvisError(f"--out {out} is a folder; give the file to write, e.g. {out / 'model.onnx'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().to(memory_format=torch.contiguous_format).eval()
     meta: ModelMeta = model.meta
     gen = torch.Generator().manual_seed(0)
@@ -125,9 +108,7 @@ def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) ->
     got = torch.from_numpy(session.run(None, {"images": check_x.numpy()})[0])
     err = float((got - reference).abs().max())
     _check_parity(meta, "ONNX", err, reference)
-    for key, value in ((META_KEY, json.dumps(meta.to_dict())), (PARITY_KEY, repr(err))):
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
+    stamp_onnx(proto, meta, err)
     onnx.checker.check_model(proto)
     atomic_write_bytes(out, proto.SerializeToString())
     return {"opset": opset}, err
@@ -142,7 +123,7 @@ def _export_program(model, meta, out, trace_x, check_x, reference, batch) -> tup
         got = program.module()(check_x).float()
     err = float((got - reference).abs().max())
     _check_parity(meta, "torch.export", err, reference)
-    extra = {TORCH_EXPORT_META: json.dumps({**meta.to_dict(), "parity_max_abs_err": err})}
+    extra = program_extra(meta, err)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.stem}.", suffix=".tmp.pt2")
     os.close(fd)
     try:
@@ -154,32 +135,3 @@ def _export_program(model, meta, out, trace_x, check_x, reference, batch) -> tup
         if os.path.exists(tmp):
             os.unlink(tmp)
     return {"torch": torch.__version__}, err
-
-
-def read_metadata(path: str | Path) -> ModelMeta:
-    """The ModelMeta stored in an artifact written by `export_model`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParvisError(f"{path}: no such artifact")
-    if path.suffix == ".onnx":
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        if META_KEY not in props:
-            raise ParvisError(f"{path}: has no parvis metadata; export it with `parvis export`")
-        return ModelMeta.from_dict(json.loads(props[META_KEY]))
-    return load_program(path)[1]
-
-
-def load_program(path: str | Path):
-    """(torch.export program, ModelMeta) of a `.pt2` written by `export_model`."""
-    extra = {TORCH_EXPORT_META: ""}
-    try:
-        program = torch.export.load(str(path), extra_files=extra)
-    except Exception as exc:
-        raise ParvisError(f"{path}: not a torch.export archive ({exc})") from exc
-    if not extra[TORCH_EXPORT_META]:
-        raise ParvisError(f"{path}: has no parvis metadata; export it with `parvis export`")
-    data = json.loads(extra[TORCH_EXPORT_META])
-    data.pop("parity_max_abs_err", None)
-    return program, ModelMeta.from_dict(data)

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,7 +34,7 @@ from parvis import runtime
 from parvis.config import TrainConfig, config_to_dict, load_config
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.engine.evaluate import _unwrap, evaluate_checkpoint
-from parvis.engine.predict import load_trained
+from parvis.engine.loading import load_trained
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 from parvis.models import VisionModel, build_model
@@ -170,9 +167,11 @@ def time_inference(
     threads: int | None = None,
 ) -> list[dict]:
     """Batch-1 latency p50 and batch-`batch` images/s of each checkpoint in `sources` (label -> path)
-    on the CPU, eager fp32 and the auto precision, alternating between the candidates so drift on a
-    shared machine hits all alike. Rows: {model, precision, img_s, latency_ms_p50}."""
+    on the CPU, eager fp32 and the auto precision, timed round-robin (`parvis.runtimes.timing`) so
+    drift on a shared machine hits all alike. Rows: {model, precision, img_s, latency_ms_p50}."""
+    # Runtimes are a later stage than the producers: only this measurement of the result needs them.
     from parvis.runtimes import open_runtime
+    from parvis.runtimes.timing import time_runtimes
 
     auto = runtime.resolve_precision("auto", torch.device("cpu"), "infer").name
     precisions = ["fp32"] + ([auto] if auto != "fp32" else [])
@@ -183,33 +182,12 @@ def time_inference(
     ]
     size = rows[0]["rt"].meta.input_size
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
-    x1 = x[:1].copy()
-    for row in rows:  # warm-up at both shapes
-        row["rt"].run(x)
-        row["rt"].run(x1)
-        row["img_s_runs"], row["latency_ms"] = [], []
-    for _ in range(rounds):
-        for row in rows:
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                row["rt"].run(x)
-            row["img_s_runs"].append(batch * iters / (time.perf_counter() - t0))
-    for _ in range(latency_iters):
-        for row in rows:
-            t0 = time.perf_counter()
-            row["rt"].run(x1)
-            row["latency_ms"].append((time.perf_counter() - t0) * 1000)
-    out = []
-    for row in rows:
-        out.append(
-            {
-                "model": row["model"],
-                "precision": row["precision"],
-                "img_s": statistics.median(row["img_s_runs"]),
-                "latency_ms_p50": float(np.percentile(row["latency_ms"], 50)),
-            }
-        )
-    return out
+    speeds = time_runtimes([row["rt"] for row in rows], x, rounds, iters, latency_iters)
+    keep = ("img_s", "latency_ms_p50")
+    return [
+        {"model": row["model"], "precision": row["precision"], **{k: s[k] for k in keep}}
+        for row, s in zip(rows, speeds, strict=True)
+    ]
 
 
 def _finetune_config(state: dict, meta, data, epochs: int, out: Path, lr: float | None, batch: int | None):

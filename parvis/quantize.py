@@ -17,19 +17,11 @@ import numpy as np
 import torch
 
 from parvis.errors import ParvisError
-from parvis.export import META_KEY, read_metadata
+from parvis.artifact import META_KEY, read_metadata
 from parvis.io import atomic_write_bytes
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_KEY = "parvis.quantization"
-
-
-def is_quantized(path: str | Path) -> bool:
-    """Whether an ONNX file holds quantized (QDQ or dynamically quantized) operators."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph.node)
 
 
 def calibration_batches(meta, data: str | Path, n: int, batch: int = 8, seed: int = 0) -> list[np.ndarray]:

@@ -154,9 +154,9 @@ def test_config_accepts_the_detection_task():
 
 def test_short_training_writes_map50_then_eval_and_predict(shapes_dir, tmp_path):
     from parvis.engine.evaluate import evaluate_checkpoint
-    from parvis.engine.predict import load_trained, predict_files
+    from parvis.engine.loading import load_trained
+    from parvis.engine.predict import predict_files
     from parvis.engine.trainer import train
-    from parvis.runtime import resolve_precision
 
     run = tmp_path / "run"
     cfg = TrainConfig(
@@ -180,7 +180,7 @@ def test_short_training_writes_map50_then_eval_and_predict(shapes_dir, tmp_path)
     files = sorted((shapes_dir / "images" / "val").glob("*.jpg"))[:3]
     model = load_trained(run / "best.pt", device)
     model.score_threshold = 0.0  # an undertrained model: keep every peak so there are boxes to check
-    results = predict_files(model, files, tmp_path / "pred", device, resolve_precision("fp32", device, "infer"))
+    results = predict_files(model, files, tmp_path / "pred", device)
     saved = json.loads((tmp_path / "pred" / "results.json").read_text())
     assert saved == results and len(saved) == 3
     for r in saved:

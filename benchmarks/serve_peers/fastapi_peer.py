@@ -2,7 +2,7 @@
 
 This is the server most people write first, and the baseline parvis's own server is compared
 against. It serves the same model on the same runtime as parvis (loaded with parvis's own
-`load_predictor`) and speaks the same protocol:
+`open_predictor`) and speaks the same protocol:
 
     POST /v1/models/{name}/predict   body: the encoded image (JPEG/PNG/...)
         200 -> the result dict as JSON, header `X-Batch-Size: 1` (never batched)
@@ -36,13 +36,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from parvis.engine.predict import load_predictor
+from parvis.runtimes import open_predictor
 from parvis.errors import BadSampleError
 from parvis.serve.preprocess import Preprocessor, result_dict
 
 
 def build_app(source: str, name: str, threads: int | None = None) -> FastAPI:
-    model, info = load_predictor(source, torch.device("cpu"), threads=threads)
+    model, info = open_predictor(source, torch.device("cpu"), threads=threads)
     pre = Preprocessor(model.meta)
     model_lock = threading.Lock()
 
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="model name in the URL path")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--threads", type=int, default=None, help="runtime threads (load_predictor threads=)")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads (open_predictor threads=)")
     args = parser.parse_args()
     app = build_app(args.source, args.name, args.threads)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -1,6 +1,6 @@
 """Peer server for the serving benchmark: Ray Serve with `@serve.batch` dynamic batching.
 
-The same model on the same runtime as parvis (loaded with parvis's own `load_predictor` inside the
+The same model on the same runtime as parvis (loaded with parvis's own `open_predictor` inside the
 replica), behind the same protocol:
 
     POST /v1/models/{name}/predict   body: the encoded image (JPEG/PNG/...)
@@ -58,11 +58,11 @@ app = FastAPI(title="ray serve peer")
 @serve.ingress(app)
 class Peer:
     def __init__(self, source: str, name: str, threads: int | None, max_batch_size: int, batch_wait_s: float):
-        from parvis.engine.predict import load_predictor
+        from parvis.runtimes import open_predictor
         from parvis.serve.preprocess import Preprocessor
 
         self.name = name
-        self.model, self.info = load_predictor(source, torch.device("cpu"), threads=threads)
+        self.model, self.info = open_predictor(source, torch.device("cpu"), threads=threads)
         self.pre = Preprocessor(self.model.meta)
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="model name in the URL path")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--threads", type=int, default=None, help="runtime threads (load_predictor threads=)")
+    parser.add_argument("--threads", type=int, default=None, help="runtime threads (open_predictor threads=)")
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-ms", type=float, default=5.0)
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs for the local Ray node, all given to the replica")

@@ -19,12 +19,12 @@ from parvis.bench.suites import (
     _check_counts,
     _finish_rows,
     _quiet,
-    _time_round_robin,
     _torch_rows,
     device_precisions,
     header,
     prepared_source,
     random_images,
+    time_rows,
 )
 from parvis.errors import ParvisError
 
@@ -69,7 +69,8 @@ def bytes_per_image(
 
 
 def _eager_model(path: str) -> torch.nn.Module:
-    from parvis.export import load_program, load_source
+    from parvis.artifact import load_program
+    from parvis.engine.loading import load_model
 
     if path.endswith(".onnx"):
         raise ParvisError(
@@ -77,7 +78,7 @@ def _eager_model(path: str) -> torch.nn.Module:
         )
     if path.endswith(".pt2"):
         return load_program(path)[0].module()
-    return load_source(path).float().eval()
+    return load_model(path).float().eval()
 
 
 def bench_roofline(
@@ -112,7 +113,7 @@ def bench_roofline(
         del model
         rows = _torch_rows(path, names, dev, threads)
         x = random_images(batch, meta.input_size)
-        _time_round_robin(rows, x, rounds, iters, progress)
+        time_rows(rows, x, rounds, iters, progress)
         _finish_rows(rows)
     progress("measuring peak matmul GFLOP/s and memory bandwidth")
     with _torch_threads(threads):

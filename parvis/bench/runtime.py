@@ -11,9 +11,7 @@ export; torch.compile joins on request (`compile_too`), since compiling takes lo
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +19,10 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
-from parvis.export import export_model, load_source
+from parvis.engine.loading import load_model
+from parvis.export import export_model
 from parvis.runtimes import open_runtime
+from parvis.runtimes.timing import time_runtimes
 
 
 def _candidates(
@@ -42,7 +42,7 @@ def _candidates(
         from parvis.engine.checkpoint import save_checkpoint
 
         torch.manual_seed(0)
-        model = load_source(source)
+        model = load_model(source)
         source = str(workdir / "model.pt")
         save_checkpoint(source, {"model": model.state_dict(), "meta": model.meta.to_dict()})
     rows = [
@@ -87,7 +87,7 @@ def _candidates(
         )
     progress("exporting to ONNX")
     onnx_path = workdir / "model.onnx"
-    export_model(load_source(source), onnx_path, "onnx")
+    export_model(load_model(source), onnx_path, "onnx")
     rows.append(
         {
             "runtime": "onnxruntime",
@@ -117,48 +117,6 @@ def _candidates(
         ov_int8 = open_runtime(str(int8_path), "openvino", threads=threads, precision="int8")
         rows.append({"runtime": "openvino", "precision": "int8", "layout": "-", "rt": ov_int8})
     return rows
-
-
-def time_runtimes(
-    runtimes: list,
-    x: np.ndarray,
-    rounds: int = 3,
-    iters: int = 3,
-    latency_iters: int = 30,
-    progress: Callable[[str], None] = lambda _: None,
-    labels: list[str] | None = None,
-) -> list[dict]:
-    """images/s at x's batch (median of round-robin rounds) and batch-1 latency p50/p99 per runtime."""
-    labels = labels or [r.name for r in runtimes]
-    x1 = np.ascontiguousarray(x[:1])
-    for r in runtimes:  # warm-up at both shapes (compiles, allocations, autotuning)
-        r.run(x)
-        r.run(x1)
-    runs: list[list[float]] = [[] for _ in runtimes]
-    for k in range(rounds):
-        for i, r in enumerate(runtimes):
-            progress(f"round {k + 1}/{rounds}: {labels[i]}")
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                r.run(x)
-            runs[i].append(len(x) * iters / (time.perf_counter() - t0))
-    out = []
-    for i, r in enumerate(runtimes):
-        progress(f"batch-1 latency: {labels[i]}")
-        lat = []
-        for _ in range(latency_iters):
-            t0 = time.perf_counter()
-            r.run(x1)
-            lat.append((time.perf_counter() - t0) * 1000)
-        out.append(
-            {
-                "img_s": statistics.median(runs[i]),
-                "img_s_runs": runs[i],
-                "latency_ms_p50": float(np.percentile(lat, 50)),
-                "latency_ms_p99": float(np.percentile(lat, 99)),
-            }
-        )
-    return out
 
 
 def bench_runtime(

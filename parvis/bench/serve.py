@@ -19,6 +19,7 @@ can answer more than 1 / (preprocess + inference per image at the batch size use
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -34,6 +35,7 @@ import numpy as np
 
 from parvis import runtime as rt
 from parvis.errors import ParvisError
+from parvis.runtimes.timing import time_calls
 
 
 def _auth(api_key: str | None) -> dict:
@@ -316,10 +318,10 @@ class CeilingProbe:
                  runtime_name: str | None = None, precision: str = "auto"):  # fmt: skip
         import torch
 
-        from parvis.engine.predict import load_predictor
+        from parvis.runtimes import open_predictor
         from parvis.serve.preprocess import Preprocessor
 
-        self.model, self.info = load_predictor(
+        self.model, self.info = open_predictor(
             source, torch.device("cpu"), runtime_name, precision, threads or rt.usable_cores()
         )
         self.meta = self.model.meta
@@ -328,24 +330,16 @@ class CeilingProbe:
         self.inputs = [self.pre(b)[0] for b in images]
 
     def preprocess_ms(self, seconds: float = 0.5) -> float:
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or n < 2 * len(self.images):
-            self.pre(self.images[n % len(self.images)])
-            n += 1
-        return (time.perf_counter() - start) * 1000 / n
+        images = itertools.cycle(self.images)
+        times = time_calls(lambda: self.pre(next(images)), seconds, 2 * len(self.images), max_calls=None)
+        return statistics.fmean(times) * 1000
 
     def infer_ms_per_image(self, batch: int, seconds: float = 0.5) -> float:
         import torch
 
         x = torch.stack([self.inputs[i % len(self.inputs)] for i in range(batch)])
-        times = []
         with torch.inference_mode():
-            self.model(x)
-            start = time.perf_counter()
-            while time.perf_counter() - start < seconds or len(times) < 3:
-                t0 = time.perf_counter()
-                self.model(x)
-                times.append(time.perf_counter() - t0)
+            times = time_calls(lambda: self.model(x), seconds, 3, max_calls=None)
         return statistics.median(times) * 1000 / batch
 
     def measure(self, mean_batch: float | None) -> dict:

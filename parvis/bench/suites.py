@@ -9,11 +9,7 @@ values, and the same inputs let the precision suite compare logits across precis
 
 from __future__ import annotations
 
-import os
-import platform
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parvis import __version__
 from parvis import runtime as rt
 from parvis.errors import ParvisError
-from parvis.quantize import is_quantized
+from parvis.artifact import is_quantized
 from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES, open_runtime
+from parvis.runtimes.timing import time_calls, time_runtimes
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 Progress = Callable[[str], None]
@@ -49,7 +45,7 @@ def prepared_source(source: str, size: int | None = None) -> Iterator[tuple[str,
     `size` is refused.
     """
     from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
-    from parvis.export import read_metadata
+    from parvis.artifact import read_metadata
     from parvis.models import MODELS, build_model
     from parvis.models.base import ModelMeta
 
@@ -94,8 +90,7 @@ def prepared_source(source: str, size: int | None = None) -> Iterator[tuple[str,
 
 
 def header(benchmark: str, source: str, meta, batch: int, threads: int | None, device: torch.device) -> dict:
-    """What every suite's JSON starts with: what ran, on what, with which settings."""
-    inv = rt.inventory()
+    """What every suite's JSON starts with: what ran, with which settings, on what (`rt.result_header`)."""
     return {
         "benchmark": benchmark,
         "source": source,
@@ -104,18 +99,7 @@ def header(benchmark: str, source: str, meta, batch: int, threads: int | None, d
         "input_size": meta.input_size,
         "batch": batch,
         "threads": threads or torch.get_num_threads(),
-        "device": str(device),
-        "torch": torch.__version__,
-        "machine": {
-            "cpu": inv.cpu.model,
-            "usable_cores": inv.cpu.usable_cores,
-            "gpus": [g.name for g in inv.gpus],
-            "cuda": inv.cuda_version,
-            "python": platform.python_version(),
-            "parvis": __version__,
-            # Other work on the machine skews every figure (on 2 cores, badly): say how busy it was.
-            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        },
+        **rt.result_header(device),
     }
 
 
@@ -143,23 +127,16 @@ def device_precisions(device: torch.device) -> tuple[list[str], list[str]]:
     return names, notes
 
 
-def _time_round_robin(rows: list[dict], x: np.ndarray, rounds: int, iters: int, progress: Progress) -> None:
-    """img/s of every row's runtime at batch len(x): rounds in turns (drift on a shared machine hits all
-    alike), `iters` batches per row and round, the median of the rounds in row["img_s"]."""
-    for row in rows:
-        _apply(row)
-        row["rt"].run(x)  # warm-up
-        row["img_s_runs"] = []
-    for r in range(rounds):
-        for row in rows:
-            progress(f"round {r + 1}/{rounds}: {row['runtime']} {row['precision']}")
-            _apply(row)
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                row["rt"].run(x)
-            row["img_s_runs"].append(len(x) * iters / (time.perf_counter() - t0))
-    for row in rows:
-        row["img_s"] = statistics.median(row["img_s_runs"])
+def time_rows(rows: list[dict], x: np.ndarray, rounds: int, iters: int, progress: Progress) -> None:
+    """img/s of every row's runtime at batch len(x), timed round-robin (`parvis.runtimes.timing`), into
+    row["img_s"] (the median of the rounds) and row["img_s_runs"]; each row's precision is applied
+    before it runs."""
+    labels = [f"{row['runtime']} {row['precision']}" for row in rows]
+    speeds = time_runtimes(
+        [row["rt"] for row in rows], x, rounds, iters, 0, progress, labels, before=lambda i: _apply(rows[i])
+    )
+    for row, speed in zip(rows, speeds, strict=True):
+        row.update(speed)
 
 
 def _apply(row: dict) -> None:
@@ -179,7 +156,8 @@ def _torch_rows(path: str, names: list[str], device: torch.device, threads: int 
 
 def _onnx_file(path: str, workdir: Path, progress: Progress) -> str:
     """`path` itself if it is ONNX, else an fp32 ONNX export of the checkpoint in `workdir`."""
-    from parvis.export import export_model, load_source
+    from parvis.engine.loading import load_model
+from parvis.export import export_model
 
     if path.endswith(".onnx"):
         return path
@@ -187,7 +165,7 @@ def _onnx_file(path: str, workdir: Path, progress: Progress) -> str:
         raise ParvisError(f"{path}: ONNX Runtime needs an ONNX file; export the checkpoint with --format onnx")
     progress("exporting to ONNX")
     out = workdir / "model.onnx"
-    export_model(load_source(path), out, "onnx")
+    export_model(load_model(path), out, "onnx")
     return str(out)
 
 
@@ -260,7 +238,7 @@ def bench_precision(
         for row in rows:
             _apply(row)
             row["max_abs_err"] = float(np.abs(row["rt"].run(x) - reference).max())
-        _time_round_robin(rows, x, rounds, iters, progress)
+        time_rows(rows, x, rounds, iters, progress)
         _finish_rows(rows)
     base = rows[0]["img_s"]
     ort_fp32 = next((r["img_s"] for r in rows if r["runtime"] == "onnxruntime" and r["precision"] == "fp32"), None)
@@ -281,18 +259,6 @@ def bench_precision(
 
 
 # --------------------------------------------------------------------------- batch
-
-
-def _latencies(runtime, x: np.ndarray, seconds: float, min_iters: int) -> list[float]:
-    """Seconds per call over at least `min_iters` calls and about `seconds` of wall time (after one warm-up)."""
-    runtime.run(x)
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < min_iters or (time.perf_counter() < deadline and len(times) < 1000):
-        t0 = time.perf_counter()
-        runtime.run(x)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def bench_batch(
@@ -349,7 +315,8 @@ def bench_batch(
         rows = []
         for b in batches:
             progress(f"batch {b}")
-            times = _latencies(model, random_images(b, meta.input_size), seconds, min_iters)
+            x = random_images(b, meta.input_size)
+            times = time_calls(lambda x=x: model.run(x), seconds, min_iters)
             p50 = float(np.percentile(times, 50))
             rows.append(
                 {

@@ -361,7 +361,7 @@ def run_batch(args) -> int:
 
     batches = _ints(args.batches, "--batches")
     if Path(args.source).is_dir():  # a parvis optimize folder: sweep its chosen configuration
-        from parvis.optimize import chosen_config
+        from parvis.artifact import chosen_config
 
         chosen = chosen_config(args.source)
         args.source, args.runtime = chosen["artifact"], args.runtime or chosen["runtime"]
@@ -645,11 +645,11 @@ def run_video_bench(args) -> int:
 
     from parvis.bench.suites import header
     from parvis.bench.video import bench_video
-    from parvis.engine.predict import load_predictor
+    from parvis.runtimes import open_predictor
 
     streams = _ints(args.streams, "--streams")
     batches = _ints(args.batch, "--batch") if args.batch else None
-    model, info = load_predictor(args.source, torch.device("cpu"), args.runtime, "auto", args.threads)
+    model, info = open_predictor(args.source, torch.device("cpu"), args.runtime, "auto", args.threads)
     con = console()
     with tempfile.TemporaryDirectory() as tmp:
         clips = Path(args.clips) if args.clips else None

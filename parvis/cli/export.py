@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+from parvis.cli.model_args import MODEL_HELP, add_model_args, preprocess_from
 from parvis.cli.output import console, write_json
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint (or a registered model) to ONNX or torch.export")
-    p.add_argument("checkpoint", help="a checkpoint written by parvis train, or a registered model name")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP.split(", .onnx")[0] + " (PyTorch models)")
     p.add_argument("--format", default="onnx", choices=("onnx", "torch-export"))
     p.add_argument("--out", required=True, help="artifact file (.onnx, or .pt2 for torch-export)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     p.add_argument("--json", metavar="OUT", default=None, help="write the export report as JSON")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from rich.markup import escape
 
-    from parvis.export import export_model, load_source
+    from parvis.engine.loading import load_model
+    from parvis.export import export_model
 
-    model = load_source(args.checkpoint)
+    model = load_model(args.checkpoint, weights=args.weights, given=preprocess_from(args))
     report = export_model(model, args.out, args.format, opset=args.opset)
     console().print(
         f"exported {report['model']} ({report['task']}) to {escape(report['path'])} \\[{report['format']}, "

@@ -1,16 +1,18 @@
 """`parvis predict MODEL INPUT... --out DIR`: JSON results, PNG masks and overlay images.
 
-MODEL is a checkpoint, an exported / quantized artifact (.onnx, .pt2) or a `parvis optimize` output
-folder (its chosen artifact, runtime, precision and threads)."""
+MODEL is anything parvis loads (see parvis.cli.model_args): a checkpoint, a registered or zoo name with
+`--weights`, an artifact (.onnx, .pt2; foreign ONNX with its preprocessing given) or a `parvis optimize`
+output folder (its chosen artifact, runtime, precision and threads)."""
 
 from __future__ import annotations
 
+from parvis.cli.model_args import MODEL_HELP, add_model_args, preprocess_from
 from parvis.cli.output import console
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or an optimized artifact")
-    p.add_argument("checkpoint", metavar="MODEL", help="checkpoint, .onnx/.pt2 artifact or parvis optimize folder")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder (results.json, masks/, overlays/)")
     p.add_argument("--device", default="auto")
@@ -21,27 +23,32 @@ def add_parser(sub) -> None:
     p.add_argument("--decode-threads", type=int, default=1, help="threads decoding ahead of the model (default 1)")
     p.add_argument("--no-overlays", action="store_true", help="write results.json (and masks) only")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a checkpoint")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from parvis import runtime
-    from parvis.engine.predict import expand_inputs, load_predictor, predict_files
+    from parvis.engine.predict import expand_inputs, predict_files
+    from parvis.runtimes import open_predictor, require_images
 
     device = runtime.resolve_device(args.device)
-    model, info = load_predictor(args.checkpoint, device, args.runtime, args.precision, args.threads, args.ema)
-    # A runtime applies its own precision; autocast is for the eager checkpoint path only.
-    eager = info.get("kind") == "eager"
-    precision = runtime.resolve_precision(args.precision if eager else "fp32", device if eager else "cpu", "infer")
-    what_runs = f"{info['runtime']} {precision.name if eager else info.get('precision')}"
     files = expand_inputs(args.inputs)
+    model, info = open_predictor(
+        args.checkpoint, device, args.runtime, args.precision, args.threads, weights=args.weights,
+        given=preprocess_from(args), use_ema=args.ema,
+    )  # fmt: skip
+    require_images(model.meta, args.checkpoint)
+    con = console()
+    if info.get("weights") == "random":
+        con.print(f"{args.checkpoint}: a model name without --weights: random initialization, predictions mean nothing")
+    what_runs = f"{info['runtime']} {info['precision']}"
     stats: dict = {}
     results = predict_files(
-        model, files, args.out, device, precision, batch_size=args.batch, decode_threads=args.decode_threads,
+        model, files, args.out, device, batch_size=args.batch, decode_threads=args.decode_threads,
         overlays=not args.no_overlays, stats=stats,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
-    con = console()
     for r in results[:5]:
         if "error" in r:
             continue

@@ -40,14 +40,18 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from parvis import runtime
-    from parvis.engine.predict import load_predictor
     from parvis.errors import ParvisError
+    from parvis.runtimes import open_predictor
     from parvis.video.pipeline import run_video
 
     if args.batch < 1 or args.queue < 1:
         raise ParvisError("--batch and --queue must be >= 1")
     device = runtime.resolve_device(args.device)
-    model, info = load_predictor(args.model, device, args.runtime, args.precision, args.threads)
+    model, info = open_predictor(args.model, device, args.runtime, args.precision, args.threads)
+    # The pipeline runs the model under this autocast: an eager checkpoint computes at the precision
+    # the table names; an artifact's runtime applies its own (int8 and the like have no autocast).
+    named = info.get("precision") or args.precision
+    precision = runtime.resolve_precision(named, device, "infer") if named in runtime.PRECISIONS else None
     con = console()
     live_view = None
     if con.is_terminal:
@@ -68,14 +72,14 @@ def run(args) -> int:
             args.sources, model, args.out, batch=args.batch, live=True if args.live else None,
             push_timeout_ms=args.push_timeout_ms, queue_size=args.queue, write_video=not args.no_video,
             score_threshold=args.score_threshold, retries=args.retries, progress=progress,
-            track_threshold=args.track_threshold, mosaic=args.mosaic,
+            track_threshold=args.track_threshold, mosaic=args.mosaic, precision=precision,
         )  # fmt: skip
     finally:
         if live_view is not None:
             live_view.stop()
     from rich.table import Table
 
-    what = info.get("precision") or runtime.resolve_precision(args.precision, device, "infer").name
+    what = summary["precision"] or info.get("precision")  # what the model ran at
     table = Table(title=f"video: {model.meta.name} ({info.get('runtime')} {what}), "
                         f"batch {args.batch}", title_justify="left")  # fmt: skip
     for col in ("stream", "source", "frames", "fps", "dropped", "errors", "latency p50 ms", "status"):

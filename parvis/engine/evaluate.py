@@ -164,7 +164,7 @@ def evaluate_checkpoint(
     from parvis.data.check import open_dataset
     from parvis.data.loader import DevicePrefetcher, build_loader
     from parvis.data.transforms import build_transform
-    from parvis.engine.predict import load_trained
+    from parvis.engine.loading import load_trained
     from parvis.errors import ParvisError
     from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
 

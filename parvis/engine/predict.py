@@ -1,6 +1,6 @@
-"""Load a trained model from its checkpoint and predict on image files: JSON, PNG masks, overlays.
+"""Predict on image files with a loaded model (see `parvis.runtimes.open_predictor`): JSON, PNG masks, overlays.
 
-Preprocessing comes from the checkpoint's metadata (input size, mean/std, task, class names), so
+Preprocessing comes from the model's metadata (input size, mean/std, crop, task, class names), so
 no flag repeats what the model already knows.
 """
 
@@ -22,11 +22,10 @@ from torchvision import tv_tensors
 
 from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image, to_tensor
-from parvis.data.transforms import Normalize, build_transform
-from parvis.engine.checkpoint import load_checkpoint
+from parvis.data.transforms import Normalize
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_bytes, atomic_write_text
-from parvis.models import ModelMeta, VisionModel, build_model
+from parvis.models import ModelMeta, VisionModel, eval_transform
 from parvis.structures import Detections
 
 # A fixed, distinguishable colour per class id for masks and overlays (background stays dark).
@@ -57,54 +56,6 @@ PALETTE = np.array(
 DRAW_SCORE = 0.3
 
 
-def load_trained(path: str | Path, device: torch.device, use_ema: bool = False) -> VisionModel:
-    """The model a parvis checkpoint describes, with its weights, in eval mode on `device`."""
-    state = load_checkpoint(path)
-    if not isinstance(state.get("meta"), dict) or "model" not in state:
-        raise ParvisError(f"{path}: has no model metadata; it is not a checkpoint written by parvis train")
-    meta = ModelMeta.from_dict(state["meta"])
-    extra = {"scales": meta.extra["scales"]} if "scales" in meta.extra else {}  # HMSA: the trained scale list
-    model = build_model(
-        meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std, **extra
-    )
-    weights = state["ema"] if use_ema and state.get("ema") else state["model"]
-    if use_ema and not state.get("ema"):
-        raise ParvisError(f"{path}: holds no EMA weights (trained without ema=true); drop --ema")
-    # AveragedModel keeps a step counter next to the weights; the model does not want it.
-    weights = {k: v for k, v in weights.items() if k != "n_averaged"}
-    if state.get("pruned"):
-        restore_structure(model, state["pruned"]["modules"], weights)
-    model.load_state_dict(weights)
-    return model.to(device, memory_format=runtime.preferred_memory_format(device)).eval()
-
-
-def restore_structure(model: torch.nn.Module, modules: dict[str, dict], weights: dict[str, torch.Tensor]) -> None:
-    """Give a freshly built `model` the layer shapes of a channel-pruned one (see `parvis.prune`).
-
-    `modules` maps module names to the plain attributes pruning changed (in/out channels, num_features,
-    ...); every parameter and buffer whose shape differs from `weights` is replaced by an empty one of
-    the stored shape, which `load_state_dict` then fills. Only plain values and tensors are involved, so
-    pruned checkpoints still load with weights_only=True.
-    """
-    named = dict(model.named_modules())
-    for name, attrs in modules.items():
-        if name not in named:
-            raise ParvisError(f"pruned checkpoint names a layer {name!r} that {model.meta.name} does not have")
-        for attr, value in attrs.items():
-            setattr(named[name], attr, value)
-    own = model.state_dict()
-    for key, tensor in weights.items():
-        if key not in own or own[key].shape == tensor.shape:
-            continue
-        owner, _, leaf = key.rpartition(".")
-        module = named[owner]
-        empty = torch.empty_like(tensor)
-        if leaf in module._parameters:
-            module._parameters[leaf] = torch.nn.Parameter(empty, requires_grad=module._parameters[leaf].requires_grad)
-        else:
-            module._buffers[leaf] = empty
-
-
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Image files from file names, folders (recursively) and glob patterns, in a stable order."""
     files: list[Path] = []
@@ -129,56 +80,6 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     colours = PALETTE[mask % len(PALETTE)]
     blended = (image * (1 - alpha) + colours * alpha).astype(np.uint8)
     return np.where(mask[..., None] > 0, blended, image)
-
-
-def load_predictor(
-    source: str | Path,
-    device: torch.device,
-    runtime_name: str | None = None,
-    precision: str = "auto",
-    threads: int | None = None,
-    use_ema: bool = False,
-) -> tuple[VisionModel, dict]:
-    """(model, what runs it) for a checkpoint, an artifact (.onnx / .pt2) or an `parvis optimize`
-    output folder (its chosen artifact, runtime, precision and threads). Artifacts and folders run
-    in their runtime behind the VisionModel interface; a checkpoint runs eagerly on `device`."""
-    from parvis.quantize import is_quantized
-    from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
-
-    source = Path(source)
-    streams = 1
-    if source.is_dir():
-        from parvis.optimize import chosen_config
-
-        chosen = chosen_config(source)
-        source = Path(chosen["artifact"])
-        runtime_name = runtime_name or chosen["runtime"]
-        precision = chosen["precision"] if precision == "auto" else precision
-        threads = threads or chosen["threads"]
-        streams = chosen["streams"]
-    if runtime_name is None and not str(source).endswith(ARTIFACT_SUFFIXES):
-        if use_ema or threads is None:
-            from parvis.export import load_source  # a checkpoint, or a registered name (random weights)
-
-            model = load_trained(source, device, use_ema=True) if use_ema else load_source(str(source), device)
-            model = model.to(memory_format=runtime.preferred_memory_format(device))
-            return model, {"runtime": "torch", "kind": "eager", "device": str(device)}
-        runtime_name = "torch"
-    if use_ema:
-        raise ParvisError(f"{source}: --ema applies to checkpoints, not to exported artifacts")
-    if precision == "auto":
-        # An artifact runs at the precision stored in it; a checkpoint in a runtime at the device's best.
-        if str(source).endswith(".onnx"):
-            precision = "int8" if is_quantized(source) else "fp32"
-        else:
-            precision = runtime.resolve_precision("auto", device, "infer").name
-    kwargs = {"precision": precision, "threads": threads}
-    if streams > 1 and runtime_name == "openvino":
-        kwargs["streams"] = streams
-    if device.type != "cpu":
-        kwargs["device"] = str(device)
-    rt = open_runtime(str(source), runtime_name, **kwargs)
-    return as_model(rt), rt.info()
 
 
 def _decode(path: Path, transform) -> tuple[Path, np.ndarray | None, torch.Tensor | None, str | None, float]:
@@ -223,7 +124,6 @@ def predict_files(
     files: list[Path],
     out: str | Path,
     device: torch.device,
-    precision: runtime.Precision,
     batch_size: int = 16,
     decode_threads: int = 1,
     overlays: bool = True,
@@ -238,7 +138,7 @@ def predict_files(
     """
     meta = model.meta
     out = Path(out)
-    transform = build_transform(meta.task, False, meta.input_size)
+    transform = eval_transform(meta)
     normalize = Normalize(meta.mean, meta.std, memory_format=runtime.preferred_memory_format(device)).to(device)
     chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
     ready: queue.Queue = queue.Queue(maxsize=2)
@@ -273,8 +173,7 @@ def predict_files(
                 raw = None
                 if inputs:
                     batch = normalize(torch.stack(inputs).permute(0, 3, 1, 2).to(device))
-                    with runtime.autocast(precision):
-                        raw = model(batch).float()
+                    raw = model(batch).float()  # the model applies its own precision (open_predictor)
                 busy["infer_s"] += time.perf_counter() - t0
                 _put(done, (decoded, raw), stop, writer)
             _put(done, None, stop, writer)

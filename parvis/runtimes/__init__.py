@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
+from parvis import runtime as rt
+from parvis.artifact import TENSOR_TASK, Preprocess, chosen_config, is_optimize_folder, is_quantized
+from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
+from parvis.models.base import ClassificationModel, DetectionModel, SegmentationModel, VisionModel
 from parvis.runtimes.base import Runtime
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "torch-compile")
@@ -25,6 +31,10 @@ def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Ru
     or a registered model name (PyTorch eager, or torch.compile)."""
     source = str(source)
     runtime = runtime or ("onnxruntime" if source.endswith(".onnx") else "torch")
+    if runtime in ("onnxruntime", "openvino"):
+        for key in ("weights", "model"):
+            if kwargs.pop(key, None) is not None:
+                raise ParvisError(f"{source}: --{key} applies to model names run by PyTorch, not to .onnx files")
     if runtime == "onnxruntime":
         from parvis.runtimes.onnxruntime import OnnxRuntime
 
@@ -48,15 +58,12 @@ def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Ru
     raise ParvisError(f"runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
 
 
-def as_model(runtime: Runtime):
+def as_model(runtime: Runtime) -> VisionModel:
     """The runtime as a VisionModel (forward, loss, postprocess), so evaluation and prediction code
-    written for PyTorch models runs artifacts unchanged."""
-    import torch
-
-    from parvis.models.base import ClassificationModel, DetectionModel, SegmentationModel
-
+    written for PyTorch models runs artifacts unchanged. The runtime applies its own precision and
+    threads inside forward: callers never wrap it in autocast."""
     bases = {"classification": ClassificationModel, "segmentation": SegmentationModel, "detection": DetectionModel}
-    base = bases.get(runtime.meta.task, SegmentationModel)
+    base = bases.get(runtime.meta.task, VisionModel)
 
     class RuntimeModel(base):
         def __init__(self):
@@ -64,6 +71,8 @@ def as_model(runtime: Runtime):
             self.runtime = runtime
 
         def forward(self, images):
+            if hasattr(self.runtime, "run_tensor"):  # PyTorch runtimes: stay on the device, no numpy copy
+                return self.runtime.run_tensor(images).to(images.device)
             return torch.from_numpy(self.runtime.run(images.detach().float().cpu())).to(images.device)
 
     return RuntimeModel().eval()
@@ -71,4 +80,74 @@ def as_model(runtime: Runtime):
 
 ARTIFACT_SUFFIXES = (".onnx", ".pt2")
 
-__all__ = ["ARTIFACT_SUFFIXES", "RUNTIMES", "Runtime", "as_model", "open_runtime"]
+
+def open_predictor(
+    source: str | Path,
+    device: str | torch.device = "cpu",
+    runtime: str | None = None,
+    precision: str = "auto",
+    threads: int | None = None,
+    weights: str | Path | None = None,
+    given: Preprocess | None = None,
+    use_ema: bool = False,
+    streams: int | None = None,
+) -> tuple[VisionModel, dict]:
+    """(model, what runs it) for any model source: a parvis checkpoint, a registered or zoo name (with
+    `weights`), an artifact (.onnx / .pt2, parvis's or foreign), or a `parvis optimize` folder (its
+    chosen artifact, runtime, precision, threads and streams).
+
+    The returned model applies its precision and threads inside forward, so what `info["precision"]`
+    says is what computes; callers never add autocast. `given`: preprocessing stated by the user
+    (flags), for foreign artifacts or to override a model's own.
+    """
+    device = device if isinstance(device, torch.device) else rt.resolve_device(device)
+    source = str(source)
+    if is_optimize_folder(source):
+        if weights is not None:
+            raise ParvisError(f"{source}: an optimize folder brings its own weights; drop --weights")
+        chosen = chosen_config(source)
+        source = chosen["artifact"]
+        runtime = runtime or chosen["runtime"]
+        precision = chosen["precision"] if precision == "auto" else precision
+        threads = threads or chosen["threads"]
+        streams = streams or chosen["streams"]
+    elif Path(source).is_dir():
+        raise ParvisError(f"{source}: a folder must be `parvis optimize` output (no optimize.json in it)")
+    artifact = source.endswith(ARTIFACT_SUFFIXES)
+    if artifact and use_ema:
+        raise ParvisError(f"{source}: --ema applies to checkpoints, not to exported artifacts")
+    runtime = runtime or ("onnxruntime" if source.endswith(".onnx") else "torch")
+    if precision == "auto":
+        # An ONNX file runs at the precision stored in it; everything else at the device's best.
+        if source.endswith(".onnx"):
+            precision = "int8" if is_quantized(source) else "fp32"
+        else:
+            precision = rt.resolve_precision("auto", device, "infer").name
+    kwargs: dict = {"precision": precision, "threads": threads, "given": given}
+    if device.type != "cpu":
+        kwargs["device"] = str(device)
+    if streams and streams > 1 and runtime == "openvino":
+        kwargs["streams"] = streams
+    if runtime in ("torch", "torch-compile") and not source.endswith(".pt2"):
+        kwargs["model"] = load_model(source, device, weights=weights, given=given, use_ema=use_ema)
+        kwargs.pop("given")
+    elif weights is not None:
+        raise ParvisError(f"{source}: --weights applies to model names, not to artifacts")
+    predictor = open_runtime(source, runtime, **kwargs)
+    info = predictor.info()
+    if predictor.meta.extra.get("random_init"):
+        info["weights"] = "random"
+    return as_model(predictor), info
+
+
+def require_images(meta, source: str | Path) -> None:
+    """Image commands need a model whose preprocessing is known; a raw-tensor model gets one line saying how."""
+    if meta.task == TENSOR_TASK:
+        side = Path(source).stem + ".parvis.yaml"
+        raise ParvisError(
+            f"{source}: an ONNX file without parvis metadata; image commands need its preprocessing: give --task, "
+            f"--size, --mean, --std (and --labels FILE), or write them into {side} next to it"
+        )
+
+
+__all__ = ["ARTIFACT_SUFFIXES", "RUNTIMES", "Runtime", "as_model", "open_predictor", "open_runtime", "require_images"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from parvis.artifact import Preprocess, read_metadata
 from parvis.errors import ParvisError
 from parvis.runtimes.base import Runtime
 
@@ -14,14 +15,19 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
 
-    def __init__(self, path: str, threads: int | None = None, device: str = "cpu", precision: str = "fp32"):
+    def __init__(
+        self,
+        path: str,
+        threads: int | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        given: Preprocess | None = None,
+    ):
         import onnxruntime as ort
-
-        from parvis.export import read_metadata
 
         if precision not in ("fp32", "int8"):
             raise ParvisError(f"ONNX Runtime runs the precision stored in the file (fp32 or int8), not {precision!r}")
-        self.meta = read_metadata(path)
+        self.meta = read_metadata(path, given)
         self.path, self.precision, self.threads = path, precision, threads
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -40,10 +46,15 @@ class OnnxRuntime(Runtime):
         except Exception as exc:
             raise ParvisError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
         self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images) -> np.ndarray:
         x = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every named input in, every named output out (raw-tensor models with several of each)."""
+        return dict(zip(self.output_names, self.session.run(None, inputs), strict=True))
 
     def info(self) -> dict:
         return {

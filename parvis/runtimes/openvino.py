@@ -19,6 +19,7 @@ import threading
 import numpy as np
 
 from parvis import runtime as rt
+from parvis.artifact import Preprocess, read_metadata
 from parvis.errors import ParvisError
 from parvis.runtimes.base import Runtime
 
@@ -55,6 +56,7 @@ class OpenVinoRuntime(Runtime):
         precision: str | None = None,
         streams: int = 1,
         performance_hint: str | None = None,
+        given: Preprocess | None = None,
     ):
         """`precision`: fp32 | bf16 | int8, or None for what the file holds (int8 if quantized, else fp32).
         `performance_hint`: latency | throughput; by default latency for one stream, throughput for more."""
@@ -65,8 +67,6 @@ class OpenVinoRuntime(Runtime):
         except ImportError as exc:
             raise ParvisError(f"OpenVINO is not importable here ({exc}); pip install openvino") from exc
 
-        from parvis.export import read_metadata
-
         if precision is not None and precision not in PRECISIONS:
             raise ParvisError(f"OpenVINO runs fp32, bf16 or int8 (a quantized file), not {precision!r}")
         if streams < 1:
@@ -74,7 +74,7 @@ class OpenVinoRuntime(Runtime):
         hint = performance_hint or ("latency" if streams == 1 else "throughput")
         if hint not in HINTS:
             raise ParvisError(f"OpenVINO performance hint {hint!r} is unknown; choose one of {', '.join(HINTS)}")
-        self.meta = read_metadata(path)
+        self.meta = read_metadata(path, given)
         core = ov.Core()
         self.ov_device = _ov_device(device, core.available_devices)
         try:

@@ -45,14 +45,16 @@ class TorchCompileRuntime(TorchRuntime):
         precision: str = "fp32",
         channels_last: bool | None = None,
         warmup_batches: Sequence[int] = (),
+        **load,
     ):
-        """`warmup_batches`: batch sizes to compile for now (e.g. (1, 32)) instead of on first use."""
-        if source.endswith((".onnx", ".pt2")):
+        """`warmup_batches`: batch sizes to compile for now (e.g. (1, 32)) instead of on first use.
+        `load`: TorchRuntime's model, weights and given preprocessing."""
+        if str(source).endswith((".onnx", ".pt2")):
             raise ParvisError(
                 f"{source}: torch-compile compiles a parvis checkpoint or a registered model name; "
                 "run exported artifacts with --runtime onnxruntime, openvino or torch"
             )
-        super().__init__(source, threads, device, precision, channels_last)
+        super().__init__(source, threads, device, precision, channels_last, **load)
         self.compiled = torch.compile(self.module, **_ISOLATE)
         t0 = time.perf_counter()
         size = self.meta.input_size

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
+from parvis.artifact import Preprocess, apply_given, load_program
+from parvis.engine.loading import load_model
+from parvis.models import VisionModel
 from parvis.runtimes.base import Runtime
 
 
@@ -35,18 +38,24 @@ class TorchRuntime(Runtime):
         device: str = "cpu",
         precision: str = "fp32",
         channels_last: bool | None = None,
+        model: VisionModel | None = None,
+        weights: str | None = None,
+        given: Preprocess | None = None,
     ):
-        from parvis.export import load_program, load_source
-
+        """`source`: a .pt2 program, a checkpoint, or a model name (with `weights`); or pass an already
+        loaded `model` (then `source` only names it)."""
         self.device = rt.resolve_device(device)
         self.precision = rt.resolve_precision(precision, self.device, "infer")
-        self.threads, self.source = threads, source
-        if source.endswith(".pt2"):
-            program, self.meta = load_program(source)
+        self.threads, self.source = threads, str(source)
+        if model is not None:
+            self.module, self.meta, self.kind = model.to(self.device).eval(), model.meta, "eager"
+        elif self.source.endswith(".pt2"):
+            program, meta = load_program(self.source)
+            self.meta = apply_given(meta, given)
             self.module = program.module().to(self.device)
             self.kind = "torch.export"
         else:
-            self.module = load_source(source, self.device)
+            self.module = load_model(self.source, self.device, weights=weights, given=given)
             self.meta = self.module.meta
             self.kind = "eager"
         if channels_last is None:
@@ -55,8 +64,12 @@ class TorchRuntime(Runtime):
         if channels_last and self.kind == "eager":
             self.module = self.module.to(memory_format=torch.channels_last)
 
-    @torch.inference_mode()
     def run(self, images) -> np.ndarray:
+        return self.run_tensor(images).cpu().numpy()
+
+    @torch.inference_mode()
+    def run_tensor(self, images) -> torch.Tensor:
+        """`run` without leaving torch: float32 output on the runtime's device (no numpy round trip)."""
         # detach(): a new tensor object, so a subclass may mark it (e.g. dynamic) without touching the caller's
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         x = x.to(self.device, torch.float32).detach()
@@ -64,7 +77,7 @@ class TorchRuntime(Runtime):
             x = x.contiguous(memory_format=torch.channels_last)
         with _threads(self.threads), rt.autocast(self.precision):
             out = self.forward(x)
-        return out.float().cpu().numpy()
+        return out.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)

@@ -189,7 +189,7 @@ class ServedModel:
     def load(self, observer=None) -> None:
         """Open `instances` copies of the model, each with its share of the cores, and warm them up
         at batch 1 and at max_batch_size (a compiled runtime compiles then, not on a user's request)."""
-        from parvis.engine.predict import load_predictor
+        from parvis.runtimes import open_predictor
 
         cfg = self.spec.config
         start = time.perf_counter()
@@ -201,7 +201,7 @@ class ServedModel:
             dev = device
             if device.type == "cuda" and cfg.instances > 1:
                 dev = torch.device("cuda", i % max(1, len(runtime.inventory().gpus)))
-            model, info = load_predictor(cfg.source, dev, cfg.runtime or None, cfg.precision, threads)
+            model, info = open_predictor(cfg.source, dev, cfg.runtime or None, cfg.precision, threads)
             models.append(model)
         self.meta = models[0].meta
         self.postprocess = models[0].postprocess  # detection decoding (peaks -> boxes), off the instances

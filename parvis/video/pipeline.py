@@ -2,13 +2,15 @@
 
     summary = run_video(["a.mp4", "b.mp4"], model, out="runs/video", batch=4)
 
-Stages are threads joined by bounded queues:
+Stages are threads joined by bounded queues; after the muxer each thread is a `StageThread` running
+small stage objects, one job each:
 
     source threads (one per stream: decode + resize + normalize)
         -> StreamMuxer (batches across streams; back-pressure in file mode, counted drops in live mode)
-        -> inference thread (one batch at a time, any runtime)
-        -> tracking thread (one ByteTracker per stream: all tracking state lives on this thread; annotation)
-        -> writer thread (annotated MP4 and JSONL per stream, atomically renamed when complete)
+        -> inference thread: Infer (one batch at a time, any runtime, under the run's precision)
+        -> tracking thread: Track (one ByteTracker per stream: all tracking state lives on this thread), Annotate
+        -> writer thread: Write into StreamSinks (annotated MP4 and JSONL per stream, published atomically
+           when the run completes), Progress
 
 A source that fails (missing file, unreadable stream, lost connection) is reported in the summary and
 closed; the other streams go on. Network sources retry with backoff before giving up.
@@ -16,6 +18,7 @@ closed; the other streams go on. Network sources retry with backoff before givin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -28,9 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image
 from parvis.errors import BadSampleError, ParvisError
-from parvis.video.muxer import StreamMuxer
+from parvis.io import atomic_write_text, publish
+from parvis.video.io import open_writer, probe, read_frames
+from parvis.video.mot import format_mot
+from parvis.video.muxer import Packet, StreamMuxer
+from parvis.video.tracker import ByteTracker
 
 NETWORK_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 
@@ -83,8 +91,6 @@ def _frames_of(source: str, state: StreamState) -> Iterator[np.ndarray]:
         return
     if not is_network(source) and not path.exists():
         raise ParvisError(f"{source}: no such file or folder")
-    from parvis.video.io import probe, read_frames
-
     if not is_network(source):
         info = probe(source)
         state.fps = float(info.get("fps") or state.fps)
@@ -165,6 +171,210 @@ def _source_thread(stream: int, state: StreamState, mux: StreamMuxer, prep: Lett
     mux.end(stream)
 
 
+# --------------------------------------------------------------------------- stages after the muxer
+
+
+@dataclass
+class Work:
+    """One frame on its way from the muxer to the sinks."""
+
+    packet: Packet  # .item is the source's FrameItem
+    result: object = None  # the model's structure (Detections, ...), then the tracked one
+    frame: np.ndarray | None = None  # the annotated frame, when video is written
+
+
+class Infer:
+    """A batch of packets -> Work items with the model's results. The model runs under `precision`'s
+    autocast, on this stage's thread (autocast is per thread): an eager model computes at the
+    precision the run reports, and a model that applies its own precision is unaffected."""
+
+    busy_key = "infer_s"
+
+    def __init__(self, model, precision: runtime.Precision | None):
+        self.model, self.precision = model, precision
+        self.sizes: list[int] = []  # frames per batch, for the summary
+
+    def __call__(self, packets: list[Packet]) -> list[Work]:
+        x = torch.stack([p.item.tensor for p in packets])
+        with torch.inference_mode():
+            with runtime.autocast(self.precision) if self.precision else contextlib.nullcontext():
+                raw = self.model(x)
+            # Decoding (peaks, boxes) in fp32, as predict does: bf16 keeps ~3 significant digits.
+            results = self.model.postprocess(raw.float() if isinstance(raw, torch.Tensor) else raw)
+        self.sizes.append(len(packets))
+        return [Work(p, r) for p, r in zip(packets, results, strict=True)]
+
+
+class Track:
+    """Detections to frame pixels, then one tracker per stream gives every box its track id. All
+    tracking state lives here, so this stage runs on one thread."""
+
+    busy_key = "track_s"
+
+    def __init__(self, make_tracker, score_threshold: float):
+        self.make_tracker, self.score_threshold = make_tracker, score_threshold
+        self.trackers: dict[int, object] = {}
+
+    def __call__(self, batch: list[Work]) -> list[Work]:
+        for w in batch:
+            if w.packet.stream not in self.trackers:
+                self.trackers[w.packet.stream] = self.make_tracker()
+            detections = _to_frame(w.result, w.packet.item.scale, self.score_threshold)
+            w.result = self.trackers[w.packet.stream].update(detections)
+        return batch
+
+
+class Annotate:
+    """Draws each result on a copy of its frame."""
+
+    busy_key = "annotate_s"
+
+    def __init__(self):
+        from parvis.video.annotate import annotate  # drawing pulls in PIL and the predict module
+
+        self.draw = annotate
+
+    def __call__(self, batch: list[Work]) -> list[Work]:
+        for w in batch:
+            w.frame = self.draw(w.packet.item.image, w.result)
+        return batch
+
+
+class Write:
+    """Work items -> the sinks: an event per frame, its annotated frame to the stream's video and the
+    mosaic; counts what was written and its latency from decode."""
+
+    busy_key = "write_s"
+
+    def __init__(self, sinks: StreamSinks, states: list[StreamState], mux: StreamMuxer, mosaic: Mosaic | None):
+        self.sinks, self.states, self.mux, self.mosaic = sinks, states, mux, mosaic
+
+    def __call__(self, batch: list[Work]) -> list[Work]:
+        for w in batch:
+            s, state = w.packet.stream, self.states[w.packet.stream]
+            self.sinks.event(s, state.source, w.packet.index, w.result)
+            if w.frame is not None:
+                self.sinks.video(f"stream_{s}", w.frame, state.fps)
+                if self.mosaic is not None and (tile := self.mosaic.add(s, w.frame, self._leader(s))) is not None:
+                    self.sinks.video("mosaic", tile, state.fps)
+            now = time.perf_counter()
+            state.written += 1
+            state.t_last = now
+            state.latencies.append(now - w.packet.item.t_decoded)
+        return batch
+
+    def _leader(self, default: int) -> int:
+        # The mosaic advances with the lowest-numbered stream that still has frames to come.
+        ended, states = self.mux.ended, self.states
+        return next((i for i in range(len(states)) if not (ended[i] and states[i].written >= states[i].decoded)),
+                    default)  # fmt: skip
+
+
+class Progress:
+    """Hands the running counts to the caller's progress callback (the CLI's live table) per batch."""
+
+    busy_key = None
+
+    def __init__(self, callback, states: list[StreamState], mux: StreamMuxer, busy: dict):
+        self.callback, self.states, self.mux, self.busy = callback, states, mux, busy
+
+    def __call__(self, batch: list[Work]) -> list[Work]:
+        self.callback(self.states, self.mux, {"decode_s": sum(s.busy_decode_s for s in self.states), **self.busy})
+        return batch
+
+
+class StageThread(threading.Thread):
+    """Runs `steps` in order on every item of `inbox` (an iterable: the muxer's batches, or a queue
+    read up to its None) and puts the result on `outbox`, a bounded queue, so a slow stage holds back
+    the ones before it. Each step's time adds to busy[step.busy_key]. None goes on `outbox` when the
+    inbox ends. A failure goes to `fail` (which stops the run), then the inbox is drained so the
+    stage before never blocks on a full queue."""
+
+    def __init__(self, name: str, inbox, steps: list, outbox: queue.Queue | None, busy: dict, fail):
+        super().__init__(name=f"parvis-{name}", daemon=True)
+        self.inbox, self.steps, self.outbox, self.busy, self.fail = inbox, steps, outbox, busy, fail
+
+    def run(self) -> None:
+        try:
+            for item in self.inbox:
+                for step in self.steps:
+                    t0 = time.perf_counter()
+                    item = step(item)
+                    if step.busy_key:
+                        self.busy[step.busy_key] += time.perf_counter() - t0
+                if self.outbox is not None:
+                    self.outbox.put(item)
+        except BaseException as exc:  # noqa: BLE001 - reported by run_video
+            self.fail(exc)
+            for _ in self.inbox:
+                pass
+        finally:
+            if self.outbox is not None:
+                self.outbox.put(None)
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class StreamSinks:
+    """The files a run writes under `out`: stream_N.jsonl (and stream_N.mot.txt for detection),
+    stream_N.mp4 and mosaic.mp4.
+
+        with StreamSinks(out, detection=True) as sinks:
+            sinks.event(0, "a.mp4", 0, detections)
+            sinks.video("stream_0", frame, fps=15.0)
+
+    Opens in __enter__; each file starts on its first write as a hidden temp file beside its name.
+    __exit__ publishes them all (atomic rename) when the block ends cleanly and removes them when it
+    raised, so a failed run leaves no half-written output."""
+
+    def __init__(self, out: Path, detection: bool):
+        self.out, self.detection = Path(out), detection
+        self._logs: dict[int, list] = {}
+        self._videos: dict[str, object] = {}
+
+    def __enter__(self) -> StreamSinks:
+        self._files = contextlib.ExitStack()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self._files.__exit__(*exc)
+
+    def event(self, stream: int, source: str, index: int, result) -> None:
+        if stream not in self._logs:
+            kinds = ("jsonl", "mot.txt") if self.detection else ("jsonl",)
+            self._logs[stream] = [self._files.enter_context(_text_sink(self.out / f"stream_{stream}.{k}"))
+                                  for k in kinds]  # fmt: skip
+        logs = self._logs[stream]
+        event = {"stream": stream, "source": source, "frame": index, "t": round(time.time(), 3), **result.to_dict()}
+        logs[0].write(json.dumps(event) + "\n")
+        if self.detection:  # MOTChallenge tracks, 1-based frames, for MOT evaluation
+            logs[1].writelines(line + "\n" for line in format_mot(index + 1, result))
+
+    def video(self, name: str, frame: np.ndarray, fps: float) -> None:
+        """Append `frame` to NAME.mp4, which takes the size of its first frame."""
+        if name not in self._videos:
+            path = self.out / f"{name}.mp4"
+            self._videos[name] = self._files.enter_context(open_writer(path, frame.shape[1], frame.shape[0], fps))
+        self._videos[name].write(frame)
+
+
+@contextlib.contextmanager
+def _text_sink(path: Path) -> Iterator:
+    """A text file written as .NAME.partial beside `path`: renamed to `path` on a clean exit,
+    removed on an error."""
+    tmp = path.parent / f".{path.name}.partial"
+    f = open(tmp, "w")  # noqa: SIM115 - closed on both paths below
+    try:
+        yield f
+    except BaseException:
+        f.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    f.close()
+    publish(tmp, path)
+
+
 # --------------------------------------------------------------------------- run
 
 
@@ -183,13 +393,12 @@ def run_video(
     tracker_factory=None,
     track_threshold: float = 0.4,
     mosaic: bool = False,
+    precision: runtime.Precision | None = None,
 ) -> dict:
-    """Run every source through `model` (a VisionModel, e.g. from load_predictor); write per-stream
-    annotated MP4 and JSONL under `out` and return (and write) summary.json's content."""
-    from parvis.video.annotate import annotate
-    from parvis.video.mot import format_mot
-    from parvis.video.tracker import ByteTracker
-
+    """Run every source through `model` (a VisionModel, e.g. from open_predictor); write per-stream
+    annotated MP4 and JSONL under `out` and return (and write) summary.json's content. `precision`
+    (from runtime.resolve_precision) is the autocast the model runs under; summary["precision"]
+    names it (None: the model ran as given)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = model.meta
@@ -198,155 +407,66 @@ def run_video(
     mux = StreamMuxer(n, batch, push_timeout_ms, queue_size, [s.live for s in states])
     prep = preprocessor(meta)
     stop = threading.Event()
-    to_track: queue.Queue = queue.Queue(maxsize=4)
-    to_write: queue.Queue = queue.Queue(maxsize=8)
     busy = {"infer_s": 0.0, "track_s": 0.0, "annotate_s": 0.0, "write_s": 0.0}
-    batches: list[int] = []
     failure: list[BaseException] = []
+
+    def fail(exc: BaseException) -> None:
+        failure.append(exc)
+        stop.set()
+        mux.close()
+
     # Tracks start from detections scoring >= track_threshold and are confirmed at once; lower scores
     # (down to 0.1) only continue tracks. On the synthetic clips with the shapes detector: MOTA 0.82
     # at 0.4 and one hit, 0.76 with ByteTrack's usual 0.5 and two hits (its scores on video run lower).
     make_tracker = tracker_factory or (lambda: ByteTracker(high_thresh=track_threshold, min_hits=1))
-
-    def infer() -> None:
-        try:
-            with torch.inference_mode():
-                for packets in mux.batches():
-                    t0 = time.perf_counter()
-                    x = torch.stack([p.item.tensor for p in packets])
-                    raw = model(x)
-                    results = model.postprocess(raw)
-                    busy["infer_s"] += time.perf_counter() - t0
-                    batches.append(len(packets))
-                    to_track.put(list(zip(packets, results, strict=True)))
-        except BaseException as exc:  # noqa: BLE001 - reported by run_video
-            failure.append(exc)
-            stop.set()
-            mux.close()
-        finally:
-            to_track.put(None)
-
-    def track() -> None:
-        trackers = {}
-        try:
-            while (items := to_track.get()) is not None:
-                for packet, result in items:
-                    state = states[packet.stream]
-                    t0 = time.perf_counter()
-                    if meta.task == "detection":
-                        result = _to_frame(result, packet.item.scale, score_threshold)
-                        tracker = trackers.setdefault(packet.stream, make_tracker())
-                        result = tracker.update(result)
-                    t1 = time.perf_counter()
-                    frame = annotate(packet.item.image, result) if write_video else None
-                    t2 = time.perf_counter()
-                    busy["track_s"] += t1 - t0
-                    busy["annotate_s"] += t2 - t1
-                    to_write.put((packet, state, result, frame))
-        except BaseException as exc:  # noqa: BLE001
-            failure.append(exc)
-            stop.set()
-            mux.close()
-            while to_track.get() is not None:  # let the inference thread finish
-                pass
-        finally:
-            to_write.put(None)
-
-    tiler = Mosaic(n) if mosaic and write_video else None
-
-    def write() -> None:
-        writers, logs, tmp_logs = {}, {}, {}
-        try:
-            while (item := to_write.get()) is not None:
-                packet, state, result, frame = item
-                t0 = time.perf_counter()
-                s = packet.stream
-                if (s, "jsonl") not in logs:
-                    for kind in ("jsonl", "mot.txt") if meta.task == "detection" else ("jsonl",):
-                        tmp_logs[(s, kind)] = out / f".stream_{s}.{kind}.partial"
-                        logs[(s, kind)] = open(tmp_logs[(s, kind)], "w")  # noqa: SIM115 - closed below
-                event = {"stream": s, "source": state.source, "frame": packet.index, "t": round(time.time(), 3),
-                         **result.to_dict()}  # fmt: skip
-                logs[(s, "jsonl")].write(json.dumps(event) + "\n")
-                if (s, "mot.txt") in logs:  # MOTChallenge tracks, 1-based frames, for MOT evaluation
-                    logs[(s, "mot.txt")].writelines(line + "\n" for line in format_mot(packet.index + 1, result))
-                if frame is not None:
-                    if s not in writers:
-                        from parvis.video.io import open_writer
-
-                        cm = open_writer(out / f"stream_{s}.mp4", frame.shape[1], frame.shape[0], state.fps)
-                        writers[s] = (cm, cm.__enter__())
-                    writers[s][1].write(frame)
-                    if tiler is not None:
-                        # The mosaic advances with the lowest-numbered stream that still has frames to come.
-                        leader = next(
-                            (i for i in range(n) if not (mux.ended[i] and states[i].written >= states[i].decoded)), s
-                        )
-                        tile = tiler.add(s, frame, leader)
-                    if tiler is not None and tile is not None:
-                        if "mosaic" not in writers:
-                            from parvis.video.io import open_writer
-
-                            cm = open_writer(out / "mosaic.mp4", tile.shape[1], tile.shape[0], states[s].fps)
-                            writers["mosaic"] = (cm, cm.__enter__())
-                        writers["mosaic"][1].write(tile)
-                now = time.perf_counter()
-                busy["write_s"] += now - t0
-                state.written += 1
-                state.t_last = now
-                state.latencies.append(now - packet.item.t_decoded)
-                if progress is not None:
-                    progress(states, mux, {"decode_s": sum(x.busy_decode_s for x in states), **busy})
-        except BaseException as exc:  # noqa: BLE001
-            failure.append(exc)
-            stop.set()
-            mux.close()
-            while to_write.get() is not None:
-                pass
-        finally:
-            for cm, _ in writers.values():
-                cm.__exit__(*((type(failure[0]), failure[0], None) if failure else (None, None, None)))
-            for (s, kind), f in logs.items():
-                f.close()
-                if not failure:
-                    tmp_logs[(s, kind)].replace(out / f"stream_{s}.{kind}")
-                else:
-                    tmp_logs[(s, kind)].unlink(missing_ok=True)
-
+    infer = Infer(model, precision)
+    after_infer = [Track(make_tracker, score_threshold)] if meta.task == "detection" else []
+    after_infer += [Annotate()] if write_video else []
+    to_track: queue.Queue = queue.Queue(maxsize=4)  # batches
+    to_write: queue.Queue = queue.Queue(maxsize=max(1, 8 // batch))  # batches: about 8 frames
+    interrupted = False
     start = time.perf_counter()
-    sources_t = [
-        threading.Thread(
-            target=_source_thread, args=(i, states[i], mux, prep, stop, retries), daemon=True, name=f"parvis-source-{i}"
-        )  # fmt: skip
-        for i in range(n)
-    ]
-    stages = [threading.Thread(target=f, daemon=True, name=f"parvis-{f.__name__}") for f in (infer, track, write)]
-    for t in sources_t + stages:
-        t.start()
-    try:
-        for t in stages:
-            while t.is_alive():
-                t.join(0.2)
-    except KeyboardInterrupt:
-        stop.set()
-        mux.close()
-        for t in stages:
-            t.join(30)
-        raise
-    finally:
-        stop.set()
-        mux.close()
+    with StreamSinks(out, meta.task == "detection") as sinks:
+        writing = [Write(sinks, states, mux, Mosaic(n) if mosaic and write_video else None)]
+        writing += [Progress(progress, states, mux, busy)] if progress is not None else []
+        stages = [
+            StageThread("infer", mux.batches(), [infer], to_track, busy, fail),
+            StageThread("track", iter(to_track.get, None), after_infer, to_write, busy, fail),
+            StageThread("write", iter(to_write.get, None), writing, None, busy, fail),
+        ]
+        sources_t = [
+            threading.Thread(target=_source_thread, args=(i, s, mux, prep, stop, retries), daemon=True,
+                             name=f"parvis-source-{i}")
+            for i, s in enumerate(states)
+        ]  # fmt: skip
+        for t in sources_t + stages:
+            t.start()
+        try:
+            for t in stages:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:  # stop reading; what was read is written and published, then re-raised
+            interrupted = True
+            stop.set()
+            mux.close()
+            for t in stages:
+                t.join(30)
+        finally:
+            stop.set()
+            mux.close()
+        if failure:  # raised inside the sinks' block: nothing half-written is published
+            if isinstance(failure[0], ParvisError):
+                raise failure[0]
+            raise ParvisError(f"video pipeline failed: {type(failure[0]).__name__}: {failure[0]}")
+        if any(t.is_alive() for t in stages):
+            raise KeyboardInterrupt
+    if interrupted:
+        raise KeyboardInterrupt
     wall = time.perf_counter() - start
-    if failure:
-        exc = failure[0]
-        if isinstance(exc, ParvisError):
-            raise exc
-        raise ParvisError(f"video pipeline failed: {type(exc).__name__}: {exc}")
-    summary = _summary(states, mux, wall, busy, batches, out, write_video)
+    summary = _summary(states, mux, wall, busy, infer.sizes, out, write_video)
+    summary["precision"] = precision.name if precision else None
     if meta.task == "detection":
         _evaluate_tracks(summary, out)
-    from parvis.io import atomic_write_text
-
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -6,7 +6,8 @@ import pytest
 
 from parvis.config import TrainConfig
 from parvis.engine.trainer import train
-from parvis.export import export_model, load_source
+from parvis.engine.loading import load_model
+from parvis.export import export_model
 
 
 @pytest.fixture(scope="session")
@@ -18,5 +19,5 @@ def trained(shapes_dir, tmp_path_factory):
         weight_decay=1e-4, warmup_epochs=0.2, workers=0, out=str(out / "run"), eval_every=6,
     )  # fmt: skip
     train(cfg, quiet=True)
-    export_model(load_source(str(out / "run" / "best.pt")), out / "fp32.onnx", "onnx")
+    export_model(load_model(str(out / "run" / "best.pt")), out / "fp32.onnx", "onnx")
     return shapes_dir, out

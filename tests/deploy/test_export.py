@@ -10,7 +10,8 @@ import torch
 import parvis.export as export_mod
 from parvis.cli.main import main
 from parvis.errors import ParvisError
-from parvis.export import export_model, read_metadata
+from parvis.artifact import read_metadata
+from parvis.export import export_model
 from parvis.models import MODELS, build_model
 from parvis.models.base import ClassificationModel, ModelMeta
 from parvis.runtimes import open_runtime

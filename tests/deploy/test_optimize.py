@@ -10,7 +10,8 @@ import torch
 from parvis.cli.main import main
 from parvis.engine.evaluate import evaluate_checkpoint
 from parvis.errors import ParvisError
-from parvis.export import export_model, load_source
+from parvis.engine.loading import load_model
+from parvis.export import export_model
 from parvis.optimize import optimize
 
 QUICK = {"rounds": 1, "iters": 1, "latency_iters": 3, "batches": (4,), "threads": (1,), "calib": 8}
@@ -21,7 +22,7 @@ PAIRS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
 def untrained_onnx(trained, tmp_path_factory):
     """The same architecture and metadata with fresh random weights: a deliberately over-budget candidate."""
     _, out = trained
-    model = load_source(str(out / "run" / "best.pt"))
+    model = load_model(str(out / "run" / "best.pt"))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():

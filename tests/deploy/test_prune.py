@@ -13,7 +13,8 @@ from parvis.cli import prune as prune_cli
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.engine.evaluate import evaluate_checkpoint
 from parvis.errors import ParvisError
-from parvis.export import export_model, load_source
+from parvis.engine.loading import load_model
+from parvis.export import export_model
 from parvis.models import build_model
 from parvis.prune import prune_checkpoint, prune_model, pruned_structure
 
@@ -41,7 +42,7 @@ def _save_pruned(path, model):
 
 def test_channels_are_really_removed(trained):
     data, out, report = trained
-    source, pruned = load_source(str(out / "run" / "best.pt")), load_source(str(out / "pruned" / "pruned.pt"))
+    source, pruned = load_model(str(out / "run" / "best.pt")), load_model(str(out / "pruned" / "pruned.pt"))
     params = report["params"]
     assert params["before"] == sum(p.numel() for p in source.parameters())
     assert params["after"] == sum(p.numel() for p in pruned.parameters())
@@ -84,9 +85,9 @@ def test_metric_after_finetune_within_stated_drop(trained):
 
 def test_pruned_checkpoint_reloads_with_identical_outputs(trained, tmp_path):
     _, out, _ = trained
-    model = prune_model(load_source(str(out / "run" / "best.pt")), 0.3)
+    model = prune_model(load_model(str(out / "run" / "best.pt")), 0.3)
     _save_pruned(tmp_path / "p.pt", model)
-    reloaded = load_source(str(tmp_path / "p.pt"))
+    reloaded = load_model(str(tmp_path / "p.pt"))
     x = torch.randn(3, 3, 48, 48, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(model.eval()(x), reloaded.float().to(memory_format=torch.contiguous_format)(x))
@@ -94,7 +95,7 @@ def test_pruned_checkpoint_reloads_with_identical_outputs(trained, tmp_path):
 
 def test_pruned_checkpoint_exports_to_onnx_with_parity(trained, tmp_path):
     _, out, _ = trained
-    report = export_model(load_source(str(out / "pruned" / "pruned.pt")), tmp_path / "p.onnx", "onnx")
+    report = export_model(load_model(str(out / "pruned" / "pruned.pt")), tmp_path / "p.onnx", "onnx")
     assert report["parity_max_abs_err"] < 1e-4 and (tmp_path / "p.onnx").stat().st_size > 0
 
 
@@ -165,7 +166,7 @@ def test_registered_models_prune_and_reload(name, tmp_path):
     torch.manual_seed(0)
     model = prune_model(build_model(name, classes, input_size=32), 0.3)
     _save_pruned(tmp_path / "p.pt", model)
-    reloaded = load_source(str(tmp_path / "p.pt")).float().to(memory_format=torch.contiguous_format)
+    reloaded = load_model(str(tmp_path / "p.pt")).float().to(memory_format=torch.contiguous_format)
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model.eval()(x)
