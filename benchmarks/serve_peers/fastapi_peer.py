@@ -36,8 +36,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from parvis.runtimes import open_predictor
 from parvis.errors import BadSampleError
+from parvis.runtimes import open_predictor
 from parvis.serve.preprocess import Preprocessor, result_dict
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
-from parvis.errors import ParvisError
 from parvis.artifact import is_quantized
+from parvis.errors import ParvisError
 from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES, open_runtime
 from parvis.runtimes.timing import time_calls, time_runtimes
 
@@ -44,8 +44,8 @@ def prepared_source(source: str, size: int | None = None) -> Iterator[tuple[str,
     INT8 calibration read the size from there). Artifacts have a fixed spatial size: a different
     `size` is refused.
     """
-    from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
     from parvis.artifact import read_metadata
+    from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
     from parvis.models import MODELS, build_model
     from parvis.models.base import ModelMeta
 
@@ -157,7 +157,7 @@ def _torch_rows(path: str, names: list[str], device: torch.device, threads: int 
 def _onnx_file(path: str, workdir: Path, progress: Progress) -> str:
     """`path` itself if it is ONNX, else an fp32 ONNX export of the checkpoint in `workdir`."""
     from parvis.engine.loading import load_model
-from parvis.export import export_model
+    from parvis.export import export_model
 
     if path.endswith(".onnx"):
         return path

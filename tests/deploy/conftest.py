@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from parvis.config import TrainConfig
-from parvis.engine.trainer import train
 from parvis.engine.loading import load_model
+from parvis.engine.trainer import train
 from parvis.export import export_model
 
 

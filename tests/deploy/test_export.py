@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import parvis.export as export_mod
+from parvis.artifact import read_metadata
 from parvis.cli.main import main
 from parvis.errors import ParvisError
-from parvis.artifact import read_metadata
 from parvis.export import export_model
 from parvis.models import MODELS, build_model
 from parvis.models.base import ClassificationModel, ModelMeta

@@ -9,8 +9,8 @@ import torch
 
 from parvis.cli.main import main
 from parvis.engine.evaluate import evaluate_checkpoint
-from parvis.errors import ParvisError
 from parvis.engine.loading import load_model
+from parvis.errors import ParvisError
 from parvis.export import export_model
 from parvis.optimize import optimize
 

@@ -12,8 +12,8 @@ from torch import nn
 from parvis.cli import prune as prune_cli
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.engine.evaluate import evaluate_checkpoint
-from parvis.errors import ParvisError
 from parvis.engine.loading import load_model
+from parvis.errors import ParvisError
 from parvis.export import export_model
 from parvis.models import build_model
 from parvis.prune import prune_checkpoint, prune_model, pruned_structure
