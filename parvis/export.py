@@ -5,8 +5,8 @@ H x W, normalized with the metadata's mean/std) and return its raw output (logit
 batch dimension. The model metadata (task, input size, mean/std, class names, ...) travels inside the
 artifact: ONNX `metadata_props["parvis.meta"]`, or the `parvis_meta.json` extra file of a
 torch.export archive (`parvis.artifact` owns the format). Every export is checked against the source
-model in eager fp32 on a batch size other than the one it was traced with (which also proves the batch dimension is dynamic); the
-maximum absolute difference is printed and stored next to the metadata. A failed check writes
+model in eager fp32 on a batch size other than the one it was traced with (which also proves the batch
+dimension is dynamic); the maximum absolute difference is printed and stored next to the metadata. A failed check writes
 nothing.
 """
 
