@@ -1,0 +1,93 @@
+"""Problems a newcomer hit on a first run, each pinned by a test."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader, Dataset
+
+from parvis.errors import BadSampleError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _parvis(*args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "parvis", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd or REPO,
+    )
+
+
+class _Broken(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int):
+        raise BadSampleError(f"/data/img {index}.jpg", "corrupt or truncated image; re-create or remove it", kind="io")
+
+
+def test_bad_sample_error_survives_a_dataloader_worker():
+    # torch re-raises a worker's error as type(exc)(traceback text): it must come back as a
+    # BadSampleError with a one-line message naming the file, not a RuntimeError with a traceback.
+    loader = DataLoader(_Broken(), batch_size=2, num_workers=1)
+    with pytest.raises(BadSampleError) as info:
+        next(iter(loader))
+    assert str(info.value) == "/data/img 0.jpg: corrupt or truncated image; re-create or remove it"
+    assert info.value.path == "/data/img 0.jpg"
+    assert "\n" not in str(info.value)
+
+
+def test_bad_sample_error_pickles_whole():
+    err = pickle.loads(pickle.dumps(BadSampleError("a.png", "too many pixels", kind="size")))
+    assert (err.path, err.reason, err.kind, str(err)) == ("a.png", "too many pixels", "size", "a.png: too many pixels")
+
+
+@pytest.fixture(scope="module")
+def corrupt_shapes(tmp_path_factory) -> Path:
+    """A tiny shapes set whose classification train images are all truncated JPEGs."""
+    from parvis.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("corrupt") / "shapes"
+    synthesize(out, n=16, size=32, seed=0, workers=1, progress=False)
+    for path in (out / "classification" / "train").rglob("*.jpg"):
+        path.write_bytes(path.read_bytes()[:200])
+    return out
+
+
+def test_train_corrupt_jpeg_with_a_worker_is_one_line(corrupt_shapes, tmp_path):
+    proc = _parvis(
+        "train",
+        "--task",
+        "classification",
+        "--model",
+        "resnet18",
+        "--data",
+        str(corrupt_shapes),
+        "--epochs",
+        "1",
+        "--size",
+        "32",
+        "--batch",
+        "4",
+        "--workers",
+        "1",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("parvis: error: "), lines[0]
+    assert str(corrupt_shapes / "classification" / "train") in lines[0] and ".jpg" in lines[0]
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
