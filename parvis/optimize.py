@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from parvis import runtime as rt
-from parvis.bench.runtime import time_runtimes
 from parvis.errors import ParvisError
+from parvis.runtimes.timing import time_runtimes
 
 OBJECTIVES = ("throughput", "latency")
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import io
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from parvis.data import decode as decode_mod
+from parvis.runtimes.timing import time_calls
 
 
 def _sync(device: torch.device) -> None:
@@ -25,27 +25,9 @@ def _sync(device: torch.device) -> None:
 def time_repeated(
     fn: Callable[[], object], device: torch.device, seconds: float, min_reps: int = 3, warmup_s: float = 0.25
 ) -> float:
-    """Median seconds per call of `fn` over about `seconds` of wall time.
-
-    The warm-up is timed, not counted: the first calls in a process pay for thread-pool start-up,
-    page faults and clock ramp-up (measured: the first second of fp32 matmuls ran 20-35% slow).
-    """
-    warm_end = time.perf_counter() + warmup_s
-    while True:
-        fn()
-        _sync(device)
-        if time.perf_counter() >= warm_end:
-            break
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < min_reps or time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 1000:
-            break
-    return statistics.median(times)
+    """Median seconds per call of `fn` over about `seconds` of wall time, after `warmup_s` of untimed
+    calls (`parvis.runtimes.timing.time_calls`), waiting for `device` after each call."""
+    return statistics.median(time_calls(fn, seconds, min_reps, warmup_s, sync=lambda: _sync(device)))
 
 
 def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int | None = None, seconds: float = 1.0) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -13,13 +11,14 @@ from parvis.bench.suites import (
     Progress,
     _check_counts,
     _quiet,
-    _time_round_robin,
     header,
     prepared_source,
     random_images,
+    time_rows,
 )
 from parvis.errors import ParvisError
 from parvis.runtimes import open_runtime
+from parvis.runtimes.timing import time_calls
 
 
 def thread_counts(cores: int) -> list[int]:
@@ -68,7 +67,7 @@ def bench_scaling(
         models = {t: open_runtime(path, runtime, threads=t, precision=prec) for t in threads}
         cands = [{"runtime": runtime, "precision": f"{prec} {t} threads", "rt": models[t], "t": t} for t in threads]
         iters = max(1, _iters_for(models[threads[-1]], x, seconds / max(1, rounds)))
-        _time_round_robin(cands, x, rounds, iters, progress)
+        time_rows(cands, x, rounds, iters, progress)
         one = next((c["img_s"] for c in cands if c["t"] == 1), None)
         for c in cands:
             rows.append(
@@ -120,10 +119,8 @@ def bench_scaling(
 
 def _iters_for(model, x: np.ndarray, seconds: float) -> int:
     """Batches that take about `seconds` (from one timed call after a warm-up)."""
-    model.run(x)
-    t0 = time.perf_counter()
-    model.run(x)
-    return max(1, round(seconds / max(1e-6, time.perf_counter() - t0)))
+    (once,) = time_calls(lambda: model.run(x), 0.0, min_calls=1)
+    return max(1, round(seconds / max(1e-6, once)))
 
 
 def _gpu_scaling(path, runtime, meta, batch, seconds, notes, progress) -> list[dict]:
