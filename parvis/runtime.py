@@ -18,10 +18,13 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 
 import numpy as np
 import torch
 
+from parvis import __version__
 from parvis.errors import ParvisError
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
@@ -260,6 +263,41 @@ def inventory() -> Inventory:
 
 def has_cuda() -> bool:
     return bool(inventory().gpus)
+
+
+# Libraries whose version changes a measured figure (None where one is not installed).
+RESULT_LIBRARIES = ("torchvision", "onnx", "onnxruntime", "openvino")
+
+
+def result_header(device: str | torch.device | None = None) -> dict:
+    """What every result file says it ran on: `device` (left out when None), the torch version, the
+    machine (CPU, usable cores, GPUs, how busy it was) and the versions (parvis, Python, torch, CUDA,
+    the libraries that run models). bench suites, doctor, optimize and prune all write this block,
+    so `parvis report` reads one layout."""
+    inv = inventory()
+    versions: dict[str, str | None] = {
+        "parvis": __version__,
+        "python": inv.python,
+        "torch": torch.__version__,
+        "cuda": inv.cuda_version,
+    }
+    for pkg in RESULT_LIBRARIES:
+        try:
+            versions[pkg] = package_version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    header = {} if device is None else {"device": str(device)}
+    return header | {
+        "torch": torch.__version__,
+        "machine": {
+            "cpu": inv.cpu.model,
+            "usable_cores": inv.cpu.usable_cores,
+            "gpus": [g.name for g in inv.gpus],
+            # Other work on the machine skews every figure (on 2 cores, badly): say how busy it was.
+            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        },
+        "versions": versions,
+    }
 
 
 def default_device() -> torch.device:
