@@ -69,3 +69,31 @@ def test_bench_video_rows(setup, tmp_path):
 
     (section,) = build_sections(load_results([out])[0], plots=True)
     assert section.kind == "video" and section.figure is not None
+
+
+def _conv_dtypes_of(argv: list[str]) -> set[torch.dtype]:
+    """The dtypes every Conv2d computed in while `parvis ARGV` ran (hooks see all threads)."""
+    seen: set[torch.dtype] = set()
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        assert main(argv) == 0
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_video_command_computes_at_the_precision_it_prints(setup, tmp_path, capsys, precision):
+    # The eager checkpoint path (no --threads) used to print bf16 while its convolutions ran in fp32.
+    clip = str(sorted((setup / "video" / "clips").glob("*.mp4"))[0])
+    argv = ["video", clip, "--model", str(setup / "det.pt"), "--out", str(tmp_path), "--no-video",
+            "--precision", precision]  # fmt: skip
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+    assert _conv_dtypes_of(argv) == {dtype}
+    assert f"(torch {precision})" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["precision"] == precision

@@ -106,3 +106,23 @@ def test_classification_and_segmentation_models_run_too(clips, tmp_path):
         assert summary["streams"][0]["frames"] == 24
         event = json.loads((tmp_path / name / "stream_0.jsonl").read_text().splitlines()[0])
         assert ("class_name" in event) if name == "resnet18" else ("class_shares" in event)
+
+
+def test_the_model_runs_under_the_precision_given_and_the_summary_names_it(clips, tmp_path):
+    from parvis import runtime
+
+    seen = []
+
+    class Recording(BoxModel):
+        def forward(self, images):
+            seen.append(torch.nn.functional.conv2d(images, torch.ones(1, 3, 1, 1)).dtype)
+            return super().forward(images)
+
+    bf16 = runtime.resolve_precision("bf16", "cpu", "infer")
+    summary = run_video(clips[:1], Recording(), tmp_path / "bf16", batch=4, precision=bf16, write_video=False)
+    assert set(seen) == {torch.bfloat16} and summary["precision"] == "bf16"
+    assert summary["streams"][0]["frames"] == 24  # results decoded (in fp32) and tracked as usual
+    seen.clear()
+    summary = run_video(clips[:1], Recording(), tmp_path / "none", batch=4, write_video=False)
+    assert set(seen) == {torch.float32} and summary["precision"] is None
+
