@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from parvis.errors import ParvisError
 from parvis.models import build_model
 from parvis.models.base import ModelMeta, VisionModel
 from parvis.structures import Detections
 from parvis.video.io import open_writer, probe
-from parvis.video.pipeline import run_video
+from parvis.video.pipeline import StreamSinks, run_video
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +127,41 @@ def test_the_model_runs_under_the_precision_given_and_the_summary_names_it(clips
     summary = run_video(clips[:1], Recording(), tmp_path / "none", batch=4, write_video=False)
     assert set(seen) == {torch.float32} and summary["precision"] is None
 
+
+class FailingModel(BoxModel):
+    """Fails on its third batch, after earlier frames reached the writer."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("boom")
+        return super().forward(images)
+
+
+def test_a_failed_run_publishes_no_output(clips, tmp_path):
+    with pytest.raises(ParvisError, match="video pipeline failed: RuntimeError: boom"):
+        run_video(clips, FailingModel(), tmp_path, batch=2, mosaic=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no stream files, no temp files, no summary
+
+
+def test_stream_sinks_publish_on_a_clean_exit_and_remove_everything_on_an_error(tmp_path):
+    frame = np.zeros((32, 48, 3), np.uint8)
+    det = Detections(torch.tensor([[1.0, 2.0, 9.0, 12.0]]), torch.tensor([0.9]), torch.tensor([0]), ["square"],
+                     torch.tensor([7]))  # fmt: skip
+    with pytest.raises(RuntimeError), StreamSinks(tmp_path, detection=True) as sinks:
+        sinks.event(0, "a.mp4", 0, det)
+        sinks.video("stream_0", frame, 15.0)
+        assert {p.name for p in tmp_path.iterdir()} >= {".stream_0.jsonl.partial", ".stream_0.mot.txt.partial"}
+        raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []
+    with StreamSinks(tmp_path, detection=True) as sinks:
+        for i in range(3):
+            sinks.event(0, "a.mp4", i, det)
+            sinks.video("stream_0", frame, 15.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stream_0.jsonl", "stream_0.mot.txt", "stream_0.mp4"]
+    assert probe(tmp_path / "stream_0.mp4")["frames"] == 3
+    assert len((tmp_path / "stream_0.mot.txt").read_text().splitlines()) == 3
