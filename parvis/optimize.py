@@ -286,10 +286,7 @@ def optimize(
             "model": meta.name,
             "task": meta.task,
             "input_size": meta.input_size,
-            "device": str(dev),
-            "cpu": rt.inventory().cpu.model if dev.type == "cpu" else None,
-            "torch": torch.__version__,
-            "versions": _versions(),
+            **rt.result_header(dev),
             "budget_points": budget,
             "objective": objective,
             "batches": list(batches),
@@ -381,18 +378,6 @@ def _keep_artifact(chosen: dict, out: Path) -> Path:
     shutil.copyfile(src, tmp)
     tmp.replace(dst)
     return dst
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "onnx", "onnxruntime", "openvino"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def chosen_config(folder: str | Path) -> dict:

@@ -328,7 +328,7 @@ def prune_checkpoint(
             "batch": timing_kw["batch"],
             "rows": rows,
         },
-        "torch": torch.__version__,
+        **runtime.result_header(),
         "torch_pruning": _torch_pruning_version(),
     }
     # The checkpoint carries its own verification: what pruning cost in metric, measured on `data`.

@@ -13,7 +13,6 @@ noisy machine affects both alike.
 from __future__ import annotations
 
 import itertools
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parvis import __version__, runtime
+from parvis import runtime
 from parvis.data import decode as decode_mod
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader
@@ -165,11 +164,5 @@ def bench_data(
         "speedup": headline["speedup"],
         "rows": rows,
         "decoders": compare_decoders(sample_paths, min_size=size),
-        "machine": {
-            "cpu": runtime.inventory().cpu.model,
-            "usable_cores": runtime.inventory().cpu.usable_cores,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "parvis": __version__,
-        },
+        **runtime.result_header("cpu"),
     }

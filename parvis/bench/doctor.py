@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import torch
 
-from parvis import __version__, runtime
+from parvis import runtime
 from parvis.bench import micro
 
 JPEG_SIDE = 512  # decode timing image: a typical camera-frame-sized crop, not a thumbnail
@@ -32,12 +32,7 @@ def run_doctor(quick: bool = False) -> dict:
     inv = runtime.inventory()
     s = 0.25 if quick else 1.5
     report: dict = {
-        "versions": {
-            "parvis": __version__,
-            "torch": inv.torch_version,
-            "cuda": inv.cuda_version,
-            "python": inv.python,
-        },
+        **runtime.result_header(),
         "accelerator": inv.accelerator,
         "default_device": str(runtime.default_device()),
     }

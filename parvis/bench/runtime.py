@@ -160,7 +160,6 @@ def bench_runtime(
         "rounds": rounds,
         "iters_per_round": iters,
         "threads": threads or torch.get_num_threads(),
-        "device": "cpu",
-        "torch": torch.__version__,
+        **rt.result_header("cpu"),
         "rows": rows,
     }

@@ -488,24 +488,8 @@ def _flag(args: list[str], flag: str, cast=int):
 
 
 def _machine() -> dict:
-    import platform
-
-    import torch
-
-    from parvis import __version__
-
-    inv = rt.inventory()
-    return {
-        "device": "cpu",
-        "torch": torch.__version__,
-        "machine": {
-            "cpu": inv.cpu.model,
-            "usable_cores": inv.cpu.usable_cores,
-            "python": platform.python_version(),
-            "parvis": __version__,
-            "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        },
-    }
+    """The device/machine/versions block of a serve result (the client and server share the CPU)."""
+    return rt.result_header("cpu")
 
 
 # --------------------------------------------------------------------------- overload and soak

@@ -10,13 +10,12 @@ fraction of training time spent waiting for data.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
 import torch
 
-from parvis import __version__, runtime
+from parvis import runtime
 from parvis.engine.trainer import apply_gradients
 from parvis.errors import ParvisError
 
@@ -180,17 +179,10 @@ def bench_train(
         "steps": steps,
         "warmup": warmup,
         "rounds": rounds,
-        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        **runtime.result_header(dev),
         "rows": rows,
         "auto": next(r for r in rows if r["config"] == "auto"),
-        "machine": {
-            "cpu": runtime.inventory().cpu.model,
-            "usable_cores": runtime.inventory().cpu.usable_cores,
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "parvis": __version__,
-        },
     }
     if data:
         result["end_to_end"] = _end_to_end(model, task, data, size, batch, steps, warmup, dev, workers, progress)
