@@ -1,7 +1,8 @@
 """`parvis serve MODEL_OR_REPO...`: an HTTP inference server with dynamic batching.
 
-MODEL_OR_REPO: a checkpoint, an .onnx/.pt2 artifact, a `parvis optimize` folder, a registered model
-name (random weights), or a model repository (one subfolder per model, optional model.yaml each)."""
+MODEL_OR_REPO: a checkpoint, an .onnx/.pt2 artifact (an ONNX file made elsewhere serves raw tensors on
+/infer, and images once its preprocessing is given), a `parvis optimize` folder, a registered or zoo name
+(with --weights), or a model repository (one subfolder per model, optional model.yaml each)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ipaddress
 import logging
 import os
 
+from parvis.cli.model_args import add_model_args, preprocess_from
 from parvis.cli.output import console
 from parvis.errors import ParvisError
 
@@ -86,6 +88,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--workers", type=int, default=0, help="decode/preprocess threads (default: usable cores)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -110,6 +113,9 @@ def run(args) -> int:
         },
     )  # fmt: skip
     specs = resolve_specs(args.models, defaults)
+    given = preprocess_from(args)
+    for spec in specs:
+        spec.weights, spec.given = args.weights, given
     config = ServerConfig(
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),

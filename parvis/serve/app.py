@@ -34,11 +34,12 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from parvis import runtime
+from parvis.artifact import TENSOR_TASK
 from parvis.data.decode import MAX_IMAGE_PIXELS
 from parvis.errors import BadSampleError, ParvisError
 from parvis.serve.batching import BatcherClosedError, QueueFullError
 from parvis.serve.metrics import ServeMetrics
-from parvis.serve.models import ModelSpec, ServedModel
+from parvis.serve.models import ModelSpec, ServedModel, numpy_dtype
 from parvis.serve.preprocess import MASK_FORMATS, Preprocessor, result_dict
 
 log = logging.getLogger("parvis.serve")
@@ -122,7 +123,8 @@ class Server:
         try:
             for name, model in self.models.items():
                 model.load(self.metrics.observer(name, lambda m=model: m.batcher))
-                self.preprocessors[name] = Preprocessor(model.meta, self.config.max_pixels)
+                if model.meta.task != TENSOR_TASK:  # raw-tensor models take no images
+                    self.preprocessors[name] = Preprocessor(model.meta, self.config.max_pixels)
                 log.info("model %s ready: %s", name, json.dumps(model.describe()))
             # Everything loaded so far (torch, the models, the runtimes) lives as long as the server:
             # keep it out of the cyclic collector's full passes, which otherwise stall the event loop.
@@ -387,6 +389,11 @@ async def _await_batch(model: ServedModel, futures):
 async def _predict(
     server: Server, model: ServedModel, request: Request, mask: str, timeout: float, min_score: float = 0.3
 ):
+    if model.meta.task == TENSOR_TASK:
+        raise HTTPError(
+            422,
+            f"model {model.name!r} takes raw tensors, not images; POST KServe v2 JSON to /v1/models/{model.name}/infer",
+        )
     ctype = _content_type(request)
     if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "multipart/form-data")):
         raise HTTPError(
@@ -455,6 +462,67 @@ def parse_v2_input(payload, meta, max_items: int) -> np.ndarray:
     return data.reshape(shape)
 
 
+def parse_v2_tensors(payload, meta, max_items: int) -> list[dict]:
+    """A KServe v2 request for a raw-tensor model -> one {input name: array} per sample (the first axis
+    of every input is the batch axis, the same N for all); HTTPError 422 names the problem."""
+    specs = {t["name"]: t for t in meta.extra["inputs"]}
+    if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+        raise HTTPError(422, 'expected {"inputs": [{"name", "shape", "datatype", "data"}, ...]}')
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in payload["inputs"]:
+        if not isinstance(tensor, dict) or not {"name", "shape", "datatype", "data"} <= tensor.keys():
+            raise HTTPError(422, "every input needs 'name', 'shape', 'datatype' and 'data'")
+        name = tensor["name"]
+        if name not in specs:
+            raise HTTPError(422, f"input {name!r} is not an input of this model; it takes {', '.join(specs)}")
+        spec, shape = specs[name], tensor["shape"]
+        if tensor["datatype"] != spec["dtype"]:
+            raise HTTPError(422, f"input {name!r}: datatype {tensor['datatype']!r}, the model takes {spec['dtype']}")
+        fits = (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and d >= 0 for d in shape)
+            and len(shape) == len(spec["shape"])
+            and all(not isinstance(m, int) or m == d for m, d in zip(spec["shape"][1:], shape[1:], strict=True))
+            and 1 <= (shape[0] if shape else 0) <= max_items
+        )
+        if not fits:
+            want = [d if isinstance(d, int) else "?" for d in spec["shape"]]
+            raise HTTPError(422, f"input {name!r}: shape {shape} does not fit {want} (first axis 1..{max_items})")
+        try:
+            data = np.asarray(tensor["data"], dtype=numpy_dtype(spec["dtype"])).reshape(-1)
+        except (ValueError, TypeError):
+            raise HTTPError(422, f"input {name!r}: data must be a list of numbers") from None
+        if data.size != math.prod(shape):
+            raise HTTPError(
+                422, f"input {name!r}: data holds {data.size} values, shape {shape} needs {math.prod(shape)}"
+            )
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise HTTPError(422, f"input {name!r}: data holds NaN or infinity; send finite values")
+        arrays[name] = data.reshape(shape)
+    missing = sorted(set(specs) - set(arrays))
+    if missing:
+        raise HTTPError(422, f"missing input(s) {', '.join(missing)}; the model takes {', '.join(specs)}")
+    counts = {a.shape[0] for a in arrays.values()}
+    if len(counts) != 1:
+        raise HTTPError(422, f"inputs have different first-axis (batch) sizes {sorted(counts)}; send one N for all")
+    n = counts.pop()
+    return [{name: a[i] for name, a in arrays.items()} for i in range(n)]
+
+
+def v2_outputs(samples: list[dict]) -> list[dict]:
+    """Per-sample {output name: array} stacked back into KServe v2 output tensors."""
+    out = []
+    for name in samples[0]:
+        value = np.stack([s[name] for s in samples])
+        dtype = next((k for k, v in _V2_NAMES.items() if value.dtype == v), str(value.dtype).upper())
+        out.append({"name": name, "shape": list(value.shape), "datatype": dtype, "data": value.reshape(-1).tolist()})
+    return out
+
+
+_V2_NAMES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+             "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}  # fmt: skip
+
+
 async def _infer(server: Server, model: ServedModel, request: Request):
     ctype = _content_type(request)
     if ctype and ctype != "application/json":
@@ -467,7 +535,21 @@ async def _infer(server: Server, model: ServedModel, request: Request):
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"body is not valid JSON ({exc})") from None
+        if model.meta.task == TENSOR_TASK:
+            return payload, parse_v2_tensors(payload, model.meta, model.spec.config.max_queue)
         return payload, parse_v2_input(payload, model.meta, model.spec.config.max_queue)
+
+    if model.meta.task == TENSOR_TASK:
+        payload, samples = await loop.run_in_executor(server.pool, parse)
+        slots = _reserve(server, model, len(samples))
+        slots = slots if isinstance(slots, list) else [slots]
+        timeout = model.spec.config.timeout_ms / 1000.0
+        futures = [slot.submit(x, timeout) for slot, x in zip(slots, samples, strict=True)]
+        done = await _await_batch(model, futures)
+        result = {"model_name": model.name, "outputs": v2_outputs([d.value for d in done])}
+        if isinstance(payload.get("id"), str):
+            result["id"] = payload["id"]
+        return JSONResponse(result, headers=_batch_headers(done[0]))
 
     payload, array = await loop.run_in_executor(server.pool, parse)
     slots = _reserve(server, model, array.shape[0])

@@ -22,17 +22,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from parvis import runtime
+from parvis.artifact import TENSOR_TASK, Preprocess
 from parvis.config import ConfigValueError, _read_yaml, _require, load_config
+from parvis.engine.loading import is_model_name
 from parvis.errors import ParvisError
-from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES
+from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES, open_predictor
 from parvis.serve.batching import DynamicBatcher
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 MODEL_CONFIG = "model.yaml"
-SERVED_TASKS = ("classification", "segmentation", "detection")
+SERVED_TASKS = ("classification", "segmentation", "detection", TENSOR_TASK)
 
 
 @dataclass
@@ -76,6 +79,8 @@ class ModelConfig:
 class ModelSpec:
     name: str
     config: ModelConfig
+    weights: str | None = None  # for model names: a local file or a cached zoo weights tag (--weights)
+    given: Preprocess | None = None  # preprocessing stated by flags (a foreign ONNX file's, or overrides)
 
 
 def _is_model_file(path: Path) -> bool:
@@ -86,8 +91,6 @@ def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
     """Specs for every model named on the command line: files, optimize folders, registered names
     and repositories; `NAME=MODEL` names a single model. Checks paths and configs now, so a mistake
     stops the server before it starts."""
-    from parvis.models import MODELS
-
     specs: list[ModelSpec] = []
     for item in sources:
         name, sep, rest = item.partition("=")
@@ -107,12 +110,12 @@ def resolve_specs(sources: list[str], defaults: ModelConfig) -> list[ModelSpec]:
             specs.append(_model_folder(path, defaults))
         elif path.is_dir():
             specs += _repository(path, defaults)
-        elif item in MODELS.names():
-            specs.append(ModelSpec(item, dataclasses.replace(defaults, source=item)))
+        elif is_model_name(item):  # a registered name or torchvision:NAME / timm:NAME; served as NAME
+            specs.append(ModelSpec(item.rpartition(":")[2], dataclasses.replace(defaults, source=item)))
         else:
             raise ParvisError(
-                f"{item}: no such file or folder, and not a registered model name; check the path "
-                "(see `parvis train --help` for names)"
+                f"{item}: no such file or folder, and not a model name; check the path "
+                "(`parvis models` lists the names)"
             )
     seen: dict[str, str] = {}
     for spec in specs:
@@ -189,8 +192,6 @@ class ServedModel:
     def load(self, observer=None) -> None:
         """Open `instances` copies of the model, each with its share of the cores, and warm them up
         at batch 1 and at max_batch_size (a compiled runtime compiles then, not on a user's request)."""
-        from parvis.runtimes import open_predictor
-
         cfg = self.spec.config
         start = time.perf_counter()
         device = runtime.resolve_device(cfg.device)
@@ -201,7 +202,10 @@ class ServedModel:
             dev = device
             if device.type == "cuda" and cfg.instances > 1:
                 dev = torch.device("cuda", i % max(1, len(runtime.inventory().gpus)))
-            model, info = open_predictor(cfg.source, dev, cfg.runtime or None, cfg.precision, threads)
+            model, info = open_predictor(
+                cfg.source, dev, cfg.runtime or None, cfg.precision, threads, weights=self.spec.weights,
+                given=self.spec.given,
+            )  # fmt: skip
             models.append(model)
         self.meta = models[0].meta
         self.postprocess = models[0].postprocess  # detection decoding (peaks -> boxes), off the instances
@@ -209,13 +213,21 @@ class ServedModel:
             raise ParvisError(f"{cfg.source}: serving {self.meta.task} models is not supported yet "
                               f"({', '.join(SERVED_TASKS)} are)")  # fmt: skip
         self.info = {**info, "threads_per_instance": threads}
-        fns = [_batch_fn(m) for m in models]
-        size = self.meta.input_size
+        max_batch = cfg.max_batch_size
+        if self.meta.task == TENSOR_TASK:
+            max_batch = min(max_batch, tensor_batch_limit(self.meta, cfg.source))
+            fns = [_tensor_batch_fn(m, cfg.source) for m in models]
+            sample = _zero_sample(self.meta)
+        else:
+            fns = [_batch_fn(m) for m in models]
+            sample = torch.zeros(3, self.meta.input_size, self.meta.input_size)
+        self.max_batch_size = max_batch
         for fn in fns:
-            for n in sorted({1, cfg.max_batch_size}):
-                fn([torch.zeros(3, size, size)] * n)
+            for n in sorted({1, max_batch}):
+                if sample is not None:  # a raw model with free non-batch axes warms up on the first request
+                    fn([sample] * n)
         self.batcher = DynamicBatcher(
-            fns, cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, observer=observer, name=self.name
+            fns, max_batch, cfg.max_queue_delay_ms, cfg.max_queue, observer=observer, name=self.name
         )
         self.load_s = time.perf_counter() - start
         self.ready = True
@@ -228,7 +240,19 @@ class ServedModel:
     def describe(self) -> dict:
         cfg = self.spec.config
         out = {"name": self.name, "ready": self.ready, "source": cfg.source}
-        if self.meta is not None:
+        if self.meta is not None and self.meta.task == TENSOR_TASK:
+            # KServe v2 model metadata: the graph's own tensors (-1 for a dynamic axis).
+            def v2(tensors):
+                return [{"name": t["name"], "datatype": t["dtype"],
+                         "shape": [d if isinstance(d, int) else -1 for d in t["shape"]]} for t in tensors]  # fmt: skip
+
+            out.update(
+                task=TENSOR_TASK, platform="onnx", inputs=v2(self.meta.extra["inputs"]),
+                outputs=v2(self.meta.extra["outputs"]), runtime=self.info.get("runtime"),
+                precision=self.info.get("precision"), device=self.info.get("device"),
+                threads_per_instance=self.info.get("threads_per_instance"), load_s=round(self.load_s, 2),
+            )  # fmt: skip
+        elif self.meta is not None:
             size = self.meta.input_size
             out.update(
                 task=self.meta.task,
@@ -248,7 +272,7 @@ class ServedModel:
                 load_s=round(self.load_s, 2),
             )
         out["batching"] = {
-            "max_batch_size": cfg.max_batch_size,
+            "max_batch_size": getattr(self, "max_batch_size", cfg.max_batch_size),
             "max_queue_delay_ms": cfg.max_queue_delay_ms,
             "max_queue": cfg.max_queue,
             "instances": cfg.instances,
@@ -263,6 +287,63 @@ def _batch_fn(model):
     @torch.inference_mode()
     def run(items: list[torch.Tensor]) -> list[torch.Tensor]:
         return list(model(torch.stack(items)).float().cpu().unbind(0))
+
+    return run
+
+
+_NUMPY_DTYPES = {
+    "FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+    "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
+
+
+def numpy_dtype(name: str):
+    if name not in _NUMPY_DTYPES:
+        raise ParvisError(f"tensors of type {name} are not supported for raw inference")
+    return _NUMPY_DTYPES[name]
+
+
+def tensor_batch_limit(meta, source: str) -> int:
+    """How many samples a raw-tensor model takes per call: any number when every input's first axis is
+    dynamic, 1 when every input has a fixed first axis of 1; anything else cannot be batched."""
+    inputs = meta.extra["inputs"]
+    for t in inputs:
+        numpy_dtype(t["dtype"])
+        if not t["shape"]:
+            raise ParvisError(f"{source}: input {t['name']!r} is a scalar; parvis batches along a first axis "
+                              "(re-export the model with a batch axis)")  # fmt: skip
+    firsts = [t["shape"][0] for t in inputs]
+    if all(not isinstance(d, int) for d in firsts):
+        return 1 << 30
+    if all(d == 1 for d in firsts):
+        return 1
+    shapes = ", ".join(f"{t['name']} {t['shape']}" for t in inputs)
+    raise ParvisError(f"{source}: inputs {shapes} have no common batch axis (a dynamic or size-1 first axis); "
+                      "re-export with a dynamic first axis to serve it")  # fmt: skip
+
+
+def _zero_sample(meta) -> dict | None:
+    """One sample of zeros for a raw-tensor model (no batch axis), or None when an axis is free."""
+    sample = {}
+    for t in meta.extra["inputs"]:
+        rest = t["shape"][1:]
+        if not all(isinstance(d, int) for d in rest):
+            return None
+        sample[t["name"]] = np.zeros(rest, dtype=numpy_dtype(t["dtype"]))
+    return sample
+
+
+def _tensor_batch_fn(model, source: str):
+    """A batch callable for a raw-tensor model: a list of {input name: array without the batch axis}
+    -> a list of {output name: array}, one per sample (stacked into one call, split after)."""
+    predictor = getattr(model, "runtime", None)
+    if not hasattr(predictor, "run_tensors"):
+        raise ParvisError(f"{source}: raw-tensor models run on ONNX Runtime; drop --runtime or use onnxruntime")
+
+    def run(items: list[dict]) -> list[dict]:
+        batch = {name: np.stack([item[name] for item in items]) for name in items[0]}
+        outputs = predictor.run_tensors(batch)
+        return [{name: value[i] for name, value in outputs.items()} for i in range(len(items))]
 
     return run
 
