@@ -59,11 +59,21 @@ def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 1
     if n < 1:
         raise ParvisError(f"--calib {n}: need at least 1 calibration image")
     src, out = Path(src), Path(out)
-    if not out.parent.is_dir():
-        raise ParvisError(f"{out.parent}: output folder does not exist; create it or choose another --out")
+    if not src.is_file():
+        raise ParvisError(f"{src}: no such artifact")
+    if src.suffix.lower() != ".onnx":
+        # a .pt2 or a checkpoint reached ONNX Runtime's loader before, which died in an onnx ValidationError
+        raise ParvisError(
+            f"{src}: quantize needs an .onnx artifact, not {src.suffix or 'a file without suffix'}; "
+            "export one with `parvis export MODEL --format onnx --out FILE.onnx`"
+        )
     meta = read_metadata(src)
     batches = calibration_batches(meta, data, n)
     images_used = int(sum(len(b) for b in batches))
+    try:  # like every command, make the output folder (after the inputs were checked: no empty folder on error)
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParvisError(f"cannot write {out}: {exc.strerror or exc}; choose a writable --out") from None
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -91,3 +91,16 @@ def test_train_corrupt_jpeg_with_a_worker_is_one_line(corrupt_shapes, tmp_path):
     assert lines[0].startswith("parvis: error: "), lines[0]
     assert str(corrupt_shapes / "classification" / "train") in lines[0] and ".jpg" in lines[0]
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["model.pt2", "best.pt"])
+def test_quantize_a_non_onnx_artifact_says_export_one(name, tmp_path, capsys):
+    from parvis.cli.main import main
+
+    (tmp_path / name).write_bytes(b"not onnx")
+    args = ["quantize", str(tmp_path / name), "--data", str(tmp_path), "--out", str(tmp_path / "q" / "int8.onnx")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"parvis: error: {tmp_path / name}: quantize needs an .onnx")
+    assert "parvis export" in err and "--format onnx" in err
+    assert not (tmp_path / "q").exists()

@@ -53,10 +53,11 @@ def test_cli_eval_runs_an_onnx_artifact(trained, tmp_path, capsys):
 
 def test_cli_quantize_writes_int8_and_json(trained, tmp_path, capsys):
     data, out = trained
-    args = ["quantize", str(out / "fp32.onnx"), "--data", str(data), "--out", str(tmp_path / "q.onnx"), "--calib", "8"]
+    q = tmp_path / "runs" / "q" / "q.onnx"  # a folder that does not exist yet: quantize makes it
+    args = ["quantize", str(out / "fp32.onnx"), "--data", str(data), "--out", str(q), "--calib", "8"]
     assert main([*args, "--json", str(tmp_path / "q.json")]) == 0
     report = json.loads((tmp_path / "q.json").read_text())
-    assert report["calibration_images"] == 8 and (tmp_path / "q.onnx").exists()
+    assert report["calibration_images"] == 8 and q.exists()
     assert "quantized unet_small to INT8" in capsys.readouterr().out
     assert (
         main(
