@@ -24,12 +24,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torchvision.ops import box_iou
 
 from parvis import runtime as rt
-from parvis.errors import ParvisError
+from parvis.artifact import Preprocess
+from parvis.data.check import open_dataset
+from parvis.data.decode import read_image, to_tensor
+from parvis.data.loader import Batch
+from parvis.data.transforms import Normalize
+from parvis.engine.loading import as_checkpoint, load_model
+from parvis.engine.predict import expand_inputs
+from parvis.errors import BadSampleError, ParvisError
+from parvis.models import eval_transform
+from parvis.runtimes import as_model
 from parvis.runtimes.timing import time_runtimes
 
 OBJECTIVES = ("throughput", "latency")
+METRICS = ("auto", "labels", "agreement")
+# The metric each task is budgeted on: against labels, or (no labels the model knows) against fp32's answers.
+LABEL_METRICS = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
+AGREEMENT_METRICS = {
+    "classification": "top1_agreement",  # share of images whose top-1 class equals eager fp32's
+    "segmentation": "mask_iou_agreement",  # mean IoU between the candidate's and fp32's masks
+    "detection": "box_f1_agreement",  # F1 of boxes matched to fp32's (same class, IoU >= 0.5, score >= 0.3)
+}
 
 
 @dataclass
@@ -95,6 +113,74 @@ def validation_batches(meta, data: str | Path, split: str = "val", batch: int = 
     return [type(b)(b.images.clone(), b.targets.clone(), b.skipped) for b in prefetch]
 
 
+def labels_known(meta, data: str | Path, split: str) -> bool:
+    """Whether `data` has a labelled `split` in the model's own classes (else only agreement can be scored)."""
+    try:
+        ds = open_dataset(data, meta.task, split)
+    except ParvisError:
+        return False
+    classes = getattr(ds, "classes", None)
+    if meta.task == "classification":
+        return len(ds) > 0 and list(classes or []) == list(meta.class_names)
+    return len(ds) > 0 and (classes is None or len(classes) == meta.num_classes)
+
+
+def image_batches(meta, data: str | Path, batch: int = 64, limit: int | None = None) -> list[Batch]:
+    """Every image under `data` (a folder, recursively), decoded and normalized once by the model's own
+    eval preprocessing; unreadable files are left out. For scoring agreement, where no labels are read."""
+    files = expand_inputs([str(data)])[:limit]
+    transform = eval_transform(meta)
+    normalize = Normalize(meta.mean, meta.std)
+    images = []
+    for path in files:
+        try:
+            images.append(transform(to_tensor(read_image(path))))
+        except BadSampleError:
+            continue
+    if not images:
+        raise ParvisError(f"--data {data}: no readable images to score candidates on")
+    return [
+        Batch(normalize(torch.stack(images[i : i + batch])).contiguous(), None, 0)
+        for i in range(0, len(images), batch)
+    ]
+
+
+def outputs_of(runtime_obj, batches: list) -> torch.Tensor:
+    model = as_model(runtime_obj)
+    with torch.no_grad():
+        return torch.cat([model(b.images).float().cpu() for b in batches])
+
+
+def agreement(meta, raw: torch.Tensor, reference: torch.Tensor, postprocess) -> float:
+    """How closely `raw` answers like `reference` (eager fp32's raw outputs), in [0, 1]."""
+    if meta.task == "classification":
+        return float((raw.argmax(1) == reference.argmax(1)).float().mean())
+    if meta.task == "segmentation":
+        ious = []
+        for a, b in zip(raw.argmax(1), reference.argmax(1), strict=True):
+            per_class = []
+            for c in torch.unique(torch.cat([a.unique(), b.unique()])):
+                inter = ((a == c) & (b == c)).sum()
+                union = ((a == c) | (b == c)).sum()
+                per_class.append(float(inter) / float(union))
+            ious.append(sum(per_class) / len(per_class))
+        return sum(ious) / len(ious)
+    matched = total = 0
+    for got, want in zip(postprocess(raw), postprocess(reference), strict=True):
+        g, w = got.boxes[got.scores >= 0.3], want.boxes[want.scores >= 0.3]
+        gl, wl = got.labels[got.scores >= 0.3], want.labels[want.scores >= 0.3]
+        total += len(g) + len(w)
+        if len(g) and len(w):
+            iou = box_iou(g.float(), w.float()) * (gl[:, None] == wl[None, :])
+            used: set[int] = set()
+            for row in iou:
+                j = int(row.argmax())
+                if row[j] >= 0.5 and j not in used:
+                    used.add(j)
+                    matched += 2
+    return 1.0 if total == 0 else matched / total
+
+
 def score(runtime_obj, batches: list, meta) -> dict:
     """Task metrics of an opened runtime on cached batches."""
     from parvis.engine.evaluate import evaluate
@@ -114,7 +200,7 @@ def _prepare_variant(
     progress: Callable[[str], None],
 ) -> list[Candidate]:
     """Candidates of one model: export to ONNX and quantize once, shared by the runtimes that use them."""
-    from parvis.export import export_model, load_source
+    from parvis.export import export_model
     from parvis.quantize import quantize_onnx
 
     onnx_path = workdir / f"{variant}.onnx"
@@ -123,7 +209,7 @@ def _prepare_variant(
     if any(r in ("onnxruntime", "openvino") for r, _ in pairs):
         progress(f"{variant}: exporting to ONNX")
         try:
-            export_model(load_source(source), onnx_path, "onnx")
+            export_model(load_model(source), onnx_path, "onnx")
         except Exception as exc:  # noqa: BLE001 - any export failure is a rejected candidate, not a crash
             onnx_error = f"export failed: {_first_line(exc)}"
     if any(p == "int8" for _, p in pairs):
@@ -180,14 +266,19 @@ def optimize(
     latency_iters: int = 30,
     split: str = "val",
     progress: Callable[[str], None] = lambda _: None,
+    weights: str | None = None,
+    given: Preprocess | None = None,
+    metric: str = "auto",
 ) -> dict:
     """Measure every candidate and write `out/optimize.json` plus the winner's artifact.
 
     `extra`: more artifacts (.onnx / .pt2) to consider as they are, in their default runtime;
     `variants`: (name, checkpoint) pairs (e.g. a pruned model) that go through the same matrix.
+    `source`: a parvis checkpoint or a model name (registered or zoo, with `weights`).
+    `metric`: labels (the task metric on `data`'s labelled split), agreement (with eager fp32's answers
+    on the images under `data`, for data without labels the model knows), or auto (labels when there are).
     Returns the optimize.json content.
     """
-    from parvis.export import load_source
     from parvis.io import atomic_write_text
     from parvis.quantize import is_quantized
     from parvis.runtimes import ARTIFACT_SUFFIXES
@@ -196,8 +287,13 @@ def optimize(
         raise ParvisError(f"--objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
     if budget < 0:
         raise ParvisError(f"--budget {budget}: the allowed metric drop in points cannot be negative")
-    if str(source).endswith(ARTIFACT_SUFFIXES) or not Path(source).is_file():
-        raise ParvisError(f"{source}: optimize starts from a checkpoint written by parvis train (last.pt / best.pt)")
+    if str(source).endswith(ARTIFACT_SUFFIXES) or Path(source).is_dir():
+        raise ParvisError(
+            f"{source}: optimize starts from a PyTorch model (a checkpoint, or a model name with --weights); "
+            "pass an artifact with --candidate"
+        )
+    if metric not in METRICS:
+        raise ParvisError(f"--metric {metric!r} is unknown; choose one of {', '.join(METRICS)}")
     if not Path(data).exists():
         raise ParvisError(f"--data {data}: no such dataset folder")
     for path in extra:
@@ -213,11 +309,23 @@ def optimize(
     work = out / ".candidates"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    named = str(source)
     try:
-        meta = load_source(source).meta
-        metric_name = "top1" if meta.task == "classification" else "miou"
-        progress(f"decoding the {split} split once for scoring")
-        val = validation_batches(meta, data, split)
+        source = as_checkpoint(source, work, weights, given)  # a name + weights: saved once, run by every candidate
+        meta = load_model(source).meta
+        known = labels_known(meta, data, split)
+        if metric == "labels" and not known:
+            raise ParvisError(
+                f"--data {data}: no labelled {split} split in the model's classes ({meta.num_classes}); "
+                "use --metric agreement to score agreement with fp32 on its images"
+            )
+        mode = "labels" if metric == "labels" or (metric == "auto" and known) else "agreement"
+        if mode == "labels" and meta.task not in ("classification", "segmentation"):
+            raise ParvisError(f"optimize scores {meta.task} models by agreement only for now; use --metric agreement")
+        metric_name = (LABEL_METRICS if mode == "labels" else AGREEMENT_METRICS)[meta.task]
+        progress(f"decoding the {split if mode == 'labels' else 'image'} set once for scoring")
+        val = validation_batches(meta, data, split) if mode == "labels" else image_batches(meta, data)
+        reference = None
 
         candidates = _prepare_variant("base", str(source), pairs, work, data, calib, progress)
         for name, checkpoint in variants:
@@ -241,7 +349,12 @@ def optimize(
             try:
                 for n in threads:
                     c.runtimes[n] = _open(c, n, dev)
-                c.metric = float(score(c.runtimes[threads[0]], val, meta)[metric_name])
+                if mode == "labels":
+                    c.metric = float(score(c.runtimes[threads[0]], val, meta)[metric_name])
+                else:  # the first candidate is eager fp32: its answers are the reference
+                    raw = outputs_of(c.runtimes[threads[0]], val)
+                    reference = raw if reference is None else reference
+                    c.metric = agreement(meta, raw, reference, as_model(c.runtimes[threads[0]]).postprocess)
             except ParvisError as exc:
                 c.status, c.reason, c.runtimes = "unavailable", _first_line(exc), {}
             except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the model is a rejected row
@@ -280,7 +393,7 @@ def optimize(
         chosen["artifact"] = str(_keep_artifact(chosen, out))
         result = {
             "benchmark": "optimize",
-            "source": str(source),
+            "source": named,
             "data": str(data),
             "split": split,
             "model": meta.name,
@@ -295,8 +408,10 @@ def optimize(
             "rounds": rounds,
             "iters_per_round": iters,
             "metric_name": metric_name,
+            "metric_mode": mode,
             "baseline_metric": baseline.metric,
             "validation_images": sum(len(b.images) for b in val),
+            "weights": weights,
             "candidates": rows,
             "chosen": chosen,
         }

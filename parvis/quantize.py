@@ -16,28 +16,36 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parvis.errors import ParvisError
 from parvis.artifact import META_KEY, read_metadata
+from parvis.data.check import open_dataset
+from parvis.data.decode import read_image, to_tensor
+from parvis.engine.predict import expand_inputs
+from parvis.errors import ParvisError
 from parvis.io import atomic_write_bytes
+from parvis.models import eval_transform
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_KEY = "parvis.quantization"
 
 
 def calibration_batches(meta, data: str | Path, n: int, batch: int = 8, seed: int = 0) -> list[np.ndarray]:
-    """`n` training images of `data`, preprocessed as the model expects, in float32 batches."""
-    from parvis.data.check import open_dataset
-    from parvis.data.transforms import build_transform
-
-    ds = open_dataset(data, meta.task, "train", transform=build_transform(meta.task, False, meta.input_size))
-    if len(ds) == 0:
-        raise ParvisError(f"{data}: the train split has no images to calibrate with")
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[: min(n, len(ds))].tolist()
+    """`n` training images of `data` (its train split, or any images under the folder when it is not a
+    dataset the model's task reads), preprocessed as the model expects, in float32 batches."""
+    transform = eval_transform(meta)
+    try:
+        ds = open_dataset(data, meta.task, "train", transform=transform)
+        load = [lambda j=j: ds[j][0].as_subclass(torch.Tensor) for j in range(len(ds))]
+    except ParvisError:  # a plain folder of images (e.g. a user's photos): calibrate on those
+        files = expand_inputs([str(data)])
+        load = [lambda p=p: transform(to_tensor(read_image(p))) for p in files]
+    if not load:
+        raise ParvisError(f"{data}: no images to calibrate with")
+    order = torch.randperm(len(load), generator=torch.Generator().manual_seed(seed))[: min(n, len(load))].tolist()
     mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
     std = torch.tensor(meta.std).view(1, 3, 1, 1)
     out = []
     for i in range(0, len(order), batch):
-        images = torch.stack([ds[j][0].as_subclass(torch.Tensor) for j in order[i : i + batch]])
+        images = torch.stack([load[j]() for j in order[i : i + batch]])
         out.append(((images.float() / 255 - mean) / std).contiguous().numpy())
     return out
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
-from parvis.engine.loading import load_model
+from parvis.engine.loading import as_checkpoint, load_model
 from parvis.export import export_model
 from parvis.runtimes import open_runtime
 from parvis.runtimes.timing import time_runtimes
@@ -37,14 +37,8 @@ def _candidates(
 ) -> list[dict]:
     cpu = torch.device("cpu")
     auto = rt.resolve_precision("auto", cpu, "infer")
-    if not Path(source).is_file():
-        # A registered name: build it once (random weights) so every candidate runs the same weights.
-        from parvis.engine.checkpoint import save_checkpoint
-
-        torch.manual_seed(0)
-        model = load_model(source)
-        source = str(workdir / "model.pt")
-        save_checkpoint(source, {"model": model.state_dict(), "meta": model.meta.to_dict()})
+    # A model name is built once (random weights) so every candidate runs the same weights.
+    source = as_checkpoint(source, workdir)
     rows = [
         {
             "runtime": "torch",

@@ -3,6 +3,7 @@ within the accuracy budget, every candidate measured, every rejection explained.
 
 from __future__ import annotations
 
+from parvis.cli.model_args import add_model_args, preprocess_from
 from parvis.cli.output import console
 from parvis.errors import ParvisError
 
@@ -34,7 +35,13 @@ def _pairs(text: str) -> list[tuple[str, str]]:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("optimize", help="measure runtime x precision x batch, keep the fastest within a metric budget")
-    p.add_argument("checkpoint", help="a checkpoint written by parvis train")
+    p.add_argument("checkpoint", metavar="MODEL", help="a checkpoint written by parvis train, or a model name "
+                   "(registered, torchvision:NAME, timm:NAME) with --weights")  # fmt: skip
+    p.add_argument(
+        "--metric", default="auto", choices=("auto", "labels", "agreement"),
+        help="labels: the task metric on --data's labelled val split; agreement: agreement with eager fp32 on the "
+        "images under --data (for data without labels the model knows); auto: labels when there are",
+    )  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder: validation split scores, train split calibrates")
     p.add_argument("--budget", type=float, default=1.0, help="allowed metric drop in points vs eager fp32 (default 1)")
     p.add_argument("--out", default="runs/optimize", help="output folder (default runs/optimize)")
@@ -49,6 +56,7 @@ def add_parser(sub) -> None:
     p.add_argument("--calib", type=int, default=128, help="INT8 calibration images (default 128)")
     p.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds; the median counts (default 3)")
     p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
@@ -89,12 +97,16 @@ def run(args) -> int:
         calib=args.calib,
         streams=_ints("--streams", args.streams),
         rounds=args.rounds,
+        weights=args.weights,
+        given=preprocess_from(args),
+        metric=args.metric,
         progress=lambda msg: con.print(f"[dim]{escape(msg)}[/dim]") if con.is_terminal else None,
     )
     name = result["metric_name"]
+    scored_on = "val images" if result["metric_mode"] == "labels" else "images, agreement with eager fp32"
     table = Table(
         title=f"optimize {result['model']}, {result['input_size']} px, {result['device']}, "
-        f"budget {result['budget_points']:g} {name} points, {result['validation_images']} val images"
+        f"budget {result['budget_points']:g} {name} points, {result['validation_images']} {scored_on}"
     )
     for col in (
         "variant",

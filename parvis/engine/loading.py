@@ -16,7 +16,7 @@ import torch
 
 from parvis import runtime
 from parvis.artifact import Preprocess, apply_given
-from parvis.engine.checkpoint import load_checkpoint
+from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.errors import ParvisError
 from parvis.models import MODELS, ModelMeta, VisionModel, build_model
 from parvis.models.build import file_num_classes, resolve_weights
@@ -134,3 +134,18 @@ def load_model(
             model.meta.extra[key] = getattr(given, key)
             model.meta.extra.setdefault("provenance", {})[key] = "flag"
     return model.to(device, memory_format=runtime.preferred_memory_format(device)).eval()
+
+
+def as_checkpoint(
+    spec: str | Path, workdir: str | Path, weights: str | Path | None = None, given: Preprocess | None = None
+) -> str:
+    """`spec` itself when it is a checkpoint file; else the named model (with `weights`, or random weights
+    seeded 0) saved once as a parvis checkpoint in `workdir`, so every consumer (export, runtimes,
+    candidates) runs the same weights and metadata."""
+    if Path(spec).is_file() and weights is None and not (given and given.given()):
+        return str(spec)
+    torch.manual_seed(0)
+    model = load_model(spec, weights=weights, given=given)
+    path = Path(workdir) / "model.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "meta": model.meta.to_dict()})
+    return str(path)
