@@ -97,3 +97,15 @@ def test_video_command_computes_at_the_precision_it_prints(setup, tmp_path, caps
     assert _conv_dtypes_of(argv) == {dtype}
     assert f"(torch {precision})" in capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["precision"] == precision
+
+
+def test_video_command_reports_a_truncated_clip_in_the_table_and_summary(setup, tmp_path, capsys):
+    clip = sorted((setup / "video" / "clips").glob("*.mp4"))[0]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: len(clip.read_bytes()) * 2 // 3])
+    code = main(["video", str(cut), "--model", str(setup / "det.pt"), "--out", str(tmp_path / "o"), "--no-video"])
+    assert code == 1  # the only stream did not run to its end
+    (stream,) = json.loads((tmp_path / "o" / "summary.json").read_text())["streams"]
+    assert stream["status"] == "truncated" and 0 < stream["frames"] < 12
+    out = " ".join(capsys.readouterr().out.split())  # the table may wrap the status cell
+    assert f"truncated: {stream['frames']} of its 12 frames could be read" in out

@@ -91,6 +91,20 @@ def test_a_broken_source_leaves_the_others_at_full_output(clips, tmp_path):
     assert errors[0] is None and errors[3] is None
     assert "broken.mp4" in errors[1] and "missing.mp4" in errors[2]
     assert summary["streams"][1]["errors"] == 1
+    assert [s["status"] for s in summary["streams"]] == ["ok", "error", "error", "ok"]
+
+
+def test_a_truncated_file_is_reported_as_truncated_with_its_frames_kept(clips, tmp_path):
+    data = open(clips[0], "rb").read()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 9 // 10])  # the index comes first (faststart): the frames run out
+    summary = run_video([str(cut), clips[1]], BoxModel(), tmp_path / "o", batch=2)
+    short, whole = summary["streams"]
+    assert short["status"] == "truncated" and 0 < short["frames"] < 24  # was "ok", 1 error
+    assert f"truncated: {short['frames']} of its 24 frames could be read" in short["error"]
+    assert short["errors"] >= 1 and probe(tmp_path / "o" / "stream_0.mp4")["frames"] == short["frames"]
+    assert whole["status"] == "ok" and whole["frames"] == 18 and whole["error"] is None
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["streams"][0]["status"] == "truncated"
 
 
 def test_live_mode_drops_frames_when_the_model_falls_behind_and_counts_them(clips, tmp_path):

@@ -13,7 +13,7 @@ from parvis.cli.main import main
 from parvis.data.synth import CLASSES
 from parvis.data.video_synth import ClipRenderer, synthesize_video
 from parvis.errors import BadSampleError, ParvisError
-from parvis.video.io import open_writer, probe, read_frames, read_frames_with_pts, video_encoder
+from parvis.video.io import TruncatedVideoError, open_writer, probe, read_frames, read_frames_with_pts, video_encoder
 
 FRAMES, WIDTH, HEIGHT, SEED = 40, 160, 120, 3
 
@@ -237,11 +237,14 @@ def test_reading_bad_files_raises_bad_sample_error(tmp_path, clips):
     data = (clips[0] / "clips/clip_000.mp4").read_bytes()
     truncated = tmp_path / "truncated.mp4"
     truncated.write_bytes(data[: len(data) // 2])  # the index comes first (faststart): frames run out
-    with pytest.raises(BadSampleError, match=r"truncated: \d+ of its \d+ frames could be read"):
+    with pytest.raises(TruncatedVideoError, match=r"truncated: \d+ of its \d+ frames could be read"):
         list(read_frames(truncated))
-    counted = []
-    frames = list(read_frames(truncated, on_corrupt=lambda: counted.append(1)))
-    assert 0 < len(frames) < FRAMES and counted == [1]  # the frames before the cut, and the cut counted
+    # With on_corrupt too: the frames before the cut come out, then the cut is raised, not just counted,
+    # so a pipeline can tell a short file from a whole one.
+    frames = []
+    with pytest.raises(TruncatedVideoError, match=rf"truncated: (\d+) of its {FRAMES} frames") as err:
+        frames.extend(read_frames(truncated, on_corrupt=lambda: None))
+    assert 0 < len(frames) < FRAMES and f"truncated: {len(frames)} of" in str(err.value)
 
 
 def test_corrupt_packets_raise_or_are_skipped_and_counted(tmp_path):

@@ -87,7 +87,7 @@ def run(args) -> int:
     for s in summary["streams"]:
         table.add_row(str(s["stream"]), s["source"], str(s["frames"]), f"{s['fps']:.1f}", str(s["dropped"]),
                       str(s["errors"]), "-" if s["latency_ms_p50"] is None else f"{s['latency_ms_p50']:.0f}",
-                      s["error"] or "ok")  # fmt: skip
+                      _status(s))  # fmt: skip
     con.print(table)
     busy = ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in summary["stage_busy_s"].items())
     con.print(f"{summary['frames']} frames in {summary['wall_s']:.1f} s: aggregate {summary['aggregate_fps']:.1f} fps, "
@@ -99,6 +99,14 @@ def run(args) -> int:
     con.print(f"wrote {args.out}/summary.json")
     failed = [s for s in summary["streams"] if s["error"]]
     return 1 if failed and len(failed) == len(summary["streams"]) else 0
+
+
+def _status(stream: dict) -> str:
+    """ok, or the status with its reason (the source column already names the file)."""
+    if stream["status"] == "ok":
+        return "ok"
+    reason = stream["error"].removeprefix(f"{stream['source']}: ")
+    return reason if reason.startswith(stream["status"]) else f"{stream['status']}: {reason}"
 
 
 def _table(states, mux, busy):

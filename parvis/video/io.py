@@ -11,8 +11,11 @@ Writing is atomic (temp file in the same folder, fsync, rename on a clean close)
 nothing behind. Corrupt data while reading raises `BadSampleError` naming the file and frame, unless
 the caller passes ``on_corrupt``: then an undecodable packet is skipped and reported through that
 callback (a live pipeline counts it and goes on). Damage the demuxer cannot step over (a truncated
-MP4 without its index, a broken container) always raises. Damage inside a frame's data that the
-decoder conceals (FFmpeg's error concealment) yields a frame with artefacts and is not reported.
+MP4 without its index, a broken container) always raises. A file cut short after its index yields
+the frames before the cut, then raises `TruncatedVideoError` (also with ``on_corrupt``: there is
+nothing to go on to, and a caller must be able to tell a short file from a whole one). Damage inside
+a frame's data that the decoder conceals (FFmpeg's error concealment) yields a frame with artefacts
+and is not reported.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from parvis.io import publish
 ENCODER_CANDIDATES = ("libx264", "libopenh264", "h264", "mpeg4")
 CRF = 18  # libx264 constant quality: visually lossless on these scenes, ~10x smaller than raw
 MAX_FPS = 1000
+
+
+class TruncatedVideoError(BadSampleError):
+    """The file ends before the frame count its header declares; the frames before the cut were read."""
 
 
 class Frame(NamedTuple):
@@ -214,7 +221,9 @@ def read_frames_with_pts(
 
     A packet the decoder rejects raises BadSampleError (kind "corrupt") naming the file and the
     frame, or, when ``on_corrupt`` is given, is skipped and reported by calling it; ``index`` then
-    keeps counting the frames actually yielded. ``timeout`` (seconds) bounds network opens and reads.
+    keeps counting the frames actually yielded. A file that ends before its declared frame count
+    raises TruncatedVideoError after its last frame, with or without ``on_corrupt``. ``timeout``
+    (seconds) bounds network opens and reads.
     """
     container = _open(path, timeout)
     try:
@@ -249,9 +258,7 @@ def read_frames_with_pts(
         # A file cut short after its index (MP4 with faststart) ends early without a decoder error
         # (frames lost to skipped corrupt packets are already counted).
         if stream.frames and index + skipped < stream.frames:
-            if on_corrupt is None:
-                raise BadSampleError(path, f"truncated: {index} of its {stream.frames} frames could be read")
-            on_corrupt()
+            raise TruncatedVideoError(path, f"truncated: {index} of its {stream.frames} frames could be read")
     finally:
         container.close()
 

@@ -35,7 +35,7 @@ from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_text, publish
-from parvis.video.io import open_writer, probe, read_frames
+from parvis.video.io import TruncatedVideoError, open_writer, probe, read_frames
 from parvis.video.mot import format_mot
 from parvis.video.muxer import Packet, StreamMuxer
 from parvis.video.tracker import ByteTracker
@@ -68,7 +68,8 @@ class StreamState:
     written: int = 0
     corrupt: int = 0
     retries: int = 0
-    error: str | None = None
+    status: str = "ok"  # ok | truncated (ended before its declared length) | error (could not go on)
+    error: str | None = None  # the reason, when not ok
     latencies: list[float] = field(default_factory=list)
     t_first: float | None = None
     t_last: float | None = None
@@ -161,12 +162,14 @@ def _source_thread(stream: int, state: StreamState, mux: StreamMuxer, prep: Lett
             break  # the source ended normally
         except Exception as exc:  # noqa: BLE001 - any failure closes this stream only, with its reason
             reason = str(exc) if isinstance(exc, ParvisError) else f"{type(exc).__name__}: {exc}"
-            if is_network(state.source) and attempt < retries and not stop.is_set():
+            truncated = isinstance(exc, TruncatedVideoError)  # a short file: reading it again gives no more
+            if is_network(state.source) and attempt < retries and not stop.is_set() and not truncated:
                 attempt += 1
                 state.retries += 1
                 stop.wait(min(8.0, 0.5 * 2 ** (attempt - 1)))  # backoff 0.5, 1, 2, 4, 8 s
                 continue
             state.error = reason.splitlines()[0] if reason else type(exc).__name__
+            state.status = "truncated" if truncated else "error"
             break
     mux.end(stream)
 
@@ -561,7 +564,8 @@ def _summary(states, mux, wall, busy, batches, out, write_video) -> dict:
         streams.append({
             "stream": i, "source": s.source, "live": s.live, "frames": s.written, "decoded": s.decoded,
             "fps": s.written / span if span > 0 and s.written else 0.0, "dropped": mux.dropped[i],
-            "errors": s.corrupt + (1 if s.error else 0), "corrupt_frames": s.corrupt, "error": s.error,
+            "status": s.status, "errors": s.corrupt + (1 if s.error else 0), "corrupt_frames": s.corrupt,
+            "error": s.error,
             "retries": s.retries, "size": list(s.size) if s.size else None,
             "latency_ms_p50": float(np.percentile(lat, 50)) if lat is not None else None,
             "latency_ms_p99": float(np.percentile(lat, 99)) if lat is not None else None,
