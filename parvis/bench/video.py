@@ -8,7 +8,8 @@ For every (streams, batch) pair, in one run:
                     each stage timed alone here: on a CPU every stage shares the same cores, so that sum
                     bounds any pipeline; on a GPU the ceiling is the slowest stage instead
   peer_fps          a plain loop over the streams one after another: PyAV decode, the model per frame,
-                    supervision's ByteTrack, PyAV encode (the way most people first write it)
+                    supervision's ByteTrack, PyAV encode (the way most people first write it); detection
+                    models only, with supervision installed (pip install ".[peers]"), else a note says why
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _clips(folder: Path, n: int) -> list[str]:
 def stage_times(model, clip: str, batch: int, score_threshold: float = 0.3) -> dict:
     """Per-frame ms of each stage alone, on one clip: decode (+ preprocessing), inference at `batch`,
     tracking, annotate + encode."""
-    from parvis.video.annotate import annotate
+    from parvis.draw import annotate
     from parvis.video.io import open_writer, read_frames
     from parvis.video.pipeline import _to_frame, preprocessor
     from parvis.video.tracker import ByteTracker
@@ -83,8 +84,8 @@ def sequential_peer(model, clips: list[str], out: Path) -> float | None:
         import supervision as sv
     except ImportError:
         return None
+    from parvis.draw import annotate
     from parvis.structures import Detections
-    from parvis.video.annotate import annotate
     from parvis.video.io import open_writer, read_frames
     from parvis.video.pipeline import _to_frame, preprocessor
 
@@ -153,4 +154,13 @@ def bench_video(
                 rows.append(row)
                 if progress:
                     progress(row)
-    return {"rows": rows, "clips": clips}
+    return {"rows": rows, "clips": clips, "notes": _peer_notes(model.meta.task, rows)}
+
+
+def _peer_notes(task: str, rows: list[dict]) -> list[str]:
+    """One line saying why the peer columns are empty, when they are."""
+    if task != "detection":
+        return [f"peer columns empty: the sequential peer loop tracks detections; a {task} model has none"]
+    if any(r["peer_fps"] is None for r in rows):
+        return ['peer columns empty: the sequential peer needs supervision (its ByteTrack): pip install ".[peers]"']
+    return []

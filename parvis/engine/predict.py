@@ -12,7 +12,6 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -23,34 +22,11 @@ from torchvision import tv_tensors
 from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image, to_tensor
 from parvis.data.transforms import Normalize
+from parvis.draw import annotate, encode_jpeg, mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_bytes, atomic_write_text
 from parvis.models import ModelMeta, VisionModel, eval_transform
 from parvis.structures import Detections
-
-# A fixed, distinguishable colour per class id for masks and overlays (background stays dark).
-PALETTE = np.array(
-    [
-        [0, 0, 0],
-        [230, 25, 75],
-        [60, 180, 75],
-        [255, 225, 25],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-        [250, 190, 212],
-        [0, 128, 128],
-        [220, 190, 255],
-        [170, 110, 40],
-        [255, 250, 200],
-        [128, 0, 0],
-    ],
-    dtype=np.uint8,
-)
-
 
 # Detections scoring below this stay in results.json but are not drawn (the model keeps low scores for mAP).
 DRAW_SCORE = 0.3
@@ -73,13 +49,6 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not files:
         raise ParvisError(f"no images found in {', '.join(inputs)}")
     return files
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend class colours over the image where the mask is not background."""
-    colours = PALETTE[mask % len(PALETTE)]
-    blended = (image * (1 - alpha) + colours * alpha).astype(np.uint8)
-    return np.where(mask[..., None] > 0, blended, image)
 
 
 def _decode(path: Path, transform) -> tuple[Path, np.ndarray | None, torch.Tensor | None, str | None, float]:
@@ -188,8 +157,6 @@ def predict_files(
 
 
 def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list[dict]) -> None:
-    from PIL import Image, ImageDraw
-
     meta = model.meta
     ok = [d for d in decoded if d[3] is None]
     post = iter(zip(ok, raw, model.postprocess(raw), strict=True)) if ok else iter(())
@@ -198,48 +165,31 @@ def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list
             results.append({"file": str(path), "error": error})
             continue
         _, logits, result = next(post)
+        record = {"file": str(path)}
         if meta.task == "detection":
-            results.append(_detection_record(path, array, result, meta, out, overlays))
-            continue
-        record = {"file": str(path), **result.to_dict()}
-        if meta.task == "segmentation":
+            result = _in_file_pixels(result, array, meta)
+            record.update(width=array.shape[1], height=array.shape[0])
+        elif meta.task == "segmentation":
             # Back to the file's own resolution before the argmax, so masks line up with the image.
             full = F.interpolate(logits[None], size=array.shape[:2], mode="bilinear", align_corners=False)
             mask = full[0].argmax(0).to(torch.uint8).cpu().numpy()
-            record.update(result.__class__(torch.from_numpy(mask).long(), meta.class_names).to_dict())
+            result = result.__class__(torch.from_numpy(mask).long(), meta.class_names)
+        record.update(result.to_dict())
+        if meta.task == "segmentation":
             record["mask"] = _write_mask(out / "masks" / f"{path.stem}.png", mask)
-            if overlays:
-                record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", overlay(array, mask))
-        elif overlays:
-            canvas = Image.fromarray(array)
-            label = f"{record['class_name']} {record['score']:.2f}"
-            ImageDraw.Draw(canvas).text((4, 4), label, fill=(255, 255, 0), font=_label_font())
-            record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", canvas)
+        if overlays:
+            # Every detection the model kept goes to the JSON; those scoring at least DRAW_SCORE are drawn.
+            drawn = annotate(array, result, min_score=DRAW_SCORE)
+            record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", drawn)
         results.append(record)
 
 
-def _detection_record(path: Path, array: np.ndarray, result, meta: ModelMeta, out: Path, overlays: bool) -> dict:
-    """Boxes scaled from the model's input back to the file's pixels; every detection the model
-    kept goes to the JSON, those scoring at least DRAW_SCORE onto the overlay."""
-    from PIL import Image, ImageDraw
-
+def _in_file_pixels(result: Detections, array: np.ndarray, meta: ModelMeta) -> Detections:
+    """Boxes scaled from the model's input back to the file's pixels."""
     height, width = array.shape[:2]
     scale = torch.tensor([width, height, width, height], dtype=torch.float32) / meta.input_size
     boxes = result.boxes.detach().float().cpu() * scale
-    detections = Detections(boxes, result.scores.detach().cpu(), result.labels.detach().cpu(), meta.class_names)
-    record = {"file": str(path), "width": width, "height": height, **detections.to_dict()}
-    if overlays:
-        canvas = Image.fromarray(array)
-        draw = ImageDraw.Draw(canvas)
-        for item in record["detections"]:
-            if item["score"] < DRAW_SCORE:
-                continue
-            colour = tuple(int(c) for c in PALETTE[(item["label"] + 1) % len(PALETTE)])
-            x0, y0, x1, y1 = item["box"]
-            draw.rectangle((x0, y0, x1, y1), outline=colour, width=2)
-            draw.text((x0 + 2, y0 + 1), f"{item['class_name']} {item['score']:.2f}", fill=colour, font=_label_font())
-        record["overlay"] = _write_jpeg(out / "overlays" / f"{path.stem}.jpg", canvas)
-    return record
+    return Detections(boxes, result.scores.detach().cpu(), result.labels.detach().cpu(), meta.class_names)
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> str:
@@ -247,34 +197,6 @@ def _write_mask(path: Path, mask: np.ndarray) -> str:
     return str(path)
 
 
-def mask_png(mask: np.ndarray) -> bytes:
-    """Class ids as a palette PNG: the pixel values are the ids, the palette makes them visible."""
-    import io
-
-    from PIL import Image
-
-    im = Image.fromarray(mask)
-    im.putpalette(PALETTE.flatten().tolist())
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
-
-
-@lru_cache(maxsize=1)
-def _label_font():
-    # Loaded once: ImageDraw loads the default font on every call otherwise (most of an overlay's cost).
-    from PIL import ImageFont
-
-    return ImageFont.load_default()
-
-
-def _write_jpeg(path: Path, image) -> str:
-    """`image`: an RGB array or a PIL image."""
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buf, "JPEG", quality=90)
-    atomic_write_bytes(path, buf.getvalue(), durable=False)  # per image: rename-atomic, no fsync each
+def _write_jpeg(path: Path, image: np.ndarray) -> str:
+    atomic_write_bytes(path, encode_jpeg(image), durable=False)  # per image: rename-atomic, no fsync each
     return str(path)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png
 from parvis.data.transforms import EvalPreprocess, decode_min_size
-from parvis.engine.predict import mask_png
+from parvis.draw import mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.models.base import ModelMeta
 from parvis.structures import Classification, Detections, SegmentationMask

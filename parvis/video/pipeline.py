@@ -233,7 +233,7 @@ class Annotate:
     busy_key = "annotate_s"
 
     def __init__(self):
-        from parvis.video.annotate import annotate  # drawing pulls in PIL and the predict module
+        from parvis.draw import annotate  # drawing pulls in PIL
 
         self.draw = annotate
 
