@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -109,3 +110,16 @@ def test_video_command_reports_a_truncated_clip_in_the_table_and_summary(setup, 
     assert stream["status"] == "truncated" and 0 < stream["frames"] < 12
     out = " ".join(capsys.readouterr().out.split())  # the table may wrap the status cell
     assert f"truncated: {stream['frames']} of its 12 frames could be read" in out
+
+
+def test_bench_video_says_why_the_peer_columns_are_empty(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "supervision", None)  # as without pip install ".[peers]"
+    out = tmp_path / "bench.json"
+    code = main(["bench", "video", str(setup / "det.pt"), "--streams", "1", "--batch", "1",
+                 "--clips", str(setup / "video"), "--json", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["rows"][0]["peer_fps"] is None
+    assert any('pip install ".[peers]"' in note for note in result["notes"])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: peer columns empty")]
+    assert len(printed) == 1 and 'pip install ".[peers]"' in printed[0]

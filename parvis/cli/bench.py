@@ -316,7 +316,7 @@ def _finish(con, args, result: dict, *tables, lines: tuple[str, ...] = ()) -> in
     for line in lines:
         con.print(line)
     for note in result.get("notes", []):
-        con.print(f"note: {note}")
+        con.print(f"note: {note}", markup=False)  # notes quote commands: ".[peers]" is not markup
     if args.json:
         con.print(f"wrote {write_json(args.json, result)}")
     return 0
