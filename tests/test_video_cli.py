@@ -123,3 +123,13 @@ def test_bench_video_says_why_the_peer_columns_are_empty(setup, tmp_path, capsys
     assert any('pip install ".[peers]"' in note for note in result["notes"])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: peer columns empty")]
     assert len(printed) == 1 and 'pip install ".[peers]"' in printed[0]
+
+
+def test_video_command_says_a_registered_name_runs_random_weights(setup, tmp_path, capsys):
+    clip = str(sorted((setup / "video" / "clips").glob("*.mp4"))[0])
+    argv = ["video", clip, "--out", str(tmp_path / "o"), "--no-video", "--precision", "fp32", "--model"]
+    assert main([*argv, "centernet_small"]) == 0
+    notice = "centernet_small: registered name without weights: random initialization; pass a checkpoint"
+    assert notice in capsys.readouterr().out
+    assert main([*argv, str(setup / "det.pt")]) == 0  # a checkpoint: no such line
+    assert "random initialization" not in capsys.readouterr().out

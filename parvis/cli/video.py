@@ -53,6 +53,9 @@ def run(args) -> int:
     named = info.get("precision") or args.precision
     precision = runtime.resolve_precision(named, device, "infer") if named in runtime.PRECISIONS else None
     con = console()
+    if info.get("weights") == "random":  # a registered name: boxes and classes will be noise
+        con.print(f"{args.model}: registered name without weights: random initialization; pass a checkpoint",
+                  markup=False)  # fmt: skip
     live_view = None
     if con.is_terminal:
         from rich.live import Live
