@@ -46,7 +46,7 @@ class TrainConfig:
     """What a training run needs; each field is a key of the YAML recipes and of key=value overrides."""
 
     task: Literal["classification", "segmentation", "detection"] = "classification"  # what the model predicts
-    model: str = "resnet18"  # registered model name
+    model: str = "resnet18"  # registered model name, or torchvision:NAME / timm:NAME
     data: str = "data/shapes"  # dataset folder (a dataset.yaml layout, ImageFolder, or images + masks)
     epochs: int = 10  # passes over the training split
     size: int = 128  # input side in pixels (training crops and evaluation resize)
@@ -74,7 +74,7 @@ class TrainConfig:
     out: str = "runs/train"  # run folder: checkpoints, resolved config, metrics
     strategy: Literal["ddp", "fsdp"] = "ddp"  # data-parallel strategy under torchrun
     sync_bn: bool = False  # synchronize batch-norm statistics across processes
-    weights: str | None = None  # checkpoint to initialize the model from (not a resume)
+    weights: str | None = None  # weights to start from (not a resume): parvis/torchvision/timm state dict or checkpoint
     eval_every: int = 1  # evaluate every N epochs
     scales: tuple[float, ...] = (0.5, 1.0)  # HMSA inference scales (add 2.0 for objects small in the frame)
     crop_scale: tuple[float, ...] | None = None  # training crop area range [min, max] (none: the task's preset)

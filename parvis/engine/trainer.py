@@ -23,8 +23,9 @@ from parvis.data.transforms import build_transform
 from parvis.engine.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from parvis.engine.evaluate import _unwrap, evaluate
 from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook, ProgressHook
+from parvis.engine.loading import model_task as model_task_of
 from parvis.errors import ParvisError
-from parvis.models import MODELS, VisionModel, build_model
+from parvis.models import VisionModel, build_model
 
 # The validation metric that picks best.pt, per task (higher is better for each).
 MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
@@ -98,7 +99,7 @@ class Trainer:
         if not resume and (self.out / "last.pt").exists():
             raise ParvisError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
 
-        model_task = MODELS.info(cfg.model)["task"]  # an unknown name fails here, listing the registered ones
+        model_task = model_task_of(cfg.model)  # an unknown name fails here, listing the registered ones
         if model_task != cfg.task:
             raise ParvisError(
                 f"--model {cfg.model} is a {model_task} model but --task is {cfg.task}; "
@@ -125,7 +126,14 @@ class Trainer:
 
         # Model: registered by name (or handed in); channels-last, checkpointing, SyncBN, then the parallel wrapper.
         if model is None:
-            model = build_model(cfg.model, len(class_names), class_names, input_size=size, weights=cfg.weights)
+            # Fine-tuning: a pretrained classifier whose head does not fit these classes gets a new one.
+            model = build_model(
+                cfg.model, len(class_names), class_names, input_size=size, weights=cfg.weights, replace_head=True
+            )
+            replaced = model.meta.extra.get("head_replaced")
+            if replaced and self.dist.rank == 0:
+                print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
+                      f"classes; replaced it with a new one (random init) for {class_names}", flush=True)  # fmt: skip
             if cfg.model.startswith("hmsa_"):
                 model.set_scales(cfg.scales)
         elif model.meta.class_names != class_names:

@@ -146,6 +146,8 @@ def torchvision_meta(
         prov["input_size"] = "parvis default for torchvision detectors (they resize inside)"
     if categories:
         prov["class_names"] = f"torchvision {weights}"
+    if input_size:
+        prov["input_size"] = "given"
     return _meta(f"torchvision:{name}", task, categories, num_classes, class_names, input_size or size,
                  mean, std, extra, prov)  # fmt: skip
 
@@ -301,6 +303,8 @@ def timm_meta(
             extra["hf_hub_id"] = cfg.hf_hub_id
         if cfg.url:
             extra["url"] = cfg.url
+    if input_size:
+        prov["input_size"] = "given"
     return _meta(f"timm:{name}", "classification", zoo_classes, num_classes, class_names, input_size or size,
                  mean, std, extra, prov)  # fmt: skip
 
