@@ -27,7 +27,7 @@ import torch
 from torchvision.ops import box_iou
 
 from parvis import runtime as rt
-from parvis.artifact import Preprocess
+from parvis.artifact import Preprocess, is_quantized
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
 from parvis.data.loader import Batch
@@ -35,6 +35,7 @@ from parvis.data.transforms import Normalize
 from parvis.engine.loading import as_checkpoint, load_model
 from parvis.engine.predict import expand_inputs
 from parvis.errors import BadSampleError, ParvisError
+from parvis.io import atomic_copy
 from parvis.models import eval_transform
 from parvis.runtimes import as_model
 from parvis.runtimes.timing import time_runtimes
@@ -280,7 +281,6 @@ def optimize(
     Returns the optimize.json content.
     """
     from parvis.io import atomic_write_text
-    from parvis.quantize import is_quantized
     from parvis.runtimes import ARTIFACT_SUFFIXES
 
     if objective not in OBJECTIVES:
@@ -488,11 +488,7 @@ def _keep_artifact(chosen: dict, out: Path) -> Path:
     src = Path(chosen["source_artifact"])
     suffix = src.suffix if src.suffix in (".onnx", ".pt2") else ".pt"
     name = "model-int8" if chosen["precision"] == "int8" else "model"
-    dst = out / f"{name}{suffix}"
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-    return dst
+    return atomic_copy(src, out / f"{name}{suffix}")
 
 
 def chosen_config(folder: str | Path) -> dict:
