@@ -104,3 +104,32 @@ def test_quantize_a_non_onnx_artifact_says_export_one(name, tmp_path, capsys):
     assert err.count("\n") == 0 and err.startswith(f"parvis: error: {tmp_path / name}: quantize needs an .onnx")
     assert "parvis export" in err and "--format onnx" in err
     assert not (tmp_path / "q").exists()
+
+
+def test_compile_runtime_drops_only_the_no_cuda_runtime_notice(tmp_path, monkeypatch):
+    import logging
+
+    import torch.utils.cpp_extension as cpp
+
+    from parvis import runtime
+    from parvis.runtimes.torch_compile import TorchCompileRuntime
+
+    if runtime.has_cuda():
+        pytest.skip("torch logs the notice only on a machine without a GPU")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    keep = Keep(level=logging.WARNING)
+    log.addHandler(keep)
+    try:
+        TorchCompileRuntime("resnet18", threads=1)  # compiles lazily: sets up, compiles nothing yet
+        monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # a toolkit folder without a GPU, as on the newcomer's box
+        assert cpp._find_cuda_home() == str(tmp_path)  # what Inductor's import of cpp_extension runs
+        log.warning("an unrelated warning")
+    finally:
+        log.removeHandler(keep)
+    assert seen == ["an unrelated warning"]
