@@ -133,3 +133,31 @@ def test_compile_runtime_drops_only_the_no_cuda_runtime_notice(tmp_path, monkeyp
     finally:
         log.removeHandler(keep)
     assert seen == ["an unrelated warning"]
+
+
+def test_decoded_images_become_tensors_without_the_numpy_not_writable_warning():
+    # torch warns once per process, so a fresh interpreter sees whether any decoder's array triggers it
+    code = (
+        "import io, warnings\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from parvis.data.decode import DECODERS, decode, to_tensor\n"
+        "warnings.simplefilter('error')\n"
+        "rgb = Image.fromarray(np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3))\n"
+        "for fmt in ('PNG', 'JPEG'):\n"
+        "    buf = io.BytesIO(); rgb.save(buf, fmt)\n"
+        "    for decoder in DECODERS:\n"
+        "        t = to_tensor(decode(buf.getvalue(), decoder=decoder))\n"
+        "        assert t.shape == (3, 40, 50), t.shape\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+
+
+def test_to_tensor_keeps_a_writable_array_uncopied():
+    import numpy as np
+
+    from parvis.data.decode import to_tensor
+
+    array = np.zeros((4, 5, 3), np.uint8)
+    assert to_tensor(array).data_ptr() == array.ctypes.data

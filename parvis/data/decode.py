@@ -177,8 +177,11 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
-    """(H, W, C) uint8 array -> (C, H, W) uint8 tensor, without copying the pixels."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+    """(H, W, C) uint8 array -> (C, H, W) uint8 tensor, without copying the pixels when the array is
+    writable. PIL's arrays are read-only views of its bytes; torch.from_numpy on one warns ("The given
+    NumPy array is not writable") once per process, i.e. on every training run, so those are copied."""
+    array = np.ascontiguousarray(array) if array.flags.writeable else np.array(array, order="C")
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
