@@ -35,16 +35,13 @@ never written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import re
 import shutil
-import tempfile
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +49,7 @@ import numpy as np
 import torch
 
 from parvis.errors import ParvisError
+from parvis.io import atomic_write
 
 FORMAT = "parvis-checkpoint"
 VERSION = 1
@@ -63,48 +61,6 @@ _PLAIN = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torch.
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _write_atomically(path: Path, write: Callable[[str], None]) -> Path:
-    """Call `write(temp_name)` for a temp file beside `path`, fsync it, then rename it over `path`.
-
-    The rename is atomic, so `path` holds either the old file or the complete new one; the temp file
-    is removed on any failure, Ctrl-C included.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise ParvisError(f"cannot write {path}: {exc.strerror or exc}; choose a writable location") from None
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ParvisError(
-                f"cannot write {path}: {exc.strerror or exc}; free space or choose another location"
-            ) from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself survive a power cut; not every filesystem lets a folder be opened.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -138,7 +94,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     """
     state = {"format": FORMAT, "version": VERSION, **state}
     _check_plain(state, "checkpoint")
-    return _write_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+    return atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def _torch_load(path: Path, map_location: Any, mmap: bool = False) -> Any:
@@ -262,7 +218,7 @@ def export_safetensors(
     meta = None
     if metadata is not None:
         meta = {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()}
-    return _write_atomically(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 # --------------------------------------------------------------------------- best / last
@@ -315,7 +271,7 @@ class CheckpointManager:
         best_value = value if is_best else self.best_value
         save_checkpoint(self.last_path, {**state, "metrics": dict(metrics), "best_metric": best_value})
         if is_best:
-            _write_atomically(self.best_path, lambda tmp: _link_or_copy(self.last_path, tmp))
+            atomic_write(self.best_path, lambda tmp: _link_or_copy(self.last_path, tmp))
         self.best_value = best_value
         return {"last": self.last_path, "best": self.best_path if is_best else None, "is_best": is_best}
 
