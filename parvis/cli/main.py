@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         doctor,
         evaluate,
         export,
+        inspect,
+        models,
         optimize,
         predict,
         prune,
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in (
         doctor,
+        models,
+        inspect,
         data,
         train,
         evaluate,
