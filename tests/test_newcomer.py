@@ -161,3 +161,25 @@ def test_to_tensor_keeps_a_writable_array_uncopied():
 
     array = np.zeros((4, 5, 3), np.uint8)
     assert to_tensor(array).data_ptr() == array.ctypes.data
+
+
+def test_roofline_times_the_peak_matmul_in_turn_with_the_model():
+    # The peak was a separate measurement, after the model's, and fp32 read 139% and 174% "of peak";
+    # now every round times each precision's peak matmul right before its model.
+    import statistics
+
+    from parvis.bench.roofline import bench_roofline
+
+    said: list[str] = []
+    r = bench_roofline("resnet18", size=32, batch=2, rounds=2, iters=1, peak_seconds=0.1, progress=said.append)
+    names = [row["precision"] for row in r["rows"]]
+    one_round = [label for n in names for label in (f"peak matmul {n}", f"torch {n}")]
+    timed = [m.split(": ", 1)[1] for m in said if m.startswith("round ")]
+    assert timed == one_round * 2, said
+    for row in r["rows"]:
+        assert len(row["peak_gflops_runs"]) == len(row["img_s_runs"]) == 2
+        assert row["peak_gflops"] == round(statistics.median(row["peak_gflops_runs"]), 1)
+        runs = zip(row["img_s_runs"], row["peak_gflops_runs"], strict=True)
+        paired = [r["flops_per_image"] * s / 1e9 / p for s, p in runs]
+        assert row["fraction_of_peak"] == pytest.approx(statistics.median(paired))
+        assert r["peak_gflops"][f"{row['precision']}_gflops"] == row["peak_gflops"]
