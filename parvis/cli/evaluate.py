@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from parvis.cli.model_args import MODEL_HELP, add_model_args, preprocess_from
 from parvis.cli.output import console, write_json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
-    p.add_argument("checkpoint", help="a checkpoint written by parvis train (last.pt / best.pt)")
+    p = sub.add_parser("eval", help="evaluate a model (checkpoint, artifact, zoo name with weights) on a dataset split")
+    p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="val", help="split to evaluate (default val)")
     p.add_argument("--batch", type=int, default=32)
@@ -17,34 +18,24 @@ def add_parser(sub) -> None:
     p.add_argument("--scales", default=None, help="HMSA inference scales, e.g. 0.5,1.0,2.0")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     p.add_argument("--json", metavar="OUT", default=None, help="write the metrics as JSON")
+    p.add_argument("--runtime", default=None, help="torch|torch-compile|onnxruntime|openvino (default: by file)")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from rich.markup import escape
 
-    from parvis import runtime
-    from parvis.engine.evaluate import evaluate_checkpoint
+    from parvis.api import evaluate, load
 
-    device = runtime.resolve_device(args.device)
-    precision = runtime.resolve_precision(args.precision, device, "infer")
     scales = [float(s) for s in args.scales.split(",")] if args.scales else None
-    metrics, meta = evaluate_checkpoint(
-        args.checkpoint, args.data, args.split, device, precision, args.batch, args.workers, scales, args.ema
-    )
-    from parvis.runtimes import ARTIFACT_SUFFIXES
-
-    # An artifact runs at the precision stored in it, in its own runtime.
-    precision_name = "artifact" if str(args.checkpoint).endswith(ARTIFACT_SUFFIXES) else precision.name
-    result = {
-        "checkpoint": args.checkpoint,
-        "model": meta.name,
-        "task": meta.task,
-        "split": args.split,
-        "precision": precision_name,
-        "device": str(device),
-        **metrics,
-    }
+    model = load(
+        args.checkpoint, weights=args.weights, device=args.device, runtime=args.runtime, precision=args.precision,
+        ema=args.ema, given=preprocess_from(args),
+    )  # fmt: skip
+    metrics = evaluate(model, args.data, args.split, args.batch, args.workers, scales)
+    result = {"checkpoint": args.checkpoint, **metrics}
+    precision_name, device, meta = metrics["precision"], metrics["device"], model.meta
     if args.scales:
         result["scales"] = [float(s) for s in args.scales.split(",")]
     con = console()
@@ -53,7 +44,7 @@ def run(args) -> int:
     )
     con.print(
         f"{meta.name} on {escape(args.data)} \\[{args.split}], {metrics['images']} images, "
-        f"{precision_name} on {device}: "
+        f"{metrics['runtime']} {precision_name} on {device}: "
         + ", ".join(f"{k} {metrics[k]:.4f}" for k in main_keys if k in metrics)
         + f", loss {metrics['loss']:.4f}, {metrics['images_per_s']:,.0f} img/s"
     )

@@ -8,6 +8,10 @@ import torch
 from torch import nn
 
 from parvis import runtime
+from parvis.data.check import open_dataset
+from parvis.data.loader import DevicePrefetcher, build_loader
+from parvis.engine.loading import load_trained
+from parvis.models import eval_transform
 
 
 def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_index: int | None, device):
@@ -155,35 +159,15 @@ def evaluate_checkpoint(
     precision: runtime.Precision | None = None,
     batch: int = 64,
     workers: int | None = None,
-    scales=None,
     use_ema: bool = False,
 ) -> tuple[dict, object]:
-    """(metrics, the model's ModelMeta) of a trained checkpoint on a dataset split, preprocessed by
-    the checkpoint's own metadata. `scales` sets an HMSA model's inference scales (an error for other models).
-    """
-    from parvis.data.check import open_dataset
-    from parvis.data.loader import DevicePrefetcher, build_loader
-    from parvis.data.transforms import build_transform
-    from parvis.engine.loading import load_trained
-    from parvis.errors import ParvisError
-    from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
-
+    """(metrics, the model's ModelMeta) of a parvis checkpoint on a dataset split, preprocessed by the
+    checkpoint's own metadata, in eager PyTorch at `precision`. Any other model source (artifacts,
+    zoo names, optimize folders) is evaluated by `parvis.api.evaluate`, above the runtimes."""
     device = device or runtime.default_device()
-    if str(checkpoint).endswith(ARTIFACT_SUFFIXES):
-        # An exported artifact runs in its own runtime at the precision stored in it.
-        model = as_model(open_runtime(str(checkpoint)))
-        # Forking loader workers after ONNX Runtime has started its thread pools can deadlock the
-        # child (seen in tests); an artifact's loader runs in the main process unless told otherwise.
-        workers = 0 if workers is None else workers
-        device, precision = torch.device("cpu"), runtime.resolve_precision("fp32", torch.device("cpu"), "infer")
-    else:
-        precision = precision or runtime.resolve_precision("auto", device, "infer")
-        model = load_trained(checkpoint, device, use_ema=use_ema)
+    precision = precision or runtime.resolve_precision("auto", device, "infer")
+    model = load_trained(checkpoint, device, use_ema=use_ema)
     meta = model.meta
-    if scales:
-        if not hasattr(model, "set_scales"):
-            raise ParvisError(f"--scales is for hmsa_* models; {meta.name} runs at one scale")
-        model.set_scales([float(s) for s in scales])
-    ds = open_dataset(data, meta.task, split, transform=build_transform(meta.task, False, meta.input_size))
+    ds = open_dataset(data, meta.task, split, transform=eval_transform(meta))
     loader = build_loader(ds, batch, train=False, device=device, workers=workers, mean=meta.mean, std=meta.std)
     return evaluate(model, DevicePrefetcher(loader, device, meta.mean, meta.std), meta, precision, device), meta

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from parvis.api import evaluate
 from parvis.cli.main import main
-from parvis.engine.evaluate import evaluate_checkpoint
 from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
 from parvis.export import export_model
@@ -59,7 +59,7 @@ def test_optimize_picks_a_winner_within_budget_and_rejects_an_over_budget_candid
     # The winner was copied out and is a working artifact (or checkpoint) with the metric it was scored at.
     written = json.loads((tmp_path / "opt" / "optimize.json").read_text())
     assert written["chosen"]["artifact"] == result["chosen"]["artifact"]
-    metrics, _ = evaluate_checkpoint(result["chosen"]["artifact"], data, precision=None)
+    metrics = evaluate(result["chosen"]["artifact"], data)
     if result["chosen"]["runtime"] != "torch":
         assert abs(metrics["miou"] - result["chosen"]["metric"]) < 1e-4
     assert not (tmp_path / "opt" / ".candidates").exists()

@@ -7,6 +7,7 @@ import json
 import onnx
 import pytest
 
+from parvis.api import evaluate
 from parvis.cli.main import main
 from parvis.engine.evaluate import evaluate_checkpoint
 from parvis.errors import ParvisError
@@ -21,9 +22,9 @@ def test_int8_keeps_the_metric_within_a_stated_drop(trained, method):
     data, out = trained
     report = quantize_onnx(out / "fp32.onnx", out / f"int8-{method}.onnx", data, n=16, method=method)
     assert report["calibration_images"] == 16 and report["method"] == method
-    fp32, _ = evaluate_checkpoint(out / "fp32.onnx", data)
-    int8, meta = evaluate_checkpoint(out / f"int8-{method}.onnx", data)
-    assert meta.name == "unet_small"
+    fp32 = evaluate(out / "fp32.onnx", data)
+    int8 = evaluate(out / f"int8-{method}.onnx", data)
+    assert int8["model"] == "unet_small" and int8["precision"] == "int8"
     assert fp32["pixel_acc"] > 0.8  # the model learned something for the comparison to mean anything
     assert int8["miou"] >= fp32["miou"] - 0.02 and int8["pixel_acc"] >= fp32["pixel_acc"] - 0.01
     ops = {node.op_type for node in onnx.load(str(out / f"int8-{method}.onnx")).graph.node}
@@ -47,7 +48,8 @@ def test_cli_eval_runs_an_onnx_artifact(trained, tmp_path, capsys):
     assert main(["eval", str(out / "fp32.onnx"), "--data", str(data), "--json", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     checkpoint, _ = evaluate_checkpoint(out / "run" / "best.pt", data, precision=None)
-    assert result["precision"] == "artifact" and abs(result["pixel_acc"] - checkpoint["pixel_acc"]) < 0.01
+    assert result["runtime"] == "onnxruntime" and result["precision"] == "fp32"
+    assert abs(result["pixel_acc"] - checkpoint["pixel_acc"]) < 0.01
     assert "unet_small" in capsys.readouterr().out
 
 
