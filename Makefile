@@ -52,5 +52,9 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
+# Everything `make demo`, `make docs` and the commands in README/docs write: data/shapes, data/video,
+# runs/ and site/ (tests/test_newcomer.py checks every data/ folder the docs name is here). data/
+# itself goes only when nothing else is left in it: a user's own datasets may live there.
 clean:
-	rm -rf $(VENV) $(DATA) runs
+	rm -rf $(VENV) $(DATA) data/shapes data/video runs site
+	rmdir data 2>/dev/null || true

@@ -183,3 +183,19 @@ def test_roofline_times_the_peak_matmul_in_turn_with_the_model():
         paired = [r["flops_per_image"] * s / 1e9 / p for s, p in runs]
         assert row["fraction_of_peak"] == pytest.approx(statistics.median(paired))
         assert r["peak_gflops"][f"{row['precision']}_gflops"] == row["peak_gflops"]
+
+
+def test_make_clean_removes_every_data_folder_the_docs_write():
+    # `make clean` left data/video behind: the docs' video commands write it, the demo writes data/shapes.
+    import re
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    texts = [(REPO / "README.md").read_text(), *(p.read_text() for p in (REPO / "docs").rglob("*.md"))]
+    written = {m for t in texts for m in re.findall(r"(?<![\w/.])data/[\w-]+(?![\w.])", t)}
+    assert {"data/shapes", "data/video"} <= written
+    dry = subprocess.run(["make", "-n", "clean"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    removed = set(" ".join(line for line in dry.stdout.splitlines() if line.startswith("rm ")).split())
+    assert written | {"runs"} <= removed, sorted(written | {"runs"} - removed)
