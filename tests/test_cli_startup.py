@@ -79,3 +79,16 @@ def test_help_and_version_exit_zero(flag):
     proc = subprocess.run([sys.executable, "-m", "parvis", flag], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_data_check_imports_no_deployment_stack(tmp_path):
+    # a command imports what it uses: checking a dataset needs neither ONNX, OpenVINO nor the HTTP server
+    from parvis.data.synth import synthesize
+
+    synthesize(tmp_path / "s", n=8, size=32, seed=0, workers=1, progress=False)
+    code = f"from parvis.cli.main import main\nassert main(['data', 'check', {str(tmp_path / 's')!r}]) == 0\n"
+    probe = code + "import sys\nprint(sorted({m.split('.')[0] for m in sys.modules}))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = set(json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"')))
+    assert not imported & {"onnx", "onnxruntime", "openvino", "fastapi", "uvicorn", "starlette"}
