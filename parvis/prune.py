@@ -34,7 +34,9 @@ from parvis import runtime
 from parvis.config import TrainConfig, config_to_dict, load_config
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.engine.evaluate import _unwrap, evaluate_checkpoint
+from parvis.engine.hooks import EvalHook, ProgressHook
 from parvis.engine.loading import load_trained
+from parvis.engine.trainer import build_trainer
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 from parvis.models import VisionModel, build_model
@@ -215,10 +217,7 @@ def _finetune_config(state: dict, meta, data, epochs: int, out: Path, lr: float 
 
 
 def _finetune(model: VisionModel, cfg: TrainConfig, quiet: bool) -> tuple[VisionModel, dict]:
-    from parvis.engine.hooks import EvalHook, ProgressHook
-    from parvis.engine.trainer import Trainer
-
-    trainer = Trainer(cfg, model=model, hooks=[EvalHook(), ProgressHook(quiet)], quiet=quiet)
+    trainer = build_trainer(cfg, hooks=[EvalHook(), ProgressHook(quiet)], quiet=quiet, model=model)
     try:
         record = trainer.fit()
         tuned = _unwrap(trainer.model)

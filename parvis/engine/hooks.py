@@ -117,7 +117,7 @@ class ProgressHook(Hook):
             f"train {cfg.model} ({trainer.meta.task}, {trainer.meta.num_classes} classes) on {trainer.device} "
             f"x{trainer.dist.world_size}: precision {trainer.precision.name} ({trainer.precision.reason}), "
             f"{'channels-last' if trainer.memory_format == torch.channels_last else 'contiguous'}, "
-            f"batch {cfg.batch}x{cfg.grad_accum}, {trainer.train_loader.num_workers} loader workers, "
+            f"batch {cfg.batch}x{cfg.grad_accum}, {getattr(trainer.train_loader, 'num_workers', 0)} loader workers, "
             f"{trainer.total_steps} steps -> {trainer.out}",
             flush=True,
         )

@@ -1,4 +1,8 @@
-"""The training engine: everything is set up by :class:`Trainer`, the step loop is :meth:`Trainer.fit`.
+"""The training engine: small `build_*` functions make the parts, :class:`Trainer` runs the step loop.
+
+    trainer = build_trainer(cfg)                            # the parts `cfg` describes (what `train` does)
+    trainer = Trainer(model, loaders, optimizer, cfg=cfg)   # or parts of your own (detectron2's SimpleTrainer)
+    trainer.fit()
 
 The loop is fetch -> autocast forward -> backward (scaled if fp16) -> clip -> step -> schedule ->
 log; evaluation, checkpoints, metrics files and the progress display are hooks called at a few
@@ -11,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from parvis import runtime
 from parvis.config import TrainConfig, config_to_dict, save_config
@@ -25,7 +31,8 @@ from parvis.engine.evaluate import _unwrap, evaluate
 from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook, ProgressHook
 from parvis.engine.loading import model_task as model_task_of
 from parvis.errors import ParvisError
-from parvis.models import VisionModel, build_model
+from parvis.models import VisionModel
+from parvis.models import build_model as build_named_model
 
 # The validation metric that picks best.pt, per task (higher is better for each).
 MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
@@ -70,99 +77,158 @@ def apply_gradients(optimizer, scaler, parameters, clip_grad: float | None) -> N
     optimizer.zero_grad(set_to_none=True)
 
 
+class Loaders(NamedTuple):
+    """What a Trainer draws batches from (`parvis.data.loader.Batch`es, as `build_loader` makes them):
+    `train` for the steps, `val` for evaluation (None: the run is not evaluated)."""
+
+    train: DataLoader
+    val: DataLoader | None = None
+
+
+def memory_format_for(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    return {
+        "auto": runtime.preferred_memory_format(device),
+        "on": torch.channels_last,
+        "off": torch.contiguous_format,
+    }[cfg.channels_last]
+
+
+def check_model_task(cfg: TrainConfig) -> None:
+    """Fail before any work when `cfg.model` is unknown or made for another task than `cfg.task`."""
+    model_task = model_task_of(cfg.model)  # an unknown name fails here, listing the registered ones
+    if model_task != cfg.task:
+        raise ParvisError(
+            f"--model {cfg.model} is a {model_task} model but --task is {cfg.task}; "
+            f"pass --task {model_task} or a {cfg.task} model"
+        )
+
+
+def build_loaders(cfg: TrainConfig, dist: runtime.DistInfo) -> Loaders:
+    """The train and val splits of `cfg.data` with the task's presets; workers normalize on the CPU, the
+    device does it on CUDA."""
+    task, size = cfg.task, cfg.size
+    kw = {"on_bad_sample": cfg.on_bad_sample}
+    train_set = open_dataset(cfg.data, task, "train", transform=build_transform(task, True, size, cfg.crop_scale), **kw)
+    val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
+    loader_kw = {"device": dist.device, "workers": cfg.workers, "dist": dist, "seed": cfg.seed}
+    if cfg.deterministic:
+        # Persistent workers keep their RNG across epochs, so a resumed run would augment differently.
+        loader_kw["persistent"] = False
+    train = build_loader(train_set, cfg.batch, train=True, **loader_kw)
+    if len(train) == 0:
+        raise ParvisError(
+            f"{cfg.data}: the train split has {len(train_set)} images, fewer than one batch of {cfg.batch} "
+            f"per process; lower --batch"
+        )
+    return Loaders(train, build_loader(val_set, cfg.batch, train=False, **loader_kw))
+
+
+def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo) -> VisionModel:
+    """`cfg.model` (registered or zoo name) for `class_names`, from `cfg.weights` when given."""
+    # Fine-tuning: a pretrained classifier whose head does not fit these classes gets a new one.
+    model = build_named_model(
+        cfg.model, len(class_names), class_names, input_size=cfg.size, weights=cfg.weights, replace_head=True
+    )
+    replaced = model.meta.extra.get("head_replaced")
+    if replaced and dist.rank == 0:
+        print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
+              f"classes; replaced it with a new one (random init) for {class_names}", flush=True)  # fmt: skip
+    if cfg.model.startswith("hmsa_"):
+        model.set_scales(cfg.scales)
+    return model
+
+
+def prepare_model(model: VisionModel, cfg: TrainConfig, dist: runtime.DistInfo) -> nn.Module:
+    """The model as the loop runs it: gradient checkpointing, on the device in the memory format,
+    SyncBN, then the parallel wrapper (DDP or FSDP2) and torch.compile, as `cfg` asks."""
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    fsdp = dist.enabled and cfg.strategy == "fsdp"
+    # FSDP2 shards flat, contiguous parameters only; under it, inputs stay channels-last but the
+    # weights keep the default layout.
+    layout = torch.contiguous_format if fsdp else memory_format_for(cfg, dist.device)
+    model = model.to(dist.device, memory_format=layout)
+    if cfg.sync_bn and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        # Shard every direct child holding parameters, then the root: each child's parameters are
+        # gathered just before it runs and freed after, so peak memory is one child, not the model.
+        for child in model.children():
+            if any(p.requires_grad for p in child.parameters()):
+                fully_shard(child)
+        model = fully_shard(model)
+    elif dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        model = DDP(model, device_ids=ids)
+    if cfg.compile:
+        model = torch.compile(model)
+    return model
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, dist: runtime.DistInfo) -> torch.optim.Optimizer:
+    """AdamW (or SGD with Nesterov momentum) over the prepared model's parameters."""
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    # fused AdamW is a single kernel per step on CUDA; foreach elsewhere.
+    fused = dist.device.type == "cuda" and not dist.enabled or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    total = steps_per_epoch * cfg.epochs
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Linear warmup for `cfg.warmup_epochs`, then cosine down to `cfg.min_lr_ratio`, per optimizer step."""
+    total = total_steps(cfg, steps_per_epoch)
+    warmup = min(total, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup, cfg.min_lr_ratio))
+
+
 class Trainer:
+    """The step loop over built parts (see `build_trainer` for the ones `cfg` describes).
+
+    `model`: a VisionModel on its device, possibly wrapped (`prepare_model`); `loaders`: `Loaders`;
+    `optimizer` over the model's parameters; `scheduler`: `cfg`'s warmup + cosine unless given. `cfg`
+    holds the loop's settings (epochs, grad_accum, clip_grad, label_smoothing, ema, max_steps,
+    eval_every, precision, out). `dist` and `precision` default to what `cfg.device` and
+    `cfg.precision` resolve to. A model handed in saves only its state dict in checkpoints, so a
+    caller whose model cannot be rebuilt by name (a pruned one) saves its own.
+    """
+
     def __init__(
         self,
+        model: nn.Module,
+        loaders: Loaders,
+        optimizer: torch.optim.Optimizer,
+        *,
         cfg: TrainConfig,
-        resume: bool = False,
+        scheduler=None,
+        dist: runtime.DistInfo | None = None,
+        precision: runtime.Precision | None = None,
         hooks: list[Hook] | None = None,
         quiet: bool = False,
-        model: VisionModel | None = None,
+        resume: bool = False,
     ):
-        """`model`: train this already-built model (e.g. a pruned one, whose layer shapes differ from the
-        registered architecture) instead of building `cfg.model`; its classes must be the dataset's. Its
-        checkpoints hold only the state dict, so a caller whose model cannot be rebuilt by name saves its own."""
         self.cfg = cfg
-        self.dist = runtime.init_distributed(cfg.device)
+        self.dist = dist or runtime.init_distributed(cfg.device)
         self.device = self.dist.device
-        # Every rank initializes the model from the same seed: FSDP shards each rank's own copy
-        # without broadcasting, so different inits would stitch together a model nobody made.
-        runtime.seed_everything(cfg.seed, deterministic=cfg.deterministic)
-        self.precision = runtime.resolve_precision(cfg.precision, self.device, "train")
+        self.precision = precision or runtime.resolve_precision(cfg.precision, self.device, "train")
         runtime.apply_precision(self.precision)
-        self.memory_format = {
-            "auto": runtime.preferred_memory_format(self.device),
-            "on": torch.channels_last,
-            "off": torch.contiguous_format,
-        }[cfg.channels_last]
+        self.memory_format = memory_format_for(cfg, self.device)
         self.out = Path(cfg.out)
-        if not resume and (self.out / "last.pt").exists():
-            raise ParvisError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
-
-        model_task = model_task_of(cfg.model)  # an unknown name fails here, listing the registered ones
-        if model_task != cfg.task:
-            raise ParvisError(
-                f"--model {cfg.model} is a {model_task} model but --task is {cfg.task}; "
-                f"pass --task {model_task} or a {cfg.task} model"
-            )
-        # Data: the same scenes, the task's presets; workers normalize on CPU, the GPU does on CUDA.
-        task, size = cfg.task, cfg.size
-        kw = {"on_bad_sample": cfg.on_bad_sample}
-        train_transform = build_transform(task, True, size, cfg.crop_scale)
-        self.train_set = open_dataset(cfg.data, task, "train", transform=train_transform, **kw)
-        self.val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
-        class_names = list(self.train_set.classes)
-        loader_kw = {"device": self.device, "workers": cfg.workers, "dist": self.dist, "seed": cfg.seed}
-        if cfg.deterministic:
-            # Persistent workers keep their RNG across epochs, so a resumed run would augment differently.
-            loader_kw["persistent"] = False
-        self.train_loader = build_loader(self.train_set, cfg.batch, train=True, **loader_kw)
-        self.val_loader = build_loader(self.val_set, cfg.batch, train=False, **loader_kw)
-        if len(self.train_loader) == 0:
-            raise ParvisError(
-                f"{cfg.data}: the train split has {len(self.train_set)} images, fewer than one batch of {cfg.batch} "
-                f"per process; lower --batch"
-            )
-
-        # Model: registered by name (or handed in); channels-last, checkpointing, SyncBN, then the parallel wrapper.
-        if model is None:
-            # Fine-tuning: a pretrained classifier whose head does not fit these classes gets a new one.
-            model = build_model(
-                cfg.model, len(class_names), class_names, input_size=size, weights=cfg.weights, replace_head=True
-            )
-            replaced = model.meta.extra.get("head_replaced")
-            if replaced and self.dist.rank == 0:
-                print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
-                      f"classes; replaced it with a new one (random init) for {class_names}", flush=True)  # fmt: skip
-            if cfg.model.startswith("hmsa_"):
-                model.set_scales(cfg.scales)
-        elif model.meta.class_names != class_names:
-            raise ParvisError(
-                f"{cfg.data}: classes {class_names} differ from the model's {model.meta.class_names}; "
-                "use the dataset the model was trained on"
-            )
-        if cfg.grad_checkpointing:
-            model.set_grad_checkpointing(True)
-        self.meta = model.meta
-        fsdp = self.dist.enabled and cfg.strategy == "fsdp"
-        # FSDP2 shards flat, contiguous parameters only; under it, inputs stay channels-last but the
-        # weights keep the default layout.
-        model = model.to(self.device, memory_format=torch.contiguous_format if fsdp else self.memory_format)
-        if cfg.sync_bn and self.dist.enabled:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = self._wrap(model)
-        # From here on randomness (main-process augmentation, dropout) should differ between ranks.
-        runtime.seed_everything(cfg.seed + self.dist.rank, deterministic=cfg.deterministic)
-        self.optimizer = self._optimizer()
+        self.model, self.optimizer = model, optimizer
+        self.train_loader, self.val_loader = loaders
+        self.meta = _unwrap(model).meta
         self.steps_per_epoch = max(1, len(self.train_loader) // cfg.grad_accum)
-        total = self.steps_per_epoch * cfg.epochs
-        if cfg.max_steps:
-            total = min(total, cfg.max_steps)
-        warmup = min(total, max(1, round(cfg.warmup_epochs * self.steps_per_epoch)))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, cosine_with_warmup(total, warmup, cfg.min_lr_ratio)
-        )
-        self.total_steps = total
+        self.total_steps = total_steps(cfg, self.steps_per_epoch)
+        self.scheduler = scheduler or build_scheduler(cfg, optimizer, self.steps_per_epoch)
         self.scaler = runtime.grad_scaler(self.precision)
         self.ema = None
         if cfg.ema:
@@ -172,7 +238,7 @@ class Trainer:
                 _unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
             )
         self.epoch, self.step = 0, 0
-        self.monitor = MONITOR[task]
+        self.monitor = MONITOR[self.meta.task]
         self.checkpoints = CheckpointManager(self.out, monitor=self.monitor, mode="max")
         self.history: list[dict] = []
         if resume:
@@ -184,37 +250,6 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
-
-    # ----------------------------------------------------------------- setup helpers
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        cfg = self.cfg
-        if self.dist.enabled and cfg.strategy == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            # Shard every direct child holding parameters, then the root: each child's parameters are
-            # gathered just before it runs and freed after, so peak memory is one child, not the model.
-            for child in model.children():
-                if any(p.requires_grad for p in child.parameters()):
-                    fully_shard(child)
-            model = fully_shard(model)
-        elif self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DDP(model, device_ids=ids)
-        if cfg.compile:
-            model = torch.compile(model)
-        return model
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        groups = _param_groups(self.model, cfg.weight_decay)
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        # fused AdamW is a single kernel per step on CUDA; foreach elsewhere.
-        fused = self.device.type == "cuda" and not self.dist.enabled or None
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly; full (unsharded) tensors, gathered on every rank."""
@@ -321,6 +356,8 @@ class Trainer:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
 
     def evaluate(self) -> dict:
+        if self.val_loader is None:
+            return {}
         batches = DevicePrefetcher(
             self.val_loader, self.device, mean=self.meta.mean, std=self.meta.std, memory_format=self.memory_format
         )
@@ -339,9 +376,46 @@ def _unwrap_compiled(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def build_trainer(
+    cfg: TrainConfig,
+    resume: bool = False,
+    hooks: list[Hook] | None = None,
+    quiet: bool = False,
+    model: VisionModel | None = None,
+) -> Trainer:
+    """A Trainer with the parts `cfg` describes. `model`: train this built model instead of `cfg.model`
+    (e.g. a pruned one, whose layer shapes differ from the registered architecture); its classes must
+    be the dataset's."""
+    if not resume and (Path(cfg.out) / "last.pt").exists():
+        raise ParvisError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
+    dist = runtime.init_distributed(cfg.device)
+    # Every rank initializes the model from the same seed: FSDP shards each rank's own copy
+    # without broadcasting, so different inits would stitch together a model nobody made.
+    runtime.seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    precision = runtime.resolve_precision(cfg.precision, dist.device, "train")  # an unsupported one fails here
+    if model is None:
+        check_model_task(cfg)
+    loaders = build_loaders(cfg, dist)
+    class_names = list(loaders.train.dataset.classes)
+    if model is None:
+        model = build_model(cfg, class_names, dist)
+    elif model.meta.class_names != class_names:
+        raise ParvisError(
+            f"{cfg.data}: classes {class_names} differ from the model's {model.meta.class_names}; "
+            "use the dataset the model was trained on"
+        )
+    model = prepare_model(model, cfg, dist)
+    # From here on randomness (main-process augmentation, dropout) should differ between ranks.
+    runtime.seed_everything(cfg.seed + dist.rank, deterministic=cfg.deterministic)
+    optimizer = build_optimizer(cfg, model, dist)
+    return Trainer(
+        model, loaders, optimizer, cfg=cfg, dist=dist, precision=precision, hooks=hooks, quiet=quiet, resume=resume
+    )
+
+
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
     """Train with `cfg`; returns the last epoch's record (metrics, images/s, data wait)."""
-    trainer = Trainer(cfg, resume=resume, quiet=quiet)
+    trainer = build_trainer(cfg, resume=resume, quiet=quiet)
     try:
         return trainer.fit()
     finally:

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import DataLoader
 
 from parvis.cli.main import main
 from parvis.config import TrainConfig
-from parvis.engine.trainer import NonFiniteLoss, Trainer
+from parvis.data.loader import Batch
+from parvis.engine.trainer import Loaders, NonFiniteLoss, Trainer, build_trainer
+from parvis.models.base import ClassificationModel, ModelMeta
 
 HERE = Path(__file__).parent
 WORKER = HERE / "train_worker.py"
@@ -45,7 +49,7 @@ def test_segmentation_training_learns(shapes_dir, tmp_path):
         out=str(tmp_path / "run"),
         warmup_epochs=0.5,
     )
-    trainer = Trainer(cfg, quiet=True)
+    trainer = build_trainer(cfg, quiet=True)
     try:
         trainer.fit()
     finally:
@@ -125,7 +129,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(sh
         workers=0,
         out=str(tmp_path / "run"),
     )
-    trainer = Trainer(cfg, quiet=True)
+    trainer = build_trainer(cfg, quiet=True)
     real_loss = trainer.model.loss
     calls = {"n": 0}
 
@@ -142,6 +146,49 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(sh
     assert state["epoch"] == 1 and all(
         torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
     )
+
+
+class _TinyNet(ClassificationModel):
+    def __init__(self, meta):
+        super().__init__(meta)
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, meta.num_classes)
+
+    def forward(self, images):
+        return self.head(self.body(images))
+
+
+def _in_memory_loader(n: int, classes: int, batch: int) -> DataLoader:
+    """Normalized 16 px images whose class is which channel is brightest: `Batch`es, as build_loader makes."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    images = torch.randn(n, 3, 16, 16, generator=g)
+    images[torch.arange(n), labels] += 2.0
+    samples = list(zip(images, labels, strict=True))
+    return DataLoader(samples, batch_size=batch, collate_fn=lambda items: Batch(
+        torch.stack([i for i, _ in items]), torch.stack([t for _, t in items]), 0))  # fmt: skip
+
+
+def test_trainer_runs_an_epoch_on_hand_made_parts(tmp_path):
+    """Trainer takes built parts (detectron2's SimpleTrainer style): no dataset folder, no registered name."""
+    torch.manual_seed(0)
+    classes = ["red", "green", "blue"]
+    meta = ModelMeta("tiny", "classification", 3, classes, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    model = _TinyNet(meta)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loaders = Loaders(_in_memory_loader(24, 3, 8), _in_memory_loader(12, 3, 6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = TrainConfig(epochs=1, out=str(tmp_path / "run"), device="cpu", precision="fp32", warmup_epochs=0.0)
+    trainer = Trainer(model, loaders, optimizer, cfg=cfg, quiet=True)
+    try:
+        record = trainer.fit()
+    finally:
+        trainer.close()
+    assert trainer.step == 3 and record["epoch"] == 1 and record["val_images"] == 12
+    assert 0 <= record["val_top1"] <= 1 and record["train_loss"] == record["train_loss"]  # not NaN
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["meta"]["name"] == "tiny" and saved["epoch"] == 1
 
 
 @pytest.mark.parametrize(
