@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parvis.artifact import META_KEY, read_metadata
+from parvis.artifact import META_KEY, TENSOR_TASK, graph_io, load_onnx, read_metadata
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
 from parvis.engine.predict import expand_inputs
@@ -50,8 +50,54 @@ def calibration_batches(meta, data: str | Path, n: int, batch: int = 8, seed: in
     return out
 
 
-def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 128, method: str = "minmax") -> dict:
-    """Write an INT8 QDQ model of the fp32 ONNX file `src` to `out`; returns the settings used."""
+def tensor_calibration(meta, n: int, calib_data: str | Path | None = None, seed: int = 0) -> list[dict]:
+    """Calibration feeds for a raw-tensor model: the samples of `calib_data` (.npz, one array per input
+    name, samples along the first axis), or `n` seeded standard-normal samples of the graph's shapes."""
+    inputs = meta.extra["inputs"]
+    if calib_data is not None:
+        path = Path(calib_data)
+        try:
+            arrays = dict(np.load(path))
+        except (OSError, ValueError) as exc:
+            raise ParvisError(f"--calib-data {path}: not a readable .npz ({exc}); save it with numpy.savez") from None
+        missing = [t["name"] for t in inputs if t["name"] not in arrays]
+        if missing:
+            raise ParvisError(f"--calib-data {path}: has no array named {missing[0]!r} (the model's inputs: "
+                              f"{', '.join(t['name'] for t in inputs)})")  # fmt: skip
+        count = min(len(arrays[t["name"]]) for t in inputs)
+        return [{t["name"]: arrays[t["name"]][i : i + 1] for t in inputs} for i in range(min(n, count))]
+    rng = np.random.default_rng(seed)
+    shapes = {}
+    for t in inputs:
+        rest = t["shape"][1:]
+        if not all(isinstance(d, int) for d in rest) or t["dtype"] != "FP32":
+            raise ParvisError(
+                f"input {t['name']!r} ({t['dtype']} {t['shape']}) cannot be filled with random calibration data; "
+                "give --calib-data FILE.npz with real samples"
+            )
+        shapes[t["name"]] = [1, *rest]
+    return [{k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()} for _ in range(n)]
+
+
+def output_snr_db(reference: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """Signal-to-noise ratio of `got` against `reference` over all outputs, in dB (higher is closer)."""
+    signal = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in reference)
+    noise = sum(float(np.sum((r.astype(np.float64) - g) ** 2)) for r, g in zip(reference, got, strict=True))
+    return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-30) / noise))
+
+
+def quantize_onnx(
+    src: str | Path,
+    out: str | Path,
+    data: str | Path | None,
+    n: int = 128,
+    method: str = "minmax",
+    calib_data: str | Path | None = None,
+) -> dict:
+    """Write an INT8 QDQ model of the fp32 ONNX file `src` to `out`; returns the settings used.
+
+    Image models calibrate on `n` images of `data`; a raw-tensor model (a foreign ONNX file without
+    preprocessing) on `calib_data` (.npz) or seeded random samples, and reports its outputs' SNR vs fp32."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -76,8 +122,16 @@ def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 1
             "export one with `parvis export MODEL --format onnx --out FILE.onnx`"
         )
     meta = read_metadata(src)
-    batches = calibration_batches(meta, data, n)
-    images_used = int(sum(len(b) for b in batches))
+    input_name = graph_io(load_onnx(src))[0][0]["name"]
+    if meta.task == TENSOR_TASK:
+        feeds = tensor_calibration(meta, n, calib_data)
+        source_of_data = str(calib_data) if calib_data else "random (seeded standard normal)"
+    else:
+        if data is None:
+            raise ParvisError(f"{src}: quantizing an image model needs --data DIR with images to calibrate on")
+        feeds = [{input_name: b} for b in calibration_batches(meta, data, n)]
+        source_of_data = str(data)
+    images_used = int(sum(len(next(iter(f.values()))) for f in feeds))
     try:  # like every command, make the output folder (after the inputs were checked: no empty folder on error)
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -88,9 +142,9 @@ def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 1
             self.it = iter(batches)
 
         def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {"images": b}
+            return next(self.it, None)
 
+    batches = feeds
     calibrate = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -117,6 +171,7 @@ def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 1
     settings = {
         "method": method,
         "calibration_images": images_used,
+        "calibration_data": source_of_data,
         "activations": "uint8",
         "weights": "int8 per-channel",
     }
@@ -125,6 +180,8 @@ def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 1
         prop = model.metadata_props.add()
         prop.key, prop.value = key, value
     atomic_write_bytes(out, model.SerializeToString())
+    if meta.task == TENSOR_TASK:
+        settings["output_snr_db"] = round(_snr_vs_fp32(src, out, feeds), 2)
     return {
         "path": str(out),
         "source": str(src),
@@ -132,3 +189,16 @@ def quantize_onnx(src: str | Path, out: str | Path, data: str | Path, n: int = 1
         **settings,
         "size_mb": round(out.stat().st_size / 2**20, 2),
     }
+
+
+def _snr_vs_fp32(src: Path, out: Path, feeds: list[dict]) -> float:
+    """The INT8 model's outputs against the fp32 model's on the calibration samples, in dB."""
+    import onnxruntime as ort
+
+    fp32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    reference, got = [], []
+    for feed in feeds:
+        reference += fp32.run(None, feed)
+        got += int8.run(None, feed)
+    return output_snr_db(reference, got)

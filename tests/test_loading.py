@@ -227,3 +227,22 @@ def test_zoo_models_export_with_parity(name, shape, tmp_path):
     report = export_model(model, tmp_path / "m.onnx")
     assert report["parity_max_abs_err"] < 1e-3
     assert read_metadata(tmp_path / "m.onnx").name == name
+
+
+def test_quantize_a_foreign_tensor_model_with_random_or_given_samples(foreign, tmp_path, capsys):
+    from parvis.quantize import quantize_onnx
+
+    report = quantize_onnx(foreign["two"], tmp_path / "two-int8.onnx", None, n=8)
+    assert report["calibration_data"].startswith("random") and report["calibration_images"] == 8
+    assert report["output_snr_db"] > 10  # a linear model quantizes well; a broken graph would be near 0 dB
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((5, 4)).astype(np.float32),
+             y=rng.standard_normal((5, 2, 3)).astype(np.float32))  # fmt: skip
+    code = main(["quantize", str(foreign["two"]), "--calib-data", str(tmp_path / "calib.npz"),
+                 "--out", str(tmp_path / "given.onnx"), "--calib", "5"])  # fmt: skip
+    assert code == 0 and "SNR" in capsys.readouterr().out
+    np.savez(tmp_path / "wrong.npz", z=np.zeros((2, 4), np.float32))
+    code = main(["quantize", str(foreign["two"]), "--calib-data", str(tmp_path / "wrong.npz"),
+                 "--out", str(tmp_path / "w.onnx")])  # fmt: skip
+    assert code == 2 and "has no array named 'x'" in capsys.readouterr().err
+    assert not (tmp_path / "w.onnx").exists()

@@ -7,8 +7,15 @@ from parvis.cli.output import console, write_json
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="INT8 post-training quantization of an exported ONNX model (ONNX Runtime QDQ)")
-    p.add_argument("artifact", help="fp32 .onnx written by parvis export")
-    p.add_argument("--data", required=True, help="dataset folder; calibration images come from its train split")
+    p.add_argument("artifact", help="fp32 .onnx (written by parvis export, or made elsewhere)")
+    p.add_argument(
+        "--data", default=None,
+        help="images to calibrate on: a dataset's train split, or any folder of images (image models)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calib-data", default=None, metavar="FILE.npz",
+        help="raw-tensor models: samples per input name (first axis); default: seeded random samples",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="INT8 .onnx to write")
     p.add_argument("--calib", type=int, default=128, help="calibration images (default 128)")
     p.add_argument("--method", default="minmax", choices=("minmax", "entropy", "percentile"))
@@ -21,11 +28,17 @@ def run(args) -> int:
 
     from parvis.quantize import quantize_onnx
 
-    report = quantize_onnx(args.artifact, args.out, args.data, n=args.calib, method=args.method)
+    report = quantize_onnx(
+        args.artifact, args.out, args.data, n=args.calib, method=args.method, calib_data=args.calib_data
+    )
+    if "output_snr_db" in report:
+        check = f"outputs vs fp32 on the calibration samples: SNR {report['output_snr_db']:.1f} dB"
+    else:
+        check = f"measure it with `parvis eval {escape(report['path'])} --data DIR`"
     console().print(
         f"quantized {report['model']} to INT8 ({report['method']}, {report['calibration_images']} calibration "
-        f"images) -> {escape(report['path'])}, {report['size_mb']:.2f} MB; measure it with "
-        f"`parvis eval {escape(report['path'])} --data DIR`"
+        f"samples from {escape(report['calibration_data'])}) -> {escape(report['path'])}, "
+        f"{report['size_mb']:.2f} MB; {check}"
     )
     if args.json:
         write_json(args.json, report)
