@@ -246,3 +246,11 @@ def test_quantize_a_foreign_tensor_model_with_random_or_given_samples(foreign, t
                  "--out", str(tmp_path / "w.onnx")])  # fmt: skip
     assert code == 2 and "has no array named 'x'" in capsys.readouterr().err
     assert not (tmp_path / "w.onnx").exists()
+
+
+def test_bench_batch_and_precision_run_a_foreign_tensor_model(foreign, tmp_path, capsys):
+    code = main(["bench", "batch", str(foreign["two"]), "--batch", "1,4", "--json", str(tmp_path / "b.json")])
+    assert code == 0 and "raw tensors" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [1, 4] and all(r["img_s"] > 0 for r in rows)
+    assert main(["bench", "precision", str(foreign["two"]), "--batch", "4"]) == 0

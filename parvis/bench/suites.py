@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
-from parvis.artifact import is_quantized
+from parvis.artifact import TENSOR_TASK, is_quantized
 from parvis.errors import ParvisError
 from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES, open_runtime
 from parvis.runtimes.timing import time_calls, time_runtimes
@@ -105,6 +105,27 @@ def header(benchmark: str, source: str, meta, batch: int, threads: int | None, d
 
 def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)).numpy()
+
+
+def random_inputs(meta, batch: int, seed: int = 0):
+    """What the model takes, random: normalized images, or for a raw-tensor model (a foreign ONNX file
+    without preprocessing) a {input name: array} of the graph's shapes with `batch` on the first axis."""
+    if meta.task != TENSOR_TASK:
+        return random_images(batch, meta.input_size, seed)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for t in meta.extra["inputs"]:
+        rest = t["shape"][1:]
+        if not all(isinstance(d, int) for d in rest):
+            raise ParvisError(f"input {t['name']!r} has free axes {t['shape']}; benchmarks need every axis but the "
+                              "first fixed (re-export with fixed shapes)")  # fmt: skip
+        if t["dtype"] == "FP32":
+            feeds[t["name"]] = rng.standard_normal((batch, *rest)).astype(np.float32)
+        elif t["dtype"].startswith(("INT", "UINT")):
+            feeds[t["name"]] = np.zeros((batch, *rest), dtype=np.int64 if t["dtype"] == "INT64" else np.int32)
+        else:
+            raise ParvisError(f"input {t['name']!r} is {t['dtype']}; benchmarks fill FP32 and integer inputs only")
+    return feeds
 
 
 def device_precisions(device: torch.device) -> tuple[list[str], list[str]]:
@@ -232,7 +253,7 @@ def bench_precision(
                 rows.append({"runtime": "onnxruntime", "precision": "int8", "rt": ort8})
         else:
             notes.append("int8 not run: pass --data DIR to calibrate an ONNX Runtime INT8 model on its images")
-        x = random_images(batch, meta.input_size)
+        x = random_inputs(meta, batch)
         rt.apply_precision(rt.resolve_precision("fp32", dev, "infer"))
         reference = rows[0]["rt"].run(x)
         for row in rows:
@@ -315,7 +336,7 @@ def bench_batch(
         rows = []
         for b in batches:
             progress(f"batch {b}")
-            x = random_images(b, meta.input_size)
+            x = random_inputs(meta, b)
             times = time_calls(lambda x=x: model.run(x), seconds, min_iters)
             p50 = float(np.percentile(times, 50))
             rows.append(

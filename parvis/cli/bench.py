@@ -323,7 +323,8 @@ def _finish(con, args, result: dict, *tables, lines: tuple[str, ...] = ()) -> in
 
 
 def _what(result: dict) -> str:
-    return f"{result['model']}, {result['input_size']} px, {result['device']}"
+    size = f"{result['input_size']} px" if result.get("input_size") else "raw tensors"
+    return f"{result['model']}, {size}, {result['device']}"
 
 
 def _num(v, fmt: str = ".2f", none: str = "-") -> str:

@@ -49,6 +49,9 @@ class OnnxRuntime(Runtime):
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images) -> np.ndarray:
+        """Images (one input), or {input name: array} for a model with several inputs: the first output."""
+        if isinstance(images, dict):
+            return next(iter(self.run_tensors(images).values()))
         x = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 

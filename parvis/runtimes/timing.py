@@ -86,7 +86,9 @@ def time_runtimes(
     """
     labels = labels or [r.name for r in runtimes]
     before = before or (lambda _: None)
-    x1 = np.ascontiguousarray(x[:1])
+    # a raw-tensor model takes {input name: array}; its batch is every array's first axis
+    x1 = {k: np.ascontiguousarray(v[:1]) for k, v in x.items()} if isinstance(x, dict) else np.ascontiguousarray(x[:1])
+    batch = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
     for i, r in enumerate(runtimes):
         before(i)
         r.run(x)
@@ -100,7 +102,7 @@ def time_runtimes(
             t0 = time.perf_counter()
             for _ in range(iters):
                 r.run(x)
-            runs[i].append(len(x) * iters / (time.perf_counter() - t0))
+            runs[i].append(batch * iters / (time.perf_counter() - t0))
     out = [{"img_s": statistics.median(r), "img_s_runs": r} for r in runs]
     if latency_iters > 0:
         for i, r in enumerate(runtimes):
