@@ -254,3 +254,6 @@ def test_bench_batch_and_precision_run_a_foreign_tensor_model(foreign, tmp_path,
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["batch"] for r in rows] == [1, 4] and all(r["img_s"] > 0 for r in rows)
     assert main(["bench", "precision", str(foreign["two"]), "--batch", "4"]) == 0
+    assert main(["bench", "runtime", str(foreign["two"]), "--batch", "4", "--json", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [(r["runtime"], r["precision"]) for r in rows] == [("onnxruntime", "fp32"), ("onnxruntime", "int8")]

@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
+from parvis.artifact import TENSOR_TASK, is_quantized
+from parvis.bench.suites import random_inputs
 from parvis.engine.loading import as_checkpoint, load_model
 from parvis.export import export_model
+from parvis.quantize import quantize_onnx
 from parvis.runtimes import open_runtime
 from parvis.runtimes.timing import time_runtimes
 
@@ -35,6 +38,8 @@ def _candidates(
     batch: int,
     compile_too: bool,
 ) -> list[dict]:
+    if source.endswith(".onnx"):
+        return _onnx_candidates(source, workdir, threads, progress, data, calib)
     cpu = torch.device("cpu")
     auto = rt.resolve_precision("auto", cpu, "infer")
     # A model name is built once (random weights) so every candidate runs the same weights.
@@ -101,8 +106,6 @@ def _candidates(
             }
         )
     if data is not None:
-        from parvis.quantize import quantize_onnx
-
         progress(f"quantizing to INT8 with {calib} calibration images")
         int8_path = workdir / "model-int8.onnx"
         quantize_onnx(onnx_path, int8_path, data, n=calib)
@@ -110,6 +113,25 @@ def _candidates(
         rows.append({"runtime": "onnxruntime", "precision": "int8", "layout": "-", "rt": rt_int8})
         ov_int8 = open_runtime(str(int8_path), "openvino", threads=threads, precision="int8")
         rows.append({"runtime": "openvino", "precision": "int8", "layout": "-", "rt": ov_int8})
+    return rows
+
+
+def _onnx_candidates(source, workdir: Path, threads, progress, data, calib) -> list[dict]:
+    """An ONNX file (parvis's or made elsewhere) on ONNX Runtime and OpenVINO; INT8 from `data`'s images,
+    or for a raw-tensor model from seeded random samples. The first row is the reference."""
+    precision = "int8" if is_quantized(source) else "fp32"
+    first = open_runtime(source, threads=threads, precision=precision)
+    rows = [{"runtime": "onnxruntime", "precision": precision, "layout": "-", "rt": first}]
+    raw = first.meta.task == TENSOR_TASK
+    if not raw:  # OpenVINO here runs single-input image models (a batch dimension it can make dynamic)
+        rows.append({"runtime": "openvino", "precision": precision, "layout": "-",
+                     "rt": open_runtime(source, "openvino", threads=threads, precision=precision)})  # fmt: skip
+    if precision == "fp32" and (data is not None or raw):
+        progress(f"quantizing to INT8 with {calib} calibration samples")
+        int8_path = workdir / "model-int8.onnx"
+        quantize_onnx(source, int8_path, data, n=calib)
+        rows.append({"runtime": "onnxruntime", "precision": "int8", "layout": "-",
+                     "rt": open_runtime(str(int8_path), threads=threads, precision="int8")})  # fmt: skip
     return rows
 
 
@@ -132,8 +154,7 @@ def bench_runtime(
     with tempfile.TemporaryDirectory() as tmp:
         rows = _candidates(source, Path(tmp), threads, progress, data, calib, batch, compile_too)
         meta = rows[0]["rt"].meta
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, 3, meta.input_size, meta.input_size, generator=gen).numpy()
+        x = random_inputs(meta, batch)
         reference = rows[0]["rt"].run(x)
         for row in rows:
             row["max_abs_err"] = float(np.abs(row["rt"].run(x) - reference).max())

@@ -202,11 +202,11 @@ def run_runtime(args) -> int:
         )
     table = Table(
         title=(
-            f"inference {result['model']}, {result['input_size']} px, batch {args.batch}, cpu, "
+            f"inference {_what({**result, 'device': 'cpu'})}, batch {args.batch}, "
             f"{result['threads']} threads, median of {args.rounds} rounds"
         )
     )
-    for col in ("runtime", "precision", "layout", "img/s", "vs eager fp32", "p50 ms (b1)", "p99 ms (b1)", "max |diff|"):
+    for col in ("runtime", "precision", "layout", "img/s", "vs first row", "p50 ms (b1)", "p99 ms (b1)", "max |diff|"):
         table.add_column(col, justify="left" if col in ("runtime", "precision", "layout") else "right")
     for r in result["rows"]:
         table.add_row(
