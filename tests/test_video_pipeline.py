@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from parvis.data.video_io import open_writer, probe
 from parvis.errors import ParvisError
 from parvis.models import build_model
 from parvis.models.base import ModelMeta, VisionModel
 from parvis.structures import Detections
-from parvis.video.io import open_writer, probe
 from parvis.video.pipeline import StreamSinks, run_video
 
 pytestmark = pytest.mark.slow

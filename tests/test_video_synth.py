@@ -11,9 +11,16 @@ import pytest
 
 from parvis.cli.main import main
 from parvis.data.synth import CLASSES
+from parvis.data.video_io import (
+    TruncatedVideoError,
+    open_writer,
+    probe,
+    read_frames,
+    read_frames_with_pts,
+    video_encoder,
+)
 from parvis.data.video_synth import ClipRenderer, synthesize_video
 from parvis.errors import BadSampleError, ParvisError
-from parvis.video.io import TruncatedVideoError, open_writer, probe, read_frames, read_frames_with_pts, video_encoder
 
 FRAMES, WIDTH, HEIGHT, SEED = 40, 160, 120, 3
 
@@ -182,7 +189,7 @@ def test_bad_arguments(tmp_path, kwargs, name):
         synthesize_video(tmp_path / "x", **kwargs)
 
 
-# --- parvis.video.io ----------------------------------------------------------------------------
+# --- parvis.data.video_io ------------------------------------------------------------------------
 
 
 def ramp(i: int, w: int = 64, h: int = 48) -> np.ndarray:

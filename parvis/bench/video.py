@@ -35,8 +35,8 @@ def _clips(folder: Path, n: int) -> list[str]:
 def stage_times(model, clip: str, batch: int, score_threshold: float = 0.3) -> dict:
     """Per-frame ms of each stage alone, on one clip: decode (+ preprocessing), inference at `batch`,
     tracking, annotate + encode."""
+    from parvis.data.video_io import open_writer, read_frames
     from parvis.draw import annotate
-    from parvis.video.io import open_writer, read_frames
     from parvis.video.pipeline import _to_frame, preprocessor
     from parvis.video.tracker import ByteTracker
 
@@ -84,9 +84,9 @@ def sequential_peer(model, clips: list[str], out: Path) -> float | None:
         import supervision as sv
     except ImportError:
         return None
+    from parvis.data.video_io import open_writer, read_frames
     from parvis.draw import annotate
     from parvis.structures import Detections
-    from parvis.video.io import open_writer, read_frames
     from parvis.video.pipeline import _to_frame, preprocessor
 
     prep = preprocessor(model.meta)

@@ -51,6 +51,7 @@ from parvis.data.synth import (
     _polygons,
     _sample_shape,
 )
+from parvis.data.video_io import open_writer, video_encoder
 from parvis.errors import ParvisError
 
 MOTIONS = ("stay", "enter", "leave", "cross")
@@ -264,8 +265,6 @@ def _gt_line(row: tuple) -> str:
 
 def _write_clip(job: tuple[str, int, int, int, int, float, int, str]) -> dict:
     """Pool worker: render clip ``clip``, encode it and write its ground truth."""
-    from parvis.video.io import open_writer
-
     root, clip, frames, width, height, fps, seed, codec = job
     name = f"clip_{clip:03d}"
     renderer = ClipRenderer(seed, clip, frames, width, height)
@@ -328,8 +327,6 @@ def synthesize_video(
     a progress bar on stderr when ``progress``. Everything is built in a sibling ``OUT.tmp-<pid>``
     renamed to ``out`` when complete; a non-empty ``out`` is refused.
     """
-    from parvis.video.io import video_encoder
-
     _check_args(n_clips, frames, width, height, fps, seed, workers)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

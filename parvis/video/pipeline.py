@@ -33,9 +33,9 @@ import torch.nn.functional as F
 
 from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image
+from parvis.data.video_io import TruncatedVideoError, open_writer, probe, read_frames
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_text, publish
-from parvis.video.io import TruncatedVideoError, open_writer, probe, read_frames
 from parvis.video.mot import format_mot
 from parvis.video.muxer import Packet, StreamMuxer
 from parvis.video.tracker import ByteTracker
