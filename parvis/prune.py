@@ -160,38 +160,6 @@ def check_options(ratio: float, scope: str = "uniform", round_to: int | None = N
         raise ParvisError(f"--round-to {round_to}: must be at least 1 (e.g. 8), or left out")
 
 
-def time_inference(
-    sources: dict[str, str],
-    batch: int = 32,
-    rounds: int = 3,
-    iters: int = 2,
-    latency_iters: int = 20,
-    threads: int | None = None,
-) -> list[dict]:
-    """Batch-1 latency p50 and batch-`batch` images/s of each checkpoint in `sources` (label -> path)
-    on the CPU, eager fp32 and the auto precision, timed round-robin (`parvis.runtimes.timing`) so
-    drift on a shared machine hits all alike. Rows: {model, precision, img_s, latency_ms_p50}."""
-    # Runtimes are a later stage than the producers: only this measurement of the result needs them.
-    from parvis.runtimes import open_runtime
-    from parvis.runtimes.timing import time_runtimes
-
-    auto = runtime.resolve_precision("auto", torch.device("cpu"), "infer").name
-    precisions = ["fp32"] + ([auto] if auto != "fp32" else [])
-    rows = [
-        {"model": label, "precision": p, "rt": open_runtime(path, "torch", threads=threads, precision=p)}
-        for p in precisions
-        for label, path in sources.items()
-    ]
-    size = rows[0]["rt"].meta.input_size
-    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
-    speeds = time_runtimes([row["rt"] for row in rows], x, rounds, iters, latency_iters)
-    keep = ("img_s", "latency_ms_p50")
-    return [
-        {"model": row["model"], "precision": row["precision"], **{k: s[k] for k in keep}}
-        for row, s in zip(rows, speeds, strict=True)
-    ]
-
-
 def _finetune_config(state: dict, meta, data, epochs: int, out: Path, lr: float | None, batch: int | None):
     """The checkpoint's own training recipe, shortened to `epochs` of fine-tuning."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -242,7 +210,7 @@ def prune_checkpoint(
     round_to: int | None = None,
     lr: float | None = None,
     batch: int | None = None,
-    timing: dict | None = None,
+    timer: Callable[[dict[str, str]], dict] | None = None,
     quiet: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict:
@@ -251,7 +219,9 @@ def prune_checkpoint(
 
     The report holds parameters, MACs (batch 1), the validation metric (top1 or miou) before pruning,
     right after it and after fine-tuning, and CPU timings of the source and the pruned model side by
-    side (`timing`: keyword arguments of `time_inference`; `{"rounds": 0}` skips timing).
+    side: `timer` maps {"before": path, "after": path} to the report's "timing" section (e.g.
+    `parvis.runtimes.time_checkpoints`, a later stage than this producer, so the caller hands it in);
+    None skips timing.
     `lr` and `batch` default to the checkpoint's own recipe. Nothing is written on failure.
     """
     from parvis.data.check import open_dataset
@@ -269,7 +239,8 @@ def prune_checkpoint(
     val = open_dataset(data, meta.task, "val")  # a dataset without this task's layout fails here, by name
     if list(val.classes) != list(meta.class_names):
         raise ParvisError(
-            f"{data}: {meta.task} classes {list(val.classes)} differ from the checkpoint's {meta.class_names}; "
+            f"{data}: {meta.task} classes {_few(list(val.classes))} differ from the checkpoint's "
+            f"{_few(meta.class_names)}; "
             "pass the dataset the model was trained on"
         )
 
@@ -296,15 +267,15 @@ def prune_checkpoint(
         progress("evaluating the pruned checkpoint")
         final_metric = evaluate_checkpoint(tmp / CHECKPOINT_NAME, data)[0][monitor]
         macs_after, params_after = count_macs_params(pruned, meta.input_size)
-        rows: list[dict] = []
-        if timing is None or timing.get("rounds", 3) > 0:
+        timing: dict = {"device": "cpu", "threads": None, "batch": None, "rows": []}
+        if timer is not None:
             progress("timing the source and the pruned model on the CPU")
-            rows = time_inference({"before": str(checkpoint), "after": str(tmp / CHECKPOINT_NAME)}, **(timing or {}))
+            timing = timer({"before": str(checkpoint), "after": str(tmp / CHECKPOINT_NAME)})
+    rows = timing["rows"]
     for row in rows:
         ref = next(r for r in rows if r["model"] == "before" and r["precision"] == row["precision"])
         row["speedup"] = row["img_s"] / ref["img_s"]
         row["latency_speedup"] = ref["latency_ms_p50"] / row["latency_ms_p50"]
-    timing_kw = {"batch": 32, **(timing or {})}
     report = {
         "model": meta.name,
         "task": meta.task,
@@ -321,12 +292,7 @@ def prune_checkpoint(
         "params": {"before": params_before, "after": params_after},
         "macs": {"before": macs_before, "after": macs_after},
         "finetune": finetune,
-        "timing": {
-            "device": "cpu",
-            "threads": timing_kw.get("threads") or torch.get_num_threads(),
-            "batch": timing_kw["batch"],
-            "rows": rows,
-        },
+        "timing": timing,
         **runtime.result_header(),
         "torch_pruning": _torch_pruning_version(),
     }
@@ -351,3 +317,8 @@ def _torch_pruning_version() -> str:
         return version("torch-pruning")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _few(names: list[str], n: int = 6) -> str:
+    """A class list for a one-line message: the first few and how many more."""
+    return str(names) if len(names) <= n else f"[{', '.join(map(repr, names[:n]))}, ... {len(names) - n} more]"

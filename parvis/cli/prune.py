@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from parvis.cli.model_args import add_model_args, preprocess_from
 from parvis.cli.output import console
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("prune", help="structured channel pruning of a checkpoint, fine-tuned and measured")
-    p.add_argument("checkpoint", help="a checkpoint written by parvis train")
+    p.add_argument(
+        "checkpoint", metavar="MODEL",
+        help="a checkpoint written by parvis train, or a model name (registered, torchvision:, timm:) with --weights",
+    )  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder: fine-tuning uses its train split, the metric its val")
     p.add_argument("--out", required=True, help="folder for pruned.pt and prune.json")
     p.add_argument("--ratio", type=float, default=0.3, help="share of channels to remove, in (0, 1) (default 0.3)")
@@ -19,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the checkpoint's)")
     p.add_argument("--batch", type=int, default=None, help="fine-tuning batch size (default: the checkpoint's)")
     p.add_argument("--no-timing", action="store_true", help="skip the CPU latency and throughput comparison")
+    add_model_args(p, size=False)
     p.set_defaults(func=run)
 
 
@@ -27,14 +32,20 @@ def _count(n: float) -> str:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from rich.markup import escape
     from rich.table import Table
 
+    from parvis.engine.loading import as_checkpoint
     from parvis.prune import prune_checkpoint
 
     con = console()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    # A model name (with --weights) is saved once as a checkpoint next to the result, then pruned like one.
+    source = as_checkpoint(args.checkpoint, args.out, args.weights, preprocess_from(args))
     report = prune_checkpoint(
-        args.checkpoint,
+        source,
         args.ratio,
         args.data,
         args.epochs,

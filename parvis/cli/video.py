@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from parvis.cli.model_args import MODEL_HELP, add_model_args, preprocess_from
 from parvis.cli.output import console
 
 
@@ -12,7 +13,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("video", help="analyse video streams: batch across streams, detect, track, annotate, write")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="video files (anything FFmpeg decodes), rtsp/http URLs, or folders of images")  # fmt: skip
-    p.add_argument("--model", required=True, help="checkpoint, .onnx/.pt2 artifact, optimize folder or registered name")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--out", required=True, help="output folder: stream_N.mp4, stream_N.jsonl, summary.json")
     p.add_argument("--batch", type=int, default=4, help="frames per batch across streams (default 4)")
     p.add_argument("--push-timeout-ms", type=float, default=20.0,
@@ -35,19 +36,24 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    add_model_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from parvis import runtime
     from parvis.errors import ParvisError
-    from parvis.runtimes import open_predictor
+    from parvis.runtimes import open_predictor, require_images
     from parvis.video.pipeline import run_video
 
     if args.batch < 1 or args.queue < 1:
         raise ParvisError("--batch and --queue must be >= 1")
     device = runtime.resolve_device(args.device)
-    model, info = open_predictor(args.model, device, args.runtime, args.precision, args.threads)
+    model, info = open_predictor(
+        args.model, device, args.runtime, args.precision, args.threads, weights=args.weights,
+        given=preprocess_from(args),
+    )  # fmt: skip
+    require_images(model.meta, args.model)
     # The pipeline runs the model under this autocast: an eager checkpoint computes at the precision
     # the table names; an artifact's runtime applies its own (int8 and the like have no autocast).
     named = info.get("precision") or args.precision

@@ -135,6 +135,12 @@ def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo
               f"classes; replaced it with a new one (random init) for {class_names}", flush=True)  # fmt: skip
     if cfg.model.startswith("hmsa_"):
         model.set_scales(cfg.scales)
+    # The trained model is evaluated as training validated it (the task's eval preset at cfg.size),
+    # not with a zoo's own crop ratio: eval, predict and serve then score what best.pt was picked by.
+    prov = model.meta.extra.get("provenance")
+    for key in ("crop_pct", "interpolation"):
+        if model.meta.extra.pop(key, None) is not None and prov is not None:
+            prov[key] = "parvis train (the task's eval preset)"
     return model
 
 
