@@ -38,13 +38,11 @@ chromium:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
 		|| echo "chromium could not be installed: the report screenshot test will be skipped"
 
-# Three pytest processes: the deployment tests (ONNX Runtime quantization next to OpenVINO) leave the
-# test process in a state where a later wait on a subprocess (torchrun, inductor's compiler) received
-# a SIGSEGV; each group alone passes. Tests marked `isolated` get a process of their own.
+# One pytest process for the whole suite. (It once took three: the OpenVINO runtime made an ov.Core per
+# model, and each Core's CPU plugin unmapped a thread's signal stack when released out of order, so the
+# next SIGCHLD killed pytest with SIGSEGV; one Core per process since, see parvis/runtimes/openvino.py.)
 test: $(STAMP) chromium
-	$(PY) -m pytest -q -m "not isolated" --ignore=tests/deploy
-	$(PY) -m pytest -q -m "not isolated" tests/deploy
-	$(PY) -m pytest -q -m isolated
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check parvis tests benchmarks

@@ -26,6 +26,31 @@ from parvis.runtimes.base import Runtime
 PRECISIONS = ("fp32", "bf16", "int8")
 HINTS = ("latency", "throughput")
 _MATH_LAYERS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution")
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def _core():
+    """The process's one `ov.Core`, made on first use and never released.
+
+    Each Core loads its own CPU plugin, and the plugin (OpenVINO's sigstack_manager, there for AMX)
+    swaps the creating thread's signal alternate stack for an mmap'ed one; when the plugin is destroyed
+    it unmaps that stack, restoring the previous one only if the current thread's stack is its own.
+    A Core per runtime meant plugins destroyed out of creation order or on another thread (a Core held
+    by an exception's reference cycle and collected later, a runtime dropped on a server thread), which
+    left a thread's alternate stack pointing at unmapped memory. The next signal with a Python handler
+    (Python installs every handler with SA_ONSTACK; torch's DataLoader installs one for SIGCHLD) then
+    cannot be delivered and the kernel kills the process with SIGSEGV (SI_KERNEL, no faulting frame):
+    in the test suite, the moment a torchrun or inductor child exited. One Core is one plugin, created
+    once, whose stack stays mapped; OpenVINO recommends one Core per application anyway.
+    """
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            import openvino as ov
+
+            _CORE = ov.Core()
+        return _CORE
 
 
 def _ov_device(device: str, available: list[str]) -> str:
@@ -75,7 +100,7 @@ class OpenVinoRuntime(Runtime):
         if hint not in HINTS:
             raise ParvisError(f"OpenVINO performance hint {hint!r} is unknown; choose one of {', '.join(HINTS)}")
         self.meta = read_metadata(path, given)
-        core = ov.Core()
+        core = _core()
         self.ov_device = _ov_device(device, core.available_devices)
         try:
             model = core.read_model(path)

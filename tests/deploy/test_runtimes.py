@@ -112,16 +112,9 @@ def test_openvino_conformance(precision, sources):
 
 
 @pytest.mark.slow
-@pytest.mark.isolated
 def test_torch_compile_conformance(sources):
     """A segmenter (the smallest registered model to compile). Each graph takes 10-25 s to compile on 2
-    cores, so fp32 runs batch 1 and N (two graphs) and bf16 batch N only (one graph): about 45 s.
-
-    Marked isolated: `make test` runs it in a pytest process of its own. At the end of the long test
-    process (hundreds of tests with ONNX Runtime, OpenVINO, exporters, loader workers), that process
-    received a SIGSEGV while inductor read a compiler subprocess's output, even with the compile in a
-    child interpreter; alone, after the deploy tests one file at a time, and in `parvis optimize` runs
-    it never did. Not understood yet: see the closing note of the inference issue."""
+    cores, so fp32 runs batch 1 and N (two graphs) and bf16 batch N only (one graph): about 45 s."""
     model, paths = sources["unet_small"]
     _conforms("torch-compile", "fp32", "unet_small", paths["checkpoint"], model)
     _conforms("torch-compile", "bf16", "unet_small", paths["checkpoint"], model, batch_1=False)
