@@ -257,3 +257,20 @@ def test_bench_batch_and_precision_run_a_foreign_tensor_model(foreign, tmp_path,
     assert main(["bench", "runtime", str(foreign["two"]), "--batch", "4", "--json", str(tmp_path / "r.json")]) == 0
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert [(r["runtime"], r["precision"]) for r in rows] == [("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+
+
+def test_inspect_and_models_answer_in_json(foreign, capsys):
+    assert main(["inspect", str(foreign["two"]), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"task", "inputs", "outputs", "preprocess", "classes", "params"} <= report.keys()
+    assert report["task"] == TENSOR_TASK and report["foreign"] is True and report["params"] == 4 * 3 + 3 + 6 * 2 + 2
+    assert main(["inspect", "timm:resnet18", "--json", "--size", "96"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["preprocess"]["input_size"] == {"value": 96, "from": "given"}
+    assert report["preprocess"]["crop_pct"]["from"].startswith("timm pretrained_cfg")
+    assert report["weights"] == "random" and report["flops"] > 0
+    assert main(["models", "--task", "segmentation", "--source", "torchvision", "--json"]) == 0
+    names = [m["name"] for m in json.loads(capsys.readouterr().out)]
+    assert "torchvision:deeplabv3_resnet50" in names and all(n.startswith("torchvision:") for n in names)
+    assert main(["inspect", "torchvision:resnet181"]) == 2
+    assert "did you mean torchvision:resnet18" in capsys.readouterr().err
