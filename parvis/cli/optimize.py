@@ -77,10 +77,8 @@ def run(args) -> int:
         pruned_dir = Path(args.out) / f"pruned-{args.prune:g}"
         con.print(f"pruning {args.prune:.0%} of channels, fine-tuning {args.prune_epochs} epoch(s)")
         shutil.rmtree(pruned_dir, ignore_errors=True)  # this command's own output of an earlier run
-        # optimize times every candidate itself, side by side: prune's own timing is skipped.
-        report = prune_checkpoint(
-            args.checkpoint, args.prune, args.data, args.prune_epochs, pruned_dir, timing={"rounds": 0}
-        )
+        # optimize times every candidate itself, side by side: prune's own timing is skipped (no timer).
+        report = prune_checkpoint(args.checkpoint, args.prune, args.data, args.prune_epochs, pruned_dir)
         variants.append((f"pruned{args.prune:g}", str(report["checkpoint"])))
     result = optimize(
         args.checkpoint,

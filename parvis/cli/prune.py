@@ -39,6 +39,7 @@ def run(args) -> int:
 
     from parvis.engine.loading import as_checkpoint
     from parvis.prune import prune_checkpoint
+    from parvis.runtimes import time_checkpoints
 
     con = console()
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def run(args) -> int:
         round_to=args.round_to,
         lr=args.lr,
         batch=args.batch,
-        timing={"rounds": 0} if args.no_timing else None,
+        timer=None if args.no_timing else time_checkpoints,
         quiet=False,
         progress=lambda m: con.print(f"[dim]{escape(m)}[/dim]"),
     )

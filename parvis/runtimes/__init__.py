@@ -22,6 +22,11 @@ from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
 from parvis.models.base import ClassificationModel, DetectionModel, SegmentationModel, VisionModel
 from parvis.runtimes.base import Runtime
+from parvis.runtimes.onnxruntime import OnnxRuntime
+from parvis.runtimes.openvino import OpenVinoRuntime
+from parvis.runtimes.timing import time_runtimes
+from parvis.runtimes.torch_compile import TorchCompileRuntime
+from parvis.runtimes.torch_eager import TorchRuntime
 
 RUNTIMES = ("torch", "onnxruntime", "openvino", "torch-compile")
 
@@ -36,24 +41,16 @@ def open_runtime(source: str | Path, runtime: str | None = None, **kwargs) -> Ru
             if kwargs.pop(key, None) is not None:
                 raise ParvisError(f"{source}: --{key} applies to model names run by PyTorch, not to .onnx files")
     if runtime == "onnxruntime":
-        from parvis.runtimes.onnxruntime import OnnxRuntime
-
         if not source.endswith(".onnx"):
             raise ParvisError(f"{source}: ONNX Runtime runs .onnx files; export one with `parvis export`")
         return OnnxRuntime(source, **kwargs)
     if runtime == "openvino":
-        from parvis.runtimes.openvino import OpenVinoRuntime
-
         if not source.endswith(".onnx"):
             raise ParvisError(f"{source}: OpenVINO runs .onnx files here; export one with `parvis export`")
         return OpenVinoRuntime(source, **kwargs)
     if runtime == "torch-compile":
-        from parvis.runtimes.torch_compile import TorchCompileRuntime
-
         return TorchCompileRuntime(source, **kwargs)
     if runtime == "torch":
-        from parvis.runtimes.torch_eager import TorchRuntime
-
         return TorchRuntime(source, **kwargs)
     raise ParvisError(f"runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
 
@@ -140,6 +137,40 @@ def open_predictor(
     return as_model(predictor), info
 
 
+def time_checkpoints(
+    sources: dict[str, str],
+    batch: int = 32,
+    rounds: int = 3,
+    iters: int = 2,
+    latency_iters: int = 20,
+    threads: int | None = None,
+) -> dict:
+    """Batch-1 latency p50 and batch-`batch` images/s of each checkpoint in `sources` (label -> path)
+    on the CPU, eager fp32 and the auto precision, timed round-robin (`parvis.runtimes.timing`) so
+    drift on a shared machine hits all alike. Returns {"device": "cpu", "threads", "batch", "rows":
+    [{model, precision, img_s, latency_ms_p50}]} (prune's before/after comparison)."""
+    auto = rt.resolve_precision("auto", torch.device("cpu"), "infer").name
+    precisions = ["fp32"] + ([auto] if auto != "fp32" else [])
+    rows = [
+        {"model": label, "precision": p, "rt": open_runtime(path, "torch", threads=threads, precision=p)}
+        for p in precisions
+        for label, path in sources.items()
+    ]
+    size = rows[0]["rt"].meta.input_size
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).numpy()
+    speeds = time_runtimes([row["rt"] for row in rows], x, rounds, iters, latency_iters)
+    keep = ("img_s", "latency_ms_p50")
+    return {
+        "device": "cpu",
+        "threads": threads or torch.get_num_threads(),
+        "batch": batch,
+        "rows": [
+            {"model": row["model"], "precision": row["precision"], **{k: s[k] for k in keep}}
+            for row, s in zip(rows, speeds, strict=True)
+        ],
+    }
+
+
 def require_images(meta, source: str | Path) -> None:
     """Image commands need a model whose preprocessing is known; a raw-tensor model gets one line saying how."""
     if meta.task == TENSOR_TASK:
@@ -150,4 +181,13 @@ def require_images(meta, source: str | Path) -> None:
         )
 
 
-__all__ = ["ARTIFACT_SUFFIXES", "RUNTIMES", "Runtime", "as_model", "open_predictor", "open_runtime", "require_images"]
+__all__ = [
+    "ARTIFACT_SUFFIXES",
+    "RUNTIMES",
+    "Runtime",
+    "as_model",
+    "open_predictor",
+    "open_runtime",
+    "require_images",
+    "time_checkpoints",
+]

@@ -17,8 +17,13 @@ from parvis.errors import ParvisError
 from parvis.export import export_model
 from parvis.models import build_model
 from parvis.prune import prune_checkpoint, prune_model, pruned_structure
+from parvis.runtimes import time_checkpoints
 
 FAST_TIMING = {"rounds": 1, "iters": 1, "latency_iters": 2, "batch": 4}
+
+
+def fast_timer(sources: dict[str, str]) -> dict:
+    return time_checkpoints(sources, **FAST_TIMING)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def trained(trained):
     """The session's briefly trained unet_small (tests/deploy/conftest.py), pruned 30% with one epoch
     of fine-tune into its folder's pruned/."""
     shapes_dir, out = trained
-    report = prune_checkpoint(out / "run" / "best.pt", 0.3, shapes_dir, 1, out / "pruned", timing=FAST_TIMING)
+    report = prune_checkpoint(out / "run" / "best.pt", 0.3, shapes_dir, 1, out / "pruned", timer=fast_timer)
     return shapes_dir, out, report
 
 
