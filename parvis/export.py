@@ -12,6 +12,9 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import re
 import tempfile
@@ -76,6 +79,11 @@ def _check_parity(meta: ModelMeta, fmt: str, err: float, reference: torch.Tensor
 def _failing_operator(exc: BaseException) -> str:
     """'operator NAMESPACE.NAME' when the exporter's message names one, else its first line."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the exporter colours its messages
+    if re.search(r"data.dependent|GuardOnDataDependentSymNode|Could not guard on data-dependent", text):
+        return (
+            "its output shape depends on the data (e.g. detection post-processing that keeps a variable number "
+            "of boxes), which torch.export cannot trace; run it in PyTorch (--runtime torch)"
+        )
     overload = re.search(r"OpOverload\(op='([\w.]+)', overload='(\w+)'\)", text)
     if overload:
         return f"operator {overload.group(1)}.{overload.group(2)} has no ONNX translation"
@@ -86,21 +94,34 @@ def _failing_operator(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:300]
 
 
+@contextlib.contextmanager
+def _exporter_quiet():
+    """The exporters print a whole graph and their guard logs when tracing fails; the user gets the one
+    line ParvisError instead (rerun with --debug for the traceback)."""
+    logging.disable(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) -> tuple[dict, float]:
     import onnx
     import onnxruntime as ort
 
     try:
-        program = torch.onnx.export(
-            model,
-            (trace_x,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-        )
+        with _exporter_quiet():
+            program = torch.onnx.export(
+                model,
+                (trace_x,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
     except Exception as exc:  # the exporter raises many types; the user needs the operator
         raise ParvisError(f"cannot export {meta.name} to ONNX: {_failing_operator(exc)}") from exc
     proto = program.model_proto
@@ -116,7 +137,8 @@ def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) ->
 
 def _export_program(model, meta, out, trace_x, check_x, reference, batch) -> tuple[dict, float]:
     try:
-        program = torch.export.export(model, (trace_x,), dynamic_shapes=({0: batch},))
+        with _exporter_quiet():
+            program = torch.export.export(model, (trace_x,), dynamic_shapes=({0: batch},))
     except Exception as exc:
         raise ParvisError(f"cannot export {meta.name} with torch.export: {_failing_operator(exc)}") from exc
     with torch.no_grad():

@@ -274,3 +274,15 @@ def test_inspect_and_models_answer_in_json(foreign, capsys):
     assert "torchvision:deeplabv3_resnet50" in names and all(n.startswith("torchvision:") for n in names)
     assert main(["inspect", "torchvision:resnet181"]) == 2
     assert "did you mean torchvision:resnet18" in capsys.readouterr().err
+
+
+def test_a_torchvision_detector_predicts_and_its_export_fails_in_one_line(tmp_path, capsys):
+    from parvis.export import export_model
+
+    model = load_model("torchvision:ssdlite320_mobilenet_v3_large", given=Preprocess(size=96))
+    raw = model(torch.rand(2, 3, 96, 96))
+    assert raw.shape == (2, 100, 6) and len(model.postprocess(raw)) == 2
+    with pytest.raises(ParvisError, match="output shape depends on the data") as info:
+        export_model(model, tmp_path / "d.onnx")
+    assert "\n" not in str(info.value) and not (tmp_path / "d.onnx").exists()
+    assert capsys.readouterr().err == ""  # the exporter's graph dump stays off the terminal
