@@ -489,24 +489,3 @@ def _keep_artifact(chosen: dict, out: Path) -> Path:
     suffix = src.suffix if src.suffix in (".onnx", ".pt2") else ".pt"
     name = "model-int8" if chosen["precision"] == "int8" else "model"
     return atomic_copy(src, out / f"{name}{suffix}")
-
-
-def chosen_config(folder: str | Path) -> dict:
-    """The winner of a `parvis optimize` output folder: {"artifact" (a path in the folder), "runtime",
-    "precision", "threads", "batch"}, for commands that take such a folder in place of a model."""
-    import json
-
-    folder = Path(folder)
-    path = folder / "optimize.json"
-    if not path.is_file():
-        raise ParvisError(f"{folder}: a folder must be `parvis optimize` output (no optimize.json in it)")
-    try:
-        chosen = json.loads(path.read_text())["chosen"]
-        config = {k: chosen[k] for k in ("runtime", "precision", "threads", "batch")}
-        config["streams"] = chosen.get("streams", 1)
-        config["artifact"] = str(folder / Path(chosen["artifact"]).name)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ParvisError(f"{path}: not a readable optimize result ({exc}); run parvis optimize again") from None
-    if not Path(config["artifact"]).is_file():
-        raise ParvisError(f"{path}: its chosen artifact {config['artifact']} is missing; run parvis optimize again")
-    return config
