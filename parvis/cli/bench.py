@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
     r = bsub.add_parser(
         "runtime", help="inference img/s and latency per runtime x precision (eager, ONNX Runtime, OpenVINO)"
     )
-    r.add_argument("source", metavar="MODEL", help="registered model name or a parvis checkpoint")
+    r.add_argument("source", metavar="MODEL", help="model name (registered, torchvision:, timm:), checkpoint or .onnx")
+    r.add_argument("--weights", default=None, metavar="FILE", help="weights for a model name (see parvis models)")
     r.add_argument("--batch", type=int, default=32, help="batch size for throughput (default 32)")
     r.add_argument("--rounds", type=int, default=3, help="round-robin rounds; the median counts (default 3)")
     r.add_argument("--iters", type=int, default=3, help="batches per candidate and round (default 3)")
@@ -181,6 +182,7 @@ def run_train(args) -> int:
 
 
 def run_runtime(args) -> int:
+    args.source = _model_source(args)
     from rich.table import Table
 
     from parvis.bench.runtime import bench_runtime
@@ -228,12 +230,32 @@ def run_runtime(args) -> int:
 # --------------------------------------------------------------------------- inference suites
 
 
+def _model_source(args) -> str:
+    """A zoo name, or any name with --weights, saved once as a checkpoint (removed at exit) so the suites
+    run it like a trained model; everything else is passed as given."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from parvis.artifact import Preprocess
+    from parvis.engine.loading import as_checkpoint
+    from parvis.models.zoo import is_zoo_name
+
+    weights = getattr(args, "weights", None)
+    if weights is None and not is_zoo_name(args.source):
+        return args.source
+    tmp = tempfile.mkdtemp(prefix="parvis-bench-model-")
+    atexit.register(shutil.rmtree, tmp, True)
+    return as_checkpoint(args.source, tmp, weights, Preprocess(size=getattr(args, "size", None)))
+
+
 def add_suite_parsers(bsub) -> None:
     """`bench precision | batch | scaling | roofline | partition` (parvis.bench.suites and neighbours)."""
-    source_help = "registered model name, parvis checkpoint, or an .onnx / .pt2 artifact"
+    source_help = "model name (registered, torchvision:, timm:), parvis checkpoint, or an .onnx / .pt2 artifact"
 
     def common(p, batch: int | None, device: bool = True, threads: bool = True) -> None:
         p.add_argument("source", metavar="MODEL", help=source_help)
+        p.add_argument("--weights", default=None, metavar="FILE", help="weights for a model name (see parvis models)")
         p.add_argument("--size", type=int, default=None, help="input size in px (default: the model's; names: 224)")
         if batch is not None:
             p.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
@@ -332,6 +354,7 @@ def _num(v, fmt: str = ".2f", none: str = "-") -> str:
 
 
 def run_precision(args) -> int:
+    args.source = _model_source(args)
     from parvis.bench.suites import bench_precision
 
     con = console()
@@ -358,6 +381,7 @@ def run_precision(args) -> int:
 
 
 def run_batch(args) -> int:
+    args.source = _model_source(args)
     from parvis.bench.suites import bench_batch
 
     batches = _ints(args.batches, "--batches")
@@ -389,6 +413,7 @@ def run_batch(args) -> int:
 
 
 def run_scaling(args) -> int:
+    args.source = _model_source(args)
     from parvis.bench.scaling import bench_scaling
 
     threads = _ints(args.threads, "--threads") if args.threads else None
@@ -413,6 +438,7 @@ def run_scaling(args) -> int:
 
 
 def run_roofline(args) -> int:
+    args.source = _model_source(args)
     from parvis.bench.roofline import bench_roofline
 
     con = console()
@@ -435,6 +461,7 @@ def run_roofline(args) -> int:
 
 
 def run_partition(args) -> int:
+    args.source = _model_source(args)
     from parvis.bench.partition import bench_partition
 
     con = console()
