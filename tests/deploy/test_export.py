@@ -136,7 +136,7 @@ def test_cli_export_prints_and_writes_json(tmp_path, capsys):
 
 def test_cli_export_bad_source_exits_2(tmp_path, capsys):
     assert main(["export", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "no such checkpoint file or registered model name" in capsys.readouterr().err
+    assert "no such file; check the path" in capsys.readouterr().err
 
 
 def test_bench_runtime_rows_agree_with_eager_fp32(tmp_path):

@@ -70,7 +70,7 @@ def test_optimize_rejects_bad_input_by_name(trained, tmp_path):
     ckpt = str(out / "run" / "best.pt")
     with pytest.raises(ParvisError, match="cannot be negative"):
         optimize(ckpt, str(data), tmp_path / "o", budget=-1)
-    with pytest.raises(ParvisError, match="starts from a checkpoint"):
+    with pytest.raises(ParvisError, match="starts from a PyTorch model"):
         optimize(str(out / "fp32.onnx"), str(data), tmp_path / "o")
     with pytest.raises(ParvisError, match="--data .*nowhere: no such dataset folder"):
         optimize(ckpt, str(tmp_path / "nowhere"), tmp_path / "o")

@@ -185,7 +185,7 @@ def test_open_runtime_errors(sources, tmp_path):
         open_runtime(paths["onnx"], "tflite")
     with pytest.raises(ParvisError, match="torch-compile compiles a parvis checkpoint or a registered model name"):
         open_runtime(paths["onnx"], "torch-compile")
-    with pytest.raises(ParvisError, match="no such checkpoint file or registered model name"):
+    with pytest.raises(ParvisError, match="missing.pt: no such file; check the path"):
         open_runtime(tmp_path / "missing.pt", "torch-compile")
     with pytest.raises(ParvisError, match="no such artifact"):
         open_runtime(tmp_path / "missing.onnx", "openvino")

@@ -31,7 +31,7 @@ def test_single_files_folders_and_registered_names(repository):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda r, t: ["/no/such/model.pt"], "no such file or folder, and not a registered model name"),
+        (lambda r, t: ["/no/such/model.pt"], "no such file or folder, and not a model name"),
         (lambda r, t: [str(r / "clf" / "model.yaml")], "not a model file"),
         (lambda r, t: [str(r / "clf" / "best.pt"), str(r / "seg" / "best.pt")], "two models are named 'best'"),
         (lambda r, t: [str(t)], "no model subfolders"),
