@@ -15,8 +15,14 @@ from pathlib import Path
 import torch
 
 from parvis import runtime
+from parvis.bench.train import bench_train
 from parvis.config import TrainConfig, config_to_dict
+from parvis.data.synth import synthesize
+from parvis.engine.evaluate import evaluate_checkpoint
+from parvis.engine.predict import predict_files
+from parvis.engine.trainer import train
 from parvis.io import atomic_write_text
+from parvis.runtimes import open_predictor
 
 SEGMENTATION_RECIPE = dict(
     task="segmentation", batch=16, lr=3e-3, weight_decay=1e-4, warmup_epochs=0.2, crop_scale=(0.6, 1.0)
@@ -42,13 +48,6 @@ def run_demo(
     classifier_epochs: int = 2,
     quiet: bool = False,
 ) -> dict:
-    from parvis.bench.train import bench_train
-    from parvis.data.synth import synthesize
-    from parvis.engine.evaluate import evaluate_checkpoint
-    from parvis.engine.predict import predict_files
-    from parvis.engine.trainer import train
-    from parvis.runtimes import open_predictor
-
     out, data = Path(out), Path(data)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}

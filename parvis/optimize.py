@@ -18,6 +18,7 @@ artifact is copied to the output folder next to `optimize.json`.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,14 +31,17 @@ from parvis import runtime as rt
 from parvis.artifact import Preprocess, is_quantized
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
-from parvis.data.loader import Batch
-from parvis.data.transforms import Normalize
+from parvis.data.loader import Batch, DevicePrefetcher, build_loader
+from parvis.data.transforms import Normalize, build_transform
+from parvis.engine.evaluate import evaluate
 from parvis.engine.loading import as_checkpoint, load_model
 from parvis.engine.predict import expand_inputs
 from parvis.errors import BadSampleError, ParvisError
-from parvis.io import atomic_copy
+from parvis.export import export_model
+from parvis.io import atomic_copy, atomic_write_text
 from parvis.models import eval_transform
-from parvis.runtimes import as_model
+from parvis.quantize import quantize_onnx
+from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
 from parvis.runtimes.timing import time_runtimes
 
 OBJECTIVES = ("throughput", "latency")
@@ -101,10 +105,6 @@ def _first_line(exc: BaseException) -> str:
 def validation_batches(meta, data: str | Path, split: str = "val", batch: int = 64) -> list:
     """The split, decoded and normalized once by the model's own eval preprocessing (main process:
     forking loader workers next to ONNX Runtime / OpenVINO thread pools can deadlock)."""
-    from parvis.data.check import open_dataset
-    from parvis.data.loader import DevicePrefetcher, build_loader
-    from parvis.data.transforms import build_transform
-
     cpu = torch.device("cpu")
     ds = open_dataset(data, meta.task, split, transform=build_transform(meta.task, False, meta.input_size))
     if len(ds) == 0:
@@ -184,9 +184,6 @@ def agreement(meta, raw: torch.Tensor, reference: torch.Tensor, postprocess) -> 
 
 def score(runtime_obj, batches: list, meta) -> dict:
     """Task metrics of an opened runtime on cached batches."""
-    from parvis.engine.evaluate import evaluate
-    from parvis.runtimes import as_model
-
     fp32 = rt.resolve_precision("fp32", torch.device("cpu"), "infer")
     return evaluate(as_model(runtime_obj), batches, meta, fp32, torch.device("cpu"))
 
@@ -201,9 +198,6 @@ def _prepare_variant(
     progress: Callable[[str], None],
 ) -> list[Candidate]:
     """Candidates of one model: export to ONNX and quantize once, shared by the runtimes that use them."""
-    from parvis.export import export_model
-    from parvis.quantize import quantize_onnx
-
     onnx_path = workdir / f"{variant}.onnx"
     int8_path = workdir / f"{variant}-int8.onnx"
     onnx_error = int8_error = ""
@@ -238,8 +232,6 @@ def _prepare_variant(
 
 
 def _open(c: Candidate, threads: int, device: torch.device):
-    from parvis.runtimes import open_runtime
-
     kwargs = {"threads": threads, "precision": c.precision}
     if c.streams > 1:
         kwargs["streams"] = c.streams
@@ -280,9 +272,6 @@ def optimize(
     on the images under `data`, for data without labels the model knows), or auto (labels when there are).
     Returns the optimize.json content.
     """
-    from parvis.io import atomic_write_text
-    from parvis.runtimes import ARTIFACT_SUFFIXES
-
     if objective not in OBJECTIVES:
         raise ParvisError(f"--objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
     if budget < 0:
@@ -415,8 +404,6 @@ def optimize(
             "candidates": rows,
             "chosen": chosen,
         }
-        import json
-
         atomic_write_text(out / "optimize.json", json.dumps(result, indent=2) + "\n")
         return result
     finally:

@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import tempfile
 import warnings
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from parvis import runtime
 from parvis.config import TrainConfig, config_to_dict, load_config
+from parvis.data.check import open_dataset
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.engine.evaluate import _unwrap, evaluate_checkpoint
 from parvis.engine.hooks import EvalHook, ProgressHook
@@ -84,8 +88,6 @@ def output_layers(graph) -> list[nn.Module]:
 
 def prune_model(model: VisionModel, ratio: float, scope: str = "uniform", round_to: int | None = None) -> VisionModel:
     """Remove `ratio` of the channels of `model` in place (CPU, fp32, eval mode); returns it."""
-    import torch_pruning as tp
-
     check_options(ratio, scope, round_to)
     model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
     size = model.meta.input_size
@@ -143,8 +145,6 @@ def pruned_structure(model: VisionModel) -> dict[str, dict]:
 
 def count_macs_params(model: nn.Module, size: int) -> tuple[int, int]:
     """Multiply-accumulates of one forward at batch 1 and `size` px, and the parameter count."""
-    import torch_pruning as tp
-
     model = copy.deepcopy(model).float().to("cpu", memory_format=torch.contiguous_format).eval()
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, 3, size, size))
@@ -224,8 +224,6 @@ def prune_checkpoint(
     None skips timing.
     `lr` and `batch` default to the checkpoint's own recipe. Nothing is written on failure.
     """
-    from parvis.data.check import open_dataset
-
     check_options(ratio, scope, round_to)
     if epochs < 0:
         raise ParvisError(f"--epochs {epochs}: must be 0 (no fine-tune) or more")
@@ -305,14 +303,10 @@ def prune_checkpoint(
 
 
 def _json(obj) -> str:
-    import json
-
     return json.dumps(obj, indent=2) + "\n"
 
 
 def _torch_pruning_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("torch-pruning")
     except PackageNotFoundError:

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision import datasets
+from torchvision import transforms as T
 
 from parvis import runtime
+from parvis.bench.micro import jpeg_decode_rate
 from parvis.data import decode as decode_mod
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader
@@ -29,9 +32,6 @@ from parvis.errors import ParvisError
 
 
 def _baseline_loader(root: Path, size: int, batch_size: int, workers: int, seed: int):
-    from torchvision import datasets
-    from torchvision import transforms as T
-
     transform = T.Compose(
         [
             T.RandomResizedCrop(size),
@@ -67,8 +67,6 @@ def _time_epoch(batches, max_images: int) -> tuple[float, int]:
 
 def compare_decoders(paths: list[Path], min_size: int | None = None, seconds: float = 2.0) -> list[dict]:
     """Single-core decode rate of each decoder on real files, and its pixel error against PIL."""
-    from parvis.bench.micro import jpeg_decode_rate
-
     datas = [p.read_bytes() for p in paths]
     reference = [decode_mod.decode(d, "pil") for d in datas]
     rows = []

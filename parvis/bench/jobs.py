@@ -18,7 +18,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+import torch
+
 from parvis.errors import ParvisError
+from parvis.runtimes import open_runtime
 
 # Model loading in a fresh interpreter (import torch, build, warm up) takes a few seconds on a busy machine.
 START_TIMEOUT_S = 300
@@ -61,10 +64,6 @@ def _job(index: int, spec: JobSpec, barrier, results) -> None:
         os.environ.update(spec.env)  # before anything touches CUDA
         if spec.cores is not None:
             _pin_process(spec.cores)
-        import torch
-
-        from parvis.runtimes import open_runtime
-
         if spec.threads:
             torch.set_num_threads(spec.threads)
         kwargs = {"threads": spec.threads, "device": spec.device, "precision": spec.precision}

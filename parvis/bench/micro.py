@@ -10,8 +10,10 @@ import statistics
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 
 from parvis.data import decode as decode_mod
+from parvis.data.synth import render_scene
 from parvis.runtimes.timing import time_calls
 
 
@@ -63,10 +65,6 @@ def host_to_device_gbs(device: torch.device, pinned: bool, mbytes: int = 256, se
 
 def sample_jpeg(size: int = 512, quality: int = 90) -> bytes:
     """A photo-like JPEG (a synthetic shapes scene: textures, noise, edges) for decode timing."""
-    from PIL import Image
-
-    from parvis.data.synth import render_scene
-
     image, _, _ = render_scene(0, size, seed=0)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "JPEG", quality=quality)

@@ -5,8 +5,9 @@ FLOPs per image come from `torch.utils.flop_counter.FlopCounterMode` on the eage
 from the same round-robin timing as `bench precision`, and the peak from the square matmul
 `parvis doctor` times. The peak is timed in that same round-robin, in turn with the model rows (peak
 fp32, model fp32, peak bf16, model bf16, then the next round): measured apart, before or after, it saw
-a different machine (another job, the clock) and fp32 came out at 139% and 174% "of peak" in two runs. An arithmetic intensity comes from an upper bound on memory traffic
-(`bytes_per_image`), so the roofline's memory roof is a conservative one.
+a different machine (another job, the clock) and fp32 came out at 139% and 174% "of peak" in two runs.
+An arithmetic intensity comes from an upper bound on memory traffic (`bytes_per_image`), so the
+roofline's memory roof is a conservative one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
 
 from parvis import runtime as rt
+from parvis.artifact import load_program
+from parvis.bench import micro
 from parvis.bench.suites import (
     Progress,
     _check_counts,
@@ -29,6 +35,7 @@ from parvis.bench.suites import (
     prepared_source,
     random_images,
 )
+from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
 from parvis.runtimes.timing import time_calls, time_runtimes
 
@@ -37,8 +44,6 @@ MATMUL_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfl
 
 def flops_per_image(model: torch.nn.Module, size: int, device: torch.device | None = None) -> float:
     """FLOPs of one image's forward pass (torch.utils.flop_counter: convolutions and matmuls, 2 per MAC)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = torch.randn(2, 3, size, size, device=device)
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -55,8 +60,6 @@ def bytes_per_image(
     intensity computed from it a lower bound. Counted at the dispatcher under the row's autocast, so
     bf16 activations count 2 bytes and the casts themselves count too.
     """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_flatten
 
     class ByteCounter(TorchDispatchMode):
         total = 0
@@ -75,9 +78,6 @@ def bytes_per_image(
 
 
 def _eager_model(path: str) -> torch.nn.Module:
-    from parvis.artifact import load_program
-    from parvis.engine.loading import load_model
-
     if path.endswith(".onnx"):
         raise ParvisError(
             f"{path}: roofline counts FLOPs on the PyTorch model; pass the checkpoint, the model name or a .pt2"
@@ -184,8 +184,6 @@ def bench_roofline(
     memory bandwidth. Rows: {precision, img_s, gflop_per_image, achieved_gflops, peak_gflops,
     fraction_of_peak, fraction_of_peak_runs, bytes_per_image, arithmetic_intensity, attainable_gflops, bound}.
     """
-    from parvis.bench import micro
-
     _check_counts(batch=batch, rounds=rounds, iters=iters)
     dev = rt.resolve_device(device)
     names, notes = device_precisions(dev)

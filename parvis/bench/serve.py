@@ -19,6 +19,8 @@ can answer more than 1 / (preprocess + inference per image at the batch size use
 from __future__ import annotations
 
 import asyncio
+import gc
+import ipaddress
 import itertools
 import os
 import re
@@ -31,11 +33,19 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import aiohttp
+import httpx
 import numpy as np
+import simplejpeg
+import torch
 
 from parvis import runtime as rt
+from parvis.data.synth import render_scene
+from parvis.engine.predict import expand_inputs
 from parvis.errors import ParvisError
+from parvis.runtimes import open_predictor
 from parvis.runtimes.timing import time_calls
+from parvis.serve.preprocess import Preprocessor
 
 
 def _auth(api_key: str | None) -> dict:
@@ -44,8 +54,6 @@ def _auth(api_key: str | None) -> dict:
 
 def check_loopback(url: str) -> str:
     """`url` without a trailing slash; ParvisError unless it points at this machine."""
-    import ipaddress
-
     host = urlparse(url).hostname or ""
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -59,14 +67,8 @@ def check_loopback(url: str) -> str:
 def request_images(n: int = 8, size: int = 256, seed: int = 0, folder: str | None = None) -> list[bytes]:
     """JPEG request bodies: the files in `folder` (up to n), or `n` synthetic shapes scenes of size x size."""
     if folder:
-        from parvis.engine.predict import expand_inputs
-
         files = expand_inputs([folder])[:n]
         return [f.read_bytes() for f in files]
-    import simplejpeg
-
-    from parvis.data.synth import render_scene
-
     return [simplejpeg.encode_jpeg(render_scene(i, size, seed)[0], quality=90) for i in range(n)]
 
 
@@ -92,13 +94,9 @@ class _Client:
 
     async def __aenter__(self) -> _Client:
         if self.kind == "aiohttp":
-            import aiohttp
-
             connector = aiohttp.TCPConnector(limit=self.connections, force_close=False)
             self.session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120))
         else:
-            import httpx
-
             limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
             self.session = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
         return self
@@ -132,13 +130,11 @@ def _run(coro):
     leaves more of the shared CPU to the server and makes the client lag less at high request rates.
     The cyclic garbage collector is paused meanwhile: its full passes over thousands of live request
     objects stall the client for tens of ms, which would be counted as server latency."""
-    import gc
-
     enabled = gc.isenabled()
     gc.disable()
     try:
         try:
-            import uvloop
+            import uvloop  # noqa: PLC0415 - optional: uvicorn[standard] brings it
         except ImportError:
             return asyncio.run(coro)
         return uvloop.run(coro)
@@ -259,8 +255,6 @@ class ServerProcess:
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
-        import httpx
-
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -295,8 +289,6 @@ class ServerProcess:
 
 def resident_mb(url: str, api_key: str | None = None) -> float | None:
     """The server's resident memory in MB, from its /metrics (process_resident_memory_bytes)."""
-    import httpx
-
     headers = _auth(api_key)
     try:
         text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
@@ -316,11 +308,6 @@ class CeilingProbe:
 
     def __init__(self, source: str, images: list[bytes], threads: int | None = None,
                  runtime_name: str | None = None, precision: str = "auto"):  # fmt: skip
-        import torch
-
-        from parvis.runtimes import open_predictor
-        from parvis.serve.preprocess import Preprocessor
-
         self.model, self.info = open_predictor(
             source, torch.device("cpu"), runtime_name, precision, threads or rt.usable_cores()
         )
@@ -335,8 +322,6 @@ class CeilingProbe:
         return statistics.fmean(times) * 1000
 
     def infer_ms_per_image(self, batch: int, seconds: float = 0.5) -> float:
-        import torch
-
         x = torch.stack([self.inputs[i % len(self.inputs)] for i in range(batch)])
         with torch.inference_mode():
             times = time_calls(lambda: self.model(x), seconds, 3, max_calls=None)
@@ -376,8 +361,6 @@ def compare_batching(
     """Batching on vs off (and peers) at every concurrency, with speedup, ceiling and ceiling_ratio;
     then, on the batching server, `burst_factor` x its best measured throughput for `burst_seconds`
     (open loop) and `soak_n` requests in a row."""
-    import httpx
-
     extra = list(serve_args or [])
     peers = {name: check_loopback(url) for name, url in (peers or {}).items()}
     # Room for twice the largest client count, so the sweep itself never meets a 503.
@@ -471,8 +454,6 @@ def compare_batching(
 
 def _served_name(url: str, api_key: str | None = None) -> str:
     """The first model a server lists."""
-    import httpx
-
     headers = _auth(api_key)
     r = httpx.get(f"{url}/v1/models", headers=headers, timeout=10)
     if r.status_code != 200:
@@ -590,8 +571,6 @@ def soak(
 
 
 def served_config(url: str, model: str, api_key: str | None = None) -> dict:
-    import httpx
-
     headers = _auth(api_key)
     r = httpx.get(f"{url}/v1/models/{model}", headers=headers, timeout=10)
     if r.status_code != 200:

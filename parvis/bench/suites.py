@@ -18,8 +18,14 @@ import numpy as np
 import torch
 
 from parvis import runtime as rt
-from parvis.artifact import TENSOR_TASK, is_quantized
+from parvis.artifact import TENSOR_TASK, is_quantized, read_metadata
+from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
+from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
+from parvis.export import export_model
+from parvis.models import MODELS, build_model
+from parvis.models.base import ModelMeta
+from parvis.quantize import quantize_onnx
 from parvis.runtimes import ARTIFACT_SUFFIXES, RUNTIMES, open_runtime
 from parvis.runtimes.timing import time_calls, time_runtimes
 
@@ -44,11 +50,6 @@ def prepared_source(source: str, size: int | None = None) -> Iterator[tuple[str,
     INT8 calibration read the size from there). Artifacts have a fixed spatial size: a different
     `size` is refused.
     """
-    from parvis.artifact import read_metadata
-    from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
-    from parvis.models import MODELS, build_model
-    from parvis.models.base import ModelMeta
-
     if size is not None and size < 8:
         raise ParvisError(f"--size {size} is too small; use at least 8 (e.g. 224)")
     with tempfile.TemporaryDirectory(prefix="parvis-bench-") as tmp:
@@ -177,9 +178,6 @@ def _torch_rows(path: str, names: list[str], device: torch.device, threads: int 
 
 def _onnx_file(path: str, workdir: Path, progress: Progress) -> str:
     """`path` itself if it is ONNX, else an fp32 ONNX export of the checkpoint in `workdir`."""
-    from parvis.engine.loading import load_model
-    from parvis.export import export_model
-
     if path.endswith(".onnx"):
         return path
     if path.endswith(".pt2"):
@@ -191,8 +189,6 @@ def _onnx_file(path: str, workdir: Path, progress: Progress) -> str:
 
 
 def _int8_file(onnx_path: str, workdir: Path, data: str, calib: int, progress: Progress) -> str:
-    from parvis.quantize import quantize_onnx
-
     progress(f"quantizing to INT8 with {calib} calibration images")
     out = workdir / "model-int8.onnx"
     quantize_onnx(onnx_path, out, data, n=calib)

@@ -16,8 +16,12 @@ import time
 import torch
 
 from parvis import runtime
+from parvis.data.check import open_dataset
+from parvis.data.loader import DevicePrefetcher, build_loader
+from parvis.data.transforms import build_transform
 from parvis.engine.trainer import apply_gradients
 from parvis.errors import ParvisError
+from parvis.models import MODELS, build_model
 
 
 def _configs(device: torch.device, compile_too: bool) -> list[dict]:
@@ -59,8 +63,6 @@ class _Step:
     """One configuration's model, optimizer and train step on `device`."""
 
     def __init__(self, model_name: str, task: str, num_classes: int, size: int, cfg: dict, device: torch.device):
-        from parvis.models import build_model
-
         torch.manual_seed(0)
         fmt = torch.channels_last if cfg["layout"] == "channels_last" else torch.contiguous_format
         self.model = build_model(model_name, num_classes, input_size=size).to(device, memory_format=fmt).train()
@@ -129,8 +131,6 @@ def bench_train(
 ) -> dict:
     """`only`: run just these configuration names (e.g. ("fp32/contiguous", "auto")); fp32/contiguous,
     the reference of every speedup, is always run."""
-    from parvis.models import MODELS
-
     dev = runtime.resolve_device(device)
     task = MODELS.info(model)["task"]
     num_classes = 6 if task == "segmentation" else 5
@@ -191,10 +191,6 @@ def bench_train(
 
 def _end_to_end(model, task, data, size, batch, steps, warmup, device, workers, progress) -> dict:
     """The auto configuration on the real loader vs on synthetic batches, side by side."""
-    from parvis.data.check import open_dataset
-    from parvis.data.loader import DevicePrefetcher, build_loader
-    from parvis.data.transforms import build_transform
-
     ds = open_dataset(data, task, "train", transform=build_transform(task, True, size))
     num_classes = len(ds.classes)
     cfg = {

@@ -21,7 +21,12 @@ from pathlib import Path
 
 import torch
 
+from parvis.data.video_io import open_writer, read_frames
+from parvis.draw import annotate
 from parvis.errors import ParvisError
+from parvis.structures import Detections
+from parvis.video.pipeline import _to_frame, preprocessor, run_video
+from parvis.video.tracker import ByteTracker
 
 
 def _clips(folder: Path, n: int) -> list[str]:
@@ -35,11 +40,6 @@ def _clips(folder: Path, n: int) -> list[str]:
 def stage_times(model, clip: str, batch: int, score_threshold: float = 0.3) -> dict:
     """Per-frame ms of each stage alone, on one clip: decode (+ preprocessing), inference at `batch`,
     tracking, annotate + encode."""
-    from parvis.data.video_io import open_writer, read_frames
-    from parvis.draw import annotate
-    from parvis.video.pipeline import _to_frame, preprocessor
-    from parvis.video.tracker import ByteTracker
-
     prep = preprocessor(model.meta)
     t0 = time.perf_counter()
     frames, inputs = [], []
@@ -81,14 +81,9 @@ def sequential_peer(model, clips: list[str], out: Path) -> float | None:
     """Frames/s of the plain loop: one stream after another, the model per frame, supervision's
     ByteTrack, PyAV encode. None when supervision is not installed."""
     try:
-        import supervision as sv
+        import supervision as sv  # noqa: PLC0415 - optional peer (pip install ".[peers]")
     except ImportError:
         return None
-    from parvis.data.video_io import open_writer, read_frames
-    from parvis.draw import annotate
-    from parvis.structures import Detections
-    from parvis.video.pipeline import _to_frame, preprocessor
-
     prep = preprocessor(model.meta)
     frames_done = 0
     start = time.perf_counter()
@@ -128,8 +123,6 @@ def bench_video(
     batches: list[int] | None = None,
     progress=None,
 ) -> dict:
-    from parvis.video.pipeline import run_video
-
     clips = _clips(clips_dir, max(streams))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

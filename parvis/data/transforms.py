@@ -14,6 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from parvis.data.decode import to_tensor
 from parvis.errors import ParvisError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -212,7 +213,5 @@ class EvalPreprocess:
                    extra.get("interpolation", "bilinear"))  # fmt: skip
 
     def __call__(self, array) -> torch.Tensor:
-        from parvis.data.decode import to_tensor
-
         image = self.transform(tv_tensors.Image(to_tensor(array))).as_subclass(torch.Tensor)
         return self.normalize(image[None])[0].contiguous()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import torch
@@ -11,6 +12,7 @@ from parvis import runtime
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader
 from parvis.engine.loading import load_trained
+from parvis.errors import ParvisError
 from parvis.models import eval_transform
 
 
@@ -21,8 +23,8 @@ def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_ind
     torchmetrics synchronizes its states across ranks in compute() when a process group is up,
     so every rank gets the metric of the whole validation split.
     """
-    from torchmetrics import MetricCollection
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+    from torchmetrics import MetricCollection  # noqa: PLC0415 - heavy import (seconds): only metrics need it
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex  # noqa: PLC0415 - as above
 
     if task == "detection":
         return detection_metric().to(device)
@@ -49,11 +51,7 @@ def detection_metric():
     """torchmetrics' MeanAveragePrecision on xyxy boxes, with the COCO evaluation backend installed
     (faster-coco-eval, else pycocotools); extended_summary keeps the precision table that per-class
     AP@0.5 is read from."""
-    import importlib.util
-
-    from torchmetrics.detection import MeanAveragePrecision
-
-    from parvis.errors import ParvisError
+    from torchmetrics.detection import MeanAveragePrecision  # noqa: PLC0415 - heavy import, detection only
 
     backend = next((name for name, module in COCO_BACKENDS if importlib.util.find_spec(module)), None)
     if backend is None:

@@ -30,13 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision.ops import nms
 
 from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image
+from parvis.data.transforms import EvalPreprocess
 from parvis.data.video_io import TruncatedVideoError, open_writer, probe, read_frames
+from parvis.draw import annotate
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_text, publish
-from parvis.video.mot import format_mot
+from parvis.structures import Detections
+from parvis.video.mot import evaluate_mot, format_mot
 from parvis.video.muxer import Packet, StreamMuxer
 from parvis.video.tracker import ByteTracker
 
@@ -106,8 +111,6 @@ class EvalPreset:
     """Classification and segmentation: the model's own eval preset (as predict and serve use)."""
 
     def __init__(self, meta):
-        from parvis.data.transforms import EvalPreprocess
-
         self.prepare = EvalPreprocess(meta.task, meta.input_size, meta.mean, meta.std)
 
     def __call__(self, frame: np.ndarray) -> tuple[torch.Tensor, float]:
@@ -233,8 +236,6 @@ class Annotate:
     busy_key = "annotate_s"
 
     def __init__(self):
-        from parvis.draw import annotate  # drawing pulls in PIL
-
         self.draw = annotate
 
     def __call__(self, batch: list[Work]) -> list[Work]:
@@ -488,8 +489,6 @@ class Mosaic:
 
     def add(self, stream: int, frame: np.ndarray, leader: int) -> np.ndarray | None:
         """Remember `stream`'s latest frame; the tiled frame when `stream` is the `leader`."""
-        from PIL import Image
-
         if self.tile is None:
             self.tile = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
         h, w = self.tile
@@ -515,8 +514,6 @@ def ground_truth_of(source: str) -> Path | None:
 
 def _evaluate_tracks(summary: dict, out: Path) -> None:
     """MOTA, ID switches and IDF1 per stream whose clip has ground truth (synthetic clips do)."""
-    from parvis.video.mot import evaluate_mot
-
     results = []
     for s in summary["streams"]:
         gt = ground_truth_of(s["source"])
@@ -544,10 +541,6 @@ def _to_frame(det, scale: float, score_threshold: float, nms_iou: float = 0.6):
     Class-agnostic NMS first: a detector unsure between two classes (ring or circle) puts a peak in
     both class maps at the same place, and a class-aware tracker would follow both as two objects
     (measured on the synthetic clips: most of the false positives, MOTA 0.71 -> see README)."""
-    from torchvision.ops import nms
-
-    from parvis.structures import Detections
-
     keep = det.scores >= min(score_threshold, 0.1)
     boxes, scores, labels = det.boxes[keep].float(), det.scores[keep].float(), det.labels[keep]
     if len(boxes) > 1:
