@@ -14,7 +14,7 @@ _API = ("Model", "evaluate", "load", "train")
 
 def __getattr__(name: str):
     if name in _API:
-        from parvis import api
+        from parvis import api  # noqa: PLC0415 - the lazy facade: `import parvis` stays light
 
         return getattr(api, name)
     raise AttributeError(f"module 'parvis' has no attribute {name!r}")

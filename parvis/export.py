@@ -20,6 +20,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import onnx
 import torch
 
 from parvis.artifact import program_extra, stamp_onnx
@@ -107,8 +108,7 @@ def _exporter_quiet():
 
 
 def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) -> tuple[dict, float]:
-    import onnx
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - heavy, optional at export: only the parity check runs it
 
     try:
         with _exporter_quiet():

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from parvis.artifact import META_KEY, TENSOR_TASK, graph_io, load_onnx, read_metadata
@@ -98,15 +99,14 @@ def quantize_onnx(
 
     Image models calibrate on `n` images of `data`; a raw-tensor model (a foreign ONNX file without
     preprocessing) on `calib_data` (.npz) or seeded random samples, and reports its outputs' SNR vs fp32."""
-    import onnx
-    from onnxruntime.quantization import (
+    from onnxruntime.quantization import (  # noqa: PLC0415 - heavy: onnxruntime's quantization tools
         CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415 - as above
 
     if method not in METHODS:
         raise ParvisError(f"--method {method!r} is unknown; choose one of {', '.join(METHODS)}")
@@ -193,7 +193,7 @@ def quantize_onnx(
 
 def _snr_vs_fp32(src: Path, out: Path, feeds: list[dict]) -> float:
     """The INT8 model's outputs against the fp32 model's on the calibration samples, in dB."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 - heavy: only the SNR check runs it
 
     fp32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     int8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

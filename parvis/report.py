@@ -245,7 +245,7 @@ def build_sections(results: list[tuple[Path, str, dict]], plots: bool = True) ->
 
 
 def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - heavy: charts only
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -255,7 +255,7 @@ def _png(fig) -> bytes:
 
 def _figure(width: float = 7.5, height: float = 3.6, ncols: int = 1):
     # The object API (no pyplot): no global backend or figure state, safe in a library and in threads.
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415 - heavy: charts only
 
     fig = Figure(figsize=(width, height))
     axes = fig.subplots(1, ncols)

@@ -9,6 +9,7 @@ Every other module receives a ``torch.device`` or a :class:`Precision` and never
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
 import random
@@ -504,8 +505,6 @@ def configure_host_allocator() -> dict[str, object]:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         _ALLOCATOR_STATE.update(tuned=False, reason="not glibc")
         return _ALLOCATOR_STATE
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError as exc:
@@ -647,19 +646,19 @@ def inference_runtimes() -> dict[str, dict]:
     """Which inference runtimes import here, with their execution providers / devices."""
     out: dict[str, dict] = {}
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 - optional backend, probed
 
         out["onnxruntime"] = {"available": True, "version": ort.__version__, "providers": ort.get_available_providers()}
     except Exception as exc:  # ImportError, or a broken native library
         out["onnxruntime"] = {"available": False, "error": _short(exc)}
     try:
-        import openvino as ov
+        import openvino as ov  # noqa: PLC0415 - optional backend, probed
 
         out["openvino"] = {"available": True, "version": ov.__version__, "devices": ov.Core().available_devices}
     except Exception as exc:
         out["openvino"] = {"available": False, "error": _short(exc)}
     try:
-        import tensorrt as trt
+        import tensorrt as trt  # noqa: PLC0415 - optional backend, probed
 
         out["tensorrt"] = {"available": has_cuda(), "version": trt.__version__}
         if not has_cuda():

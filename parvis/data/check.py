@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
+from rich.console import Console
+from rich.progress import track
 
 from parvis.data.coco import CocoAnnotations, CocoDetectionDataset
 from parvis.data.datasets import FileDataset, LayoutError, is_image_name
@@ -314,9 +316,6 @@ class _Files:
 
 
 def _track(results: Iterable[_Inspected], total: int) -> Iterator[_Inspected]:
-    from rich.console import Console
-    from rich.progress import track
-
     yield from track(results, total=total, description="checking files", console=Console(stderr=True), transient=True)
 
 

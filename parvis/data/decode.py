@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from parvis.errors import BadSampleError
 
@@ -61,8 +63,6 @@ def image_size(data: bytes, name: str | Path = "<bytes>") -> tuple[int, int]:
             return height, width
         except ValueError:
             pass  # fall through to PIL, which reads more header variants
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as im:
             width, height = im.size
@@ -110,8 +110,6 @@ def decode(
                     data, colorspace="RGB", strict=True, **_dct_scale(height, width, min_size)
                 )
             if decoder == "torchvision":
-                from torchvision.io import ImageReadMode, decode_jpeg
-
                 with warnings.catch_warnings():  # deprecated in torchvision 0.29, still measured as an option
                     warnings.simplefilter("ignore", DeprecationWarning)
                     tensor = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -144,8 +142,6 @@ def _dct_scale(height: int, width: int, min_size: int | None) -> dict:
 
 
 def _decode_pil(data: bytes, draft_size: int | None = None) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         if draft_size:
             w, h = im.size
@@ -186,8 +182,6 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 
 def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Read a single-channel index mask (PNG, mode L or P) as uint8 (H, W), values kept as stored."""
-    from PIL import Image
-
     path = Path(path)
     data = read_bytes(path)
     height, width = image_size(data, path)

@@ -47,6 +47,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from parvis.errors import ParvisError
 from parvis.io import atomic_write
@@ -202,8 +203,6 @@ def export_safetensors(
     (tied weights) is cloned, since safetensors refuses shared storage. Metadata values that are not
     strings are JSON-encoded.
     """
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in state_dict.items():

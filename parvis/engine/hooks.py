@@ -13,6 +13,8 @@ import sys
 import time
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from parvis.io import atomic_write_text
 
@@ -109,8 +111,6 @@ class ProgressHook(Hook):
         if self.quiet or not trainer.dist.is_main:
             self.quiet = True
             return
-        from rich.console import Console
-
         cfg = trainer.cfg
         self.console = Console(stderr=False)
         print(
@@ -122,8 +122,6 @@ class ProgressHook(Hook):
             flush=True,
         )
         if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}"),
                 BarColumn(),

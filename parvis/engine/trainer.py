@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from parvis import runtime
@@ -157,7 +159,7 @@ def prepare_model(model: VisionModel, cfg: TrainConfig, dist: runtime.DistInfo) 
     if cfg.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if fsdp:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import fully_shard  # noqa: PLC0415 - torch.distributed piece, FSDP runs only
 
         # Shard every direct child holding parameters, then the root: each child's parameters are
         # gathered just before it runs and freed after, so peak memory is one child, not the model.
@@ -166,8 +168,6 @@ def prepare_model(model: VisionModel, cfg: TrainConfig, dist: runtime.DistInfo) 
                 fully_shard(child)
         model = fully_shard(model)
     elif dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [dist.device.index] if dist.device.type == "cuda" else None
         model = DDP(model, device_ids=ids)
     if cfg.compile:
@@ -238,8 +238,6 @@ class Trainer:
         self.scaler = runtime.grad_scaler(self.precision)
         self.ema = None
         if cfg.ema:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
             self.ema = AveragedModel(
                 _unwrap(self.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
             )
@@ -259,7 +257,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly; full (unsharded) tensors, gathered on every rank."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict  # noqa: PLC0415
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd, optim_sd = get_state_dict(_unwrap_compiled(self.model), self.optimizer, options=opts)
@@ -278,7 +276,7 @@ class Trainer:
         }
 
     def _resume(self) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict  # noqa: PLC0415
 
         path = self.out / "last.pt"
         if not path.exists():

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import torchvision.models as tvm
 from torch import Tensor, nn
 
 from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -57,8 +58,6 @@ def split_name(spec: str) -> tuple[str, str]:
 
 
 def _tv():
-    import torchvision.models as tvm
-
     return tvm
 
 
@@ -255,7 +254,7 @@ def _build_torchvision(meta: ModelMeta) -> nn.Module:
 
 def _timm():
     try:
-        import timm
+        import timm  # noqa: PLC0415 - optional: the timm: zoo
     except ImportError as exc:
         raise ParvisError('timm:NAME models need timm: pip install timm (or pip install ".[zoo]")') from exc
     return timm
@@ -268,7 +267,7 @@ def timm_names() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _imagenet_names() -> list[str]:
-    from timm.data import ImageNetInfo
+    from timm.data import ImageNetInfo  # noqa: PLC0415 - optional: the timm: zoo
 
     # "tench, Tinca tinca" -> "tench": the short name, as torchvision's categories spell them.
     return [d.split(",")[0].strip() for d in ImageNetInfo().label_descriptions()]
@@ -366,7 +365,7 @@ def cached_weights(spec: str, tag: str | None = None) -> Path:
         if cfg is None:
             raise ParvisError(f"timm:{full} has no pretrained configuration; pass --weights FILE")
         if cfg.hf_hub_id:
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - comes with timm
 
             for filename in ("model.safetensors", "pytorch_model.bin"):
                 found = try_to_load_from_cache(cfg.hf_hub_id, filename)

@@ -23,7 +23,7 @@ class OnnxRuntime(Runtime):
         precision: str = "fp32",
         given: Preprocess | None = None,
     ):
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 - heavy backend, loaded when used
 
         if precision not in ("fp32", "int8"):
             raise ParvisError(f"ONNX Runtime runs the precision stored in the file (fp32 or int8), not {precision!r}")

@@ -47,7 +47,7 @@ def _core():
     global _CORE
     with _CORE_LOCK:
         if _CORE is None:
-            import openvino as ov
+            import openvino as ov  # noqa: PLC0415 - heavy backend, loaded when used
 
             _CORE = ov.Core()
         return _CORE
@@ -86,9 +86,9 @@ class OpenVinoRuntime(Runtime):
         """`precision`: fp32 | bf16 | int8, or None for what the file holds (int8 if quantized, else fp32).
         `performance_hint`: latency | throughput; by default latency for one stream, throughput for more."""
         try:
-            import openvino as ov
-            import openvino.properties as props
-            import openvino.properties.hint as hints
+            import openvino as ov  # noqa: PLC0415 - heavy backend, loaded when used
+            import openvino.properties as props  # noqa: PLC0415
+            import openvino.properties.hint as hints  # noqa: PLC0415
         except ImportError as exc:
             raise ParvisError(f"OpenVINO is not importable here ({exc}); pip install openvino") from exc
 
@@ -182,7 +182,7 @@ class OpenVinoRuntime(Runtime):
         return f"{quantized}/{total}"
 
     def info(self) -> dict:
-        import openvino.properties as props
+        import openvino.properties as props  # noqa: PLC0415 - heavy backend, loaded when used
 
         return {
             "runtime": self.name,

@@ -86,7 +86,7 @@ class TorchCompileRuntime(TorchRuntime):
         self.warmup_s = round(time.perf_counter() - t0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config as inductor_config
+        import torch._inductor.config as inductor_config  # noqa: PLC0415 - inductor loads on first compile
 
         if len(x) > 1:
             torch._dynamo.mark_dynamic(x, 0)

@@ -14,6 +14,8 @@ on it, and memory is bounded by max_queue requests per model.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import hmac
 import json
@@ -29,9 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import UploadFile
 
 from parvis import runtime
 from parvis.artifact import TENSOR_TASK
@@ -64,9 +68,6 @@ class ServerConfig:
 
 def release_memory() -> None:
     """Collect garbage and return free heap pages to the OS (glibc's malloc_trim; elsewhere a no-op)."""
-    import ctypes
-    import ctypes.util
-
     gc.collect()
     libc = ctypes.util.find_library("c")
     if libc:
@@ -273,7 +274,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def image_from_multipart(request: Request, body: bytes) -> bytes:
     """The first file part of a multipart/form-data body (already read and size-checked)."""
-    from starlette.datastructures import UploadFile
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
@@ -576,7 +576,6 @@ def run_server(
     graceful_timeout_s: float = 30.0,
 ) -> None:
     """Serve until SIGINT/SIGTERM, then drain in-flight requests. ParvisError if a model fails to load."""
-    import uvicorn
 
     class GracefulServer(uvicorn.Server):
         @contextmanager

@@ -13,6 +13,7 @@ import io
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png
 from parvis.data.transforms import EvalPreprocess, decode_min_size
@@ -47,8 +48,6 @@ def check_format(data: bytes, name: str) -> None:
     """BadSampleError(kind="format") unless `data` starts like an image in IMAGE_FORMATS."""
     if is_jpeg(data) or is_png(data):
         return
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             im.format  # noqa: B018 - opening reads only the header
