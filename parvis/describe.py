@@ -145,7 +145,10 @@ def inspect_model(spec: str | Path, weights: str | Path | None = None, given: Pr
         inputs=inputs,
         outputs=outputs,
         preprocess=_preprocess(meta, _default_origin(report)),
-        classes={"count": meta.num_classes, "first": meta.class_names[:10],
-                 "from": meta.extra.get("provenance", {}).get("class_names", _default_origin(report))},  # fmt: skip
+        classes={
+            "count": meta.num_classes,
+            "first": meta.class_names[:10],
+            "from": meta.extra.get("provenance", {}).get("class_names", _default_origin(report)),
+        },  # fmt: skip
     )
     return report

@@ -141,8 +141,7 @@ def image_batches(meta, data: str | Path, batch: int = 64, limit: int | None = N
     if not images:
         raise ParvisError(f"--data {data}: no readable images to score candidates on")
     return [
-        Batch(normalize(torch.stack(images[i : i + batch])).contiguous(), None, 0)
-        for i in range(0, len(images), batch)
+        Batch(normalize(torch.stack(images[i : i + batch])).contiguous(), None, 0) for i in range(0, len(images), batch)
     ]
 
 
