@@ -28,7 +28,7 @@ import torch
 from torchvision.ops import box_iou
 
 from parvis import runtime as rt
-from parvis.artifact import Preprocess, is_quantized
+from parvis.artifact import Preprocess, is_quantized, read_metadata
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
 from parvis.data.loader import Batch, DevicePrefetcher, build_loader
@@ -41,7 +41,7 @@ from parvis.export import export_model
 from parvis.io import atomic_copy, atomic_write_text
 from parvis.models import eval_transform
 from parvis.quantize import quantize_onnx
-from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime
+from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime, require_images
 from parvis.runtimes.timing import time_runtimes
 
 OBJECTIVES = ("throughput", "latency")
@@ -195,12 +195,14 @@ def _prepare_variant(
     data: str,
     calib: int,
     progress: Callable[[str], None],
+    given: Preprocess | None = None,
 ) -> list[Candidate]:
-    """Candidates of one model: export to ONNX and quantize once, shared by the runtimes that use them."""
-    onnx_path = workdir / f"{variant}.onnx"
+    """Candidates of one model: export to ONNX and quantize once, shared by the runtimes that use them.
+    An .onnx `source` (parvis's or made elsewhere) is used as it is."""
+    onnx_path = Path(source) if source.endswith(".onnx") else workdir / f"{variant}.onnx"
     int8_path = workdir / f"{variant}-int8.onnx"
     onnx_error = int8_error = ""
-    if any(r in ("onnxruntime", "openvino") for r, _ in pairs):
+    if any(r in ("onnxruntime", "openvino") for r, _ in pairs) and not source.endswith(".onnx"):
         progress(f"{variant}: exporting to ONNX")
         try:
             export_model(load_model(source), onnx_path, "onnx")
@@ -212,7 +214,7 @@ def _prepare_variant(
         else:
             progress(f"{variant}: quantizing to INT8 with {calib} calibration images")
             try:
-                quantize_onnx(onnx_path, int8_path, data, n=calib)
+                quantize_onnx(onnx_path, int8_path, data, n=calib, given=given)
             except Exception as exc:  # noqa: BLE001
                 int8_error = f"quantization failed: {_first_line(exc)}"
     out = []
@@ -230,8 +232,10 @@ def _prepare_variant(
     return out
 
 
-def _open(c: Candidate, threads: int, device: torch.device):
+def _open(c: Candidate, threads: int, device: torch.device, given: Preprocess | None = None):
     kwargs = {"threads": threads, "precision": c.precision}
+    if c.runtime in ("onnxruntime", "openvino") and given is not None:
+        kwargs["given"] = given  # a foreign file's preprocessing, stated by the user
     if c.streams > 1:
         kwargs["streams"] = c.streams
     if device.type == "cuda":
@@ -275,10 +279,10 @@ def optimize(
         raise ParvisError(f"--objective {objective!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
     if budget < 0:
         raise ParvisError(f"--budget {budget}: the allowed metric drop in points cannot be negative")
-    if str(source).endswith(ARTIFACT_SUFFIXES) or Path(source).is_dir():
+    if str(source).endswith(".pt2") or Path(source).is_dir():
         raise ParvisError(
-            f"{source}: optimize starts from a PyTorch model (a checkpoint, or a model name with --weights); "
-            "pass an artifact with --candidate"
+            f"{source}: optimize starts from a PyTorch model (a checkpoint, or a model name with --weights) or an "
+            ".onnx file; pass other artifacts with --candidate"
         )
     if metric not in METRICS:
         raise ParvisError(f"--metric {metric!r} is unknown; choose one of {', '.join(METRICS)}")
@@ -290,8 +294,12 @@ def optimize(
     dev = rt.resolve_device(device)
     threads = tuple(threads or (rt.usable_cores(),))
     pairs = pairs or matrix(dev)
-    if pairs[0] != ("torch", "fp32"):
-        pairs = [("torch", "fp32"), *[p for p in pairs if p != ("torch", "fp32")]]
+    onnx_source = str(source).endswith(".onnx")
+    first = ("onnxruntime", "fp32") if onnx_source else ("torch", "fp32")
+    if onnx_source:  # an ONNX file runs in the ONNX runtimes only; its fp32 ONNX Runtime row is the baseline
+        pairs = [p for p in pairs if p[0] in ("onnxruntime", "openvino")]
+    if pairs[0] != first:
+        pairs = [first, *[p for p in pairs if p != first]]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".candidates"
@@ -299,8 +307,14 @@ def optimize(
     work.mkdir()
     named = str(source)
     try:
-        source = as_checkpoint(source, work, weights, given)  # a name + weights: saved once, run by every candidate
-        meta = load_model(source).meta
+        if onnx_source:
+            if weights is not None:
+                raise ParvisError(f"{source}: an ONNX file brings its own weights; drop --weights")
+            meta = read_metadata(source, given)
+            require_images(meta, source)
+        else:
+            source = as_checkpoint(source, work, weights, given)  # a name + weights: saved once, run by all
+            meta = load_model(source).meta
         known = labels_known(meta, data, split)
         if metric == "labels" and not known:
             raise ParvisError(
@@ -315,7 +329,7 @@ def optimize(
         val = validation_batches(meta, data, split) if mode == "labels" else image_batches(meta, data)
         reference = None
 
-        candidates = _prepare_variant("base", str(source), pairs, work, data, calib, progress)
+        candidates = _prepare_variant("base", str(source), pairs, work, data, calib, progress, given)
         for name, checkpoint in variants:
             candidates += _prepare_variant(name, checkpoint, pairs, work, data, calib, progress)
         if any(n > 1 for n in streams):  # OpenVINO with several streams: one more candidate per count
@@ -336,7 +350,7 @@ def optimize(
             progress(f"opening and scoring {c.key}")
             try:
                 for n in threads:
-                    c.runtimes[n] = _open(c, n, dev)
+                    c.runtimes[n] = _open(c, n, dev, given)
                 if mode == "labels":
                     c.metric = float(score(c.runtimes[threads[0]], val, meta)[metric_name])
                 else:  # the first candidate is eager fp32: its answers are the reference
@@ -366,8 +380,7 @@ def optimize(
                 r
                 for r in rows
                 if r["variant"] == "base"
-                and r["runtime"] == "torch"
-                and r["precision"] == "fp32"
+                and (r["runtime"], r["precision"]) == first
                 and r["batch"] == row["batch"]
                 and r["threads"] == row["threads"]
             )

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import torch
 
-from parvis.artifact import META_KEY, TENSOR_TASK, graph_io, load_onnx, read_metadata
+from parvis.artifact import META_KEY, TENSOR_TASK, Preprocess, graph_io, load_onnx, read_metadata
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
 from parvis.engine.predict import expand_inputs
@@ -94,6 +94,7 @@ def quantize_onnx(
     n: int = 128,
     method: str = "minmax",
     calib_data: str | Path | None = None,
+    given: Preprocess | None = None,
 ) -> dict:
     """Write an INT8 QDQ model of the fp32 ONNX file `src` to `out`; returns the settings used.
 
@@ -121,7 +122,7 @@ def quantize_onnx(
             f"{src}: quantize needs an .onnx artifact, not {src.suffix or 'a file without suffix'}; "
             "export one with `parvis export MODEL --format onnx --out FILE.onnx`"
         )
-    meta = read_metadata(src)
+    meta = read_metadata(src, given)
     input_name = graph_io(load_onnx(src))[0][0]["name"]
     if meta.task == TENSOR_TASK:
         feeds = tensor_calibration(meta, n, calib_data)

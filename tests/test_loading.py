@@ -286,3 +286,36 @@ def test_a_torchvision_detector_predicts_and_its_export_fails_in_one_line(tmp_pa
         export_model(model, tmp_path / "d.onnx")
     assert "\n" not in str(info.value) and not (tmp_path / "d.onnx").exists()
     assert capsys.readouterr().err == ""  # the exporter's graph dump stays off the terminal
+
+
+def test_optimize_a_foreign_image_onnx_by_agreement(foreign, tmp_path):
+    from PIL import Image
+
+    from parvis.optimize import optimize
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    given = Preprocess(task="classification", mean=(0.5,) * 3, std=(0.25,) * 3)
+    result = optimize(str(foreign["image"]), str(photos), tmp_path / "opt", given=given, rounds=1, iters=1,
+                      latency_iters=2, batches=(4,), threads=(1,), calib=6,
+                      pairs=[("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32")])  # fmt: skip
+    assert result["metric_mode"] == "agreement" and result["metric_name"] == "top1_agreement"
+    rows = {(r["runtime"], r["precision"]): r for r in result["candidates"]}
+    base = rows[("onnxruntime", "fp32")]
+    assert base["metric"] == 1.0 and base["speedup_vs_eager_fp32"] == 1
+    assert rows[("openvino", "fp32")]["metric"] == 1.0  # the same fp32 graph on another runtime agrees
+    assert Path(result["chosen"]["artifact"]).is_file()
+
+
+def test_quantize_a_zoo_name_exports_it_first(tmp_path, capsys):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    code = main(["quantize", "torchvision:mobilenet_v3_small", "--size", "64", "--data", str(tmp_path),
+                 "--out", str(tmp_path / "q.onnx"), "--calib", "3"])  # fmt: skip
+    assert code == 0 and read_metadata(tmp_path / "q.onnx").name == "torchvision:mobilenet_v3_small"
+    assert "3 calibration samples" in capsys.readouterr().out

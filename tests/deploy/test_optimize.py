@@ -71,7 +71,7 @@ def test_optimize_rejects_bad_input_by_name(trained, tmp_path):
     with pytest.raises(ParvisError, match="cannot be negative"):
         optimize(ckpt, str(data), tmp_path / "o", budget=-1)
     with pytest.raises(ParvisError, match="starts from a PyTorch model"):
-        optimize(str(out / "fp32.onnx"), str(data), tmp_path / "o")
+        optimize(str(tmp_path), str(data), tmp_path / "o")
     with pytest.raises(ParvisError, match="--data .*nowhere: no such dataset folder"):
         optimize(ckpt, str(tmp_path / "nowhere"), tmp_path / "o")
     with pytest.raises(ParvisError, match="--candidate .*x.txt: expected an existing .onnx"):
