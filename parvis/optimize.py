@@ -410,6 +410,7 @@ def optimize(
             "iters_per_round": iters,
             "metric_name": metric_name,
             "metric_mode": mode,
+            "baseline": f"{first[0]} {first[1]}",  # what speedup_vs_eager_fp32 divides by (an ONNX source: ORT fp32)
             "baseline_metric": baseline.metric,
             "validation_images": sum(len(b.images) for b in val),
             "weights": weights,
