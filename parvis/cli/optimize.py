@@ -101,7 +101,7 @@ def run(args) -> int:
         progress=lambda msg: con.print(f"[dim]{escape(msg)}[/dim]") if con.is_terminal else None,
     )
     name = result["metric_name"]
-    scored_on = "val images" if result["metric_mode"] == "labels" else "images, agreement with eager fp32"
+    scored_on = "val images" if result["metric_mode"] == "labels" else f"images, agreement with {result['baseline']}"
     table = Table(
         title=f"optimize {result['model']}, {result['input_size']} px, {result['device']}, "
         f"budget {result['budget_points']:g} {name} points, {result['validation_images']} {scored_on}"
@@ -148,7 +148,7 @@ def run(args) -> int:
     con.print(
         f"chosen: {c['runtime']}{streams} {c['precision']} ({c['variant']}) at batch {c['batch']}, "
         f"{c['threads']} thread(s): "
-        f"{c['img_s']:,.1f} img/s, {c['speedup_vs_eager_fp32']:.2f}x eager fp32, {name} {c['metric']:.4f} "
+        f"{c['img_s']:,.1f} img/s, {c['speedup_vs_eager_fp32']:.2f}x {result['baseline']}, {name} {c['metric']:.4f} "
         f"({c['metric_drop']:+.2f} points) -> {escape(c['artifact'])}"
     )
     con.print(f"wrote {escape(str(Path(args.out) / 'optimize.json'))}")
