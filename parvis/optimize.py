@@ -410,7 +410,8 @@ def optimize(
             "iters_per_round": iters,
             "metric_name": metric_name,
             "metric_mode": mode,
-            "baseline": f"{first[0]} {first[1]}",  # what speedup_vs_eager_fp32 divides by (an ONNX source: ORT fp32)
+            # what speedup_vs_eager_fp32 divides by (for an ONNX source: its ONNX Runtime fp32 row)
+            "baseline": "eager fp32" if first == ("torch", "fp32") else f"{first[0]} {first[1]}",
             "baseline_metric": baseline.metric,
             "validation_images": sum(len(b.images) for b in val),
             "weights": weights,
