@@ -90,20 +90,29 @@ class Model:
         runs = f"{self.info['runtime']} {self.info['precision']}"
         return f"parvis.Model({self.source!r}, task={self.meta.task!r}, runs={runs!r})"
 
-    def predict(self, images, out: str | Path | None = None, batch: int = 16, overlays: bool = True):
+    def predict(
+        self,
+        images,
+        out: str | Path | None = None,
+        batch: int = 16,
+        overlays: bool = True,
+        decode_threads: int = 1,
+        stats: dict | None = None,
+    ):
         """Results for image files, folders or globs: one dict for one file, else a list. With `out`,
-        results.json, masks and overlays are written there too (as `parvis predict` does)."""
+        results.json, masks and overlays are written there too (as `parvis predict` does). `stats`
+        receives the wall time, images/s and each stage's busy time."""
         model, _ = self._open()
         require_images(model.meta, self.source)
         single = isinstance(images, (str, Path)) and Path(images).is_file()
         files = expand_inputs([str(p) for p in ([images] if isinstance(images, (str, Path)) else images)])
         if out is None:
             with tempfile.TemporaryDirectory() as tmp:
-                results = predict_files(model, files, tmp, self.device, batch, overlays=False)
+                results = predict_files(model, files, tmp, self.device, batch, decode_threads, False, stats)
             # files written in the temporary folder are gone: leave out their paths
             results = [{k: v for k, v in r.items() if k not in ("mask", "overlay")} for r in results]
         else:
-            results = predict_files(model, files, out, self.device, batch, overlays=overlays)
+            results = predict_files(model, files, out, self.device, batch, decode_threads, overlays, stats)
         return results[0] if single else results
 
     def evaluate(self, data: str | Path, split: str = "val", batch: int = 64, workers: int | None = None) -> dict:

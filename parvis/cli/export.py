@@ -20,11 +20,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.markup import escape
 
-    from parvis.engine.loading import load_model
-    from parvis.export import export_model
+    from parvis.api import load
 
-    model = load_model(args.checkpoint, weights=args.weights, given=preprocess_from(args))
-    report = export_model(model, args.out, args.format, opset=args.opset)
+    model = load(args.checkpoint, weights=args.weights, device="cpu", given=preprocess_from(args))
+    report = model.export(args.out, args.format, opset=args.opset)
     console().print(
         f"exported {report['model']} ({report['task']}) to {escape(report['path'])} \\[{report['format']}, "
         f"{report['size_mb']:.1f} MB, batch dynamic]; parity vs PyTorch fp32 at batch {report['parity_batch']}: "

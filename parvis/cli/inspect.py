@@ -25,9 +25,9 @@ def run(args) -> int:
 
     from rich.markup import escape
 
-    from parvis.describe import inspect_model
+    from parvis.api import load
 
-    report = inspect_model(args.model, weights=args.weights, given=preprocess_from(args))
+    report = load(args.model, weights=args.weights, device="cpu", given=preprocess_from(args)).inspect()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -67,7 +67,7 @@ def run(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from parvis.optimize import optimize
+    from parvis.api import load
 
     con = console()
     variants = []
@@ -80,8 +80,8 @@ def run(args) -> int:
         # optimize times every candidate itself, side by side: prune's own timing is skipped (no timer).
         report = prune_checkpoint(args.checkpoint, args.prune, args.data, args.prune_epochs, pruned_dir)
         variants.append((f"pruned{args.prune:g}", str(report["checkpoint"])))
-    result = optimize(
-        args.checkpoint,
+    model = load(args.checkpoint, weights=args.weights, given=preprocess_from(args))
+    result = model.optimize(
         args.data,
         args.out,
         budget=args.budget,
@@ -95,8 +95,6 @@ def run(args) -> int:
         calib=args.calib,
         streams=_ints("--streams", args.streams),
         rounds=args.rounds,
-        weights=args.weights,
-        given=preprocess_from(args),
         metric=args.metric,
         progress=lambda msg: con.print(f"[dim]{escape(msg)}[/dim]") if con.is_terminal else None,
     )

@@ -28,25 +28,23 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from parvis import runtime
-    from parvis.engine.predict import expand_inputs, predict_files
-    from parvis.runtimes import open_predictor, require_images
+    from parvis.api import load
+    from parvis.engine.predict import expand_inputs
 
-    device = runtime.resolve_device(args.device)
-    files = expand_inputs(args.inputs)
-    model, info = open_predictor(
-        args.checkpoint, device, args.runtime, args.precision, args.threads, weights=args.weights,
-        given=preprocess_from(args), use_ema=args.ema,
+    expand_inputs(args.inputs)  # a wrong path fails before the model loads
+    model = load(
+        args.checkpoint, weights=args.weights, device=args.device, runtime=args.runtime, precision=args.precision,
+        threads=args.threads, ema=args.ema, given=preprocess_from(args),
     )  # fmt: skip
-    require_images(model.meta, args.checkpoint)
+    info = model.info
     con = console()
     if info.get("weights") == "random":
         con.print(f"{args.checkpoint}: a model name without --weights: random initialization, predictions mean nothing")
     what_runs = f"{info['runtime']} {info['precision']}"
     stats: dict = {}
-    results = predict_files(
-        model, files, args.out, device, batch_size=args.batch, decode_threads=args.decode_threads,
-        overlays=not args.no_overlays, stats=stats,
+    results = model.predict(
+        args.inputs, out=args.out, batch=args.batch, overlays=not args.no_overlays,
+        decode_threads=args.decode_threads, stats=stats,
     )  # fmt: skip
     errors = [r for r in results if "error" in r]
     for r in results[:5]:
