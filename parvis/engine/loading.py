@@ -121,9 +121,7 @@ def load_model(
     if num_classes is None and labels is not None:
         num_classes = len(labels)
     if num_classes is None and weights is not None and is_zoo_name(spec):
-        found = file_num_classes(resolve_weights(spec, weights), spec)
-        meta_classes = None if found is None else found
-        num_classes = meta_classes
+        num_classes = file_num_classes(resolve_weights(spec, weights), spec)
     model = build_model(
         spec, num_classes, labels, given.size, weights=weights, mean=given.mean, std=given.std,
     )  # fmt: skip
