@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,19 @@ class TrainConfig:
     scales: tuple[float, ...] = (0.5, 1.0)  # HMSA inference scales (add 2.0 for objects small in the frame)
     crop_scale: tuple[float, ...] | None = None  # training crop area range [min, max] (none: the task's preset)
     max_steps: int | None = None  # stop after this many optimizer steps (smoke tests / benchmarks)
+    # The recipe: `auto` chooses every key below and the learning keys above (size, batch, lr,
+    # weight_decay, optimizer, warmup_epochs, label_smoothing, crop_scale, epochs) that the user did
+    # not give, from the data and the model, and prints one `auto:` line per choice; `off` keeps the
+    # defaults as written here.
+    recipe: str = "auto"  # auto | off (a recipe FILE is read like --config, its keys count as given)
+    time: str | None = None  # wall-clock budget for the run, e.g. 90s, 5m, 1h: auto plans epochs to fit it
+    hflip: bool = True  # random horizontal flips in training (classification, segmentation)
+    stem: Literal["imagenet", "small", "small_s2"] = "imagenet"  # parvis resnets: small = 3x3 stride 1, no max-pool
+    stream: bool = False  # shapes data: train on fresh generator scenes every epoch (val stays on disk)
+    freeze: Literal["none", "backbone"] = "none"  # backbone: hold pretrained layers still for freeze_epochs
+    freeze_epochs: float = 1.0  # epochs the backbone stays frozen when freeze=backbone
+    backbone_lr: float = 1.0  # backbone learning rate as a fraction of lr (fine-tuning: 0.1)
+    log: str = "files"  # where epochs are logged: files (metrics.csv/.jsonl, always), tensorboard, mlflow
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
@@ -97,6 +111,23 @@ class TrainConfig:
             self.crop_scale,
         )
         _require(self.workers is None or self.workers >= 0, "workers", "at least 0 or none", self.workers)
+        _require(self.freeze_epochs >= 0, "freeze_epochs", "at least 0", self.freeze_epochs)
+        _require(0 <= self.backbone_lr <= 1, "backbone_lr", "in [0, 1]", self.backbone_lr)
+        if self.time is not None:
+            parse_duration(self.time, "time")
+
+
+def parse_duration(text: str, key: str = "time") -> float:
+    """Seconds in "90", "90s", "5m", "1.5h" or "1h30m"; a ConfigValueError naming `key` otherwise."""
+    spec = str(text).strip().lower()
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?", spec)
+    if not spec or parts is None or not any(parts.groups()):
+        raise ConfigValueError(key, f"must be a duration such as 90s, 5m or 1h, got {text!r}")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in parts.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise ConfigValueError(key, f"must be a positive duration such as 90s, 5m or 1h, got {text!r}")
+    return total
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -109,11 +140,12 @@ def _require(ok: bool, key: str, rule: str, value: Any) -> None:
 
 def load_config(
     cls: type[T],
-    yaml_path: str | Path | None = None,
+    yaml_path: str | Path | Sequence[str | Path] | None = None,
     overrides: Sequence[str] = (),
     values: Mapping[str, Any] | None = None,
 ) -> T:
-    """Build `cls` from its defaults, then `yaml_path`, then `values`, then `overrides` ("key=value").
+    """Build `cls` from its defaults, then `yaml_path` (one file or several, later ones win), then
+    `values`, then `overrides` ("key=value").
 
     `values` holds already-typed values, e.g. the argparse flags the user actually set; `overrides`
     are strings coerced to each field's type. A later source wins over an earlier one.
@@ -134,18 +166,35 @@ def load_config(
             chosen[name] = _convert(value, fields[name], name, source)
             source_of[name] = source
 
-    if yaml_path is not None:
-        take(_read_yaml(Path(yaml_path)), str(yaml_path))
+    paths = [yaml_path] if isinstance(yaml_path, (str, Path)) else list(yaml_path or ())
+    for path in paths:
+        take(_read_yaml(Path(path)), str(path))
     if values:
         take(values, COMMAND_LINE)
     take(_parse_overrides(overrides), COMMAND_LINE)
 
     try:
-        return cls(**chosen)
+        cfg = cls(**chosen)
     except ConfigValueError as exc:
         if exc.key in source_of:
             raise ParvisError(f"{exc} (from {source_of[exc.key]})") from None
         raise
+    # Which keys a source set (even to the default value): what `recipe=auto` must leave alone.
+    object.__setattr__(cfg, "_given", frozenset(chosen))
+    return cfg
+
+
+def given_keys(cfg: Any) -> frozenset[str]:
+    """The keys of `cfg` some source set: those load_config saw, or for a config built in Python,
+    the keys whose value differs from the default."""
+    given = getattr(cfg, "_given", None)
+    if given is not None:
+        return given
+    return frozenset(
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.init and f.default is not dataclasses.MISSING and getattr(cfg, f.name) != f.default
+    )
 
 
 def _read_yaml(path: Path) -> Mapping[Any, Any]:
@@ -314,7 +363,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def save_config(cfg: Any, path: str | Path) -> Path:
-    """Write the resolved config as YAML (atomically); :func:`load_config` reads it back to an equal config."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+def save_config(cfg: Any, path: str | Path, comments: Sequence[str] = ()) -> Path:
+    """Write the resolved config as YAML (atomically); :func:`load_config` reads it back to an equal config.
+    `comments` go first, one `# ` line each (e.g. why recipe=auto chose each value)."""
+    head = "".join(f"# {line}\n" for line in comments)
+    text = head + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
     return atomic_write_text(path, text)

@@ -44,6 +44,7 @@ from parvis.engine.trainer import build_trainer
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 from parvis.models import VisionModel, build_model
+from parvis.models.build import build_options
 
 SCOPES = ("uniform", "global")
 CHECKPOINT_NAME = "pruned.pt"
@@ -120,7 +121,7 @@ def prune_model(model: VisionModel, ratio: float, scope: str = "uniform", round_
 def pruned_structure(model: VisionModel) -> dict[str, dict]:
     """{module name: {attribute: value}} where `model`'s layers differ from its registered architecture."""
     meta = model.meta
-    extra = {"scales": meta.extra["scales"]} if "scales" in meta.extra else {}
+    extra = build_options(meta)
     fresh = dict(
         build_model(
             meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std, **extra

@@ -29,6 +29,7 @@ FLAG_KEYS = (
     "weights",
     "seed",
     "lr",
+    "time",
 )
 
 
@@ -38,7 +39,14 @@ def add_parser(sub) -> None:
     p.add_argument("--task", choices=("classification", "segmentation", "detection"), default=None)
     p.add_argument("--model", default=None, help="registered model name (parvis models lists them)")
     p.add_argument("--data", default=None, help="dataset folder")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: recipe=auto chooses)")
+    p.add_argument("--time", default=None, help="wall-clock budget, e.g. 90s, 5m, 1h: epochs are planned to fit it")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="auto (default: choose what is not given from the data and model, one `auto:` line each), "
+        "off (the plain defaults), or a YAML FILE of keys that override auto's choices",
+    )
     p.add_argument("--size", type=int, default=None, help="input size in pixels")
     p.add_argument("--batch", type=int, default=None, help="images per step per process")
     p.add_argument("--lr", type=float, default=None)
@@ -100,7 +108,12 @@ def run(args) -> int:
     if not under_torchrun and (args.nproc > 1 or args.nnodes or args.rdzv_endpoint):
         return _launch(args, args.argv)
     values = {k: getattr(args, k) for k in FLAG_KEYS if getattr(args, k) is not None}
-    cfg = load_config(TrainConfig, args.config, overrides=args.overrides, values=values)
+    files = [args.config] if args.config else []
+    if args.recipe in ("auto", "off"):
+        values["recipe"] = args.recipe
+    elif args.recipe is not None:
+        files.append(args.recipe)  # a recipe file: its keys count as given, auto fills the rest
+    cfg = load_config(TrainConfig, files, overrides=args.overrides, values=values)
     from parvis.engine.trainer import train
 
     record = train(cfg, resume=args.resume, quiet=args.quiet)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 from parvis import runtime
+from parvis.data.stream import EpochSampler
 from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from parvis.errors import ParvisError
 
@@ -113,7 +114,9 @@ def build_loader(
         # replica or many: N processes with batch B then see exactly the samples one process sees
         # with batch N*B, which is what makes multi-process runs comparable with single ones.
         replicas, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
-        sampler = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=train, seed=seed)
+        # A stream (ShapesStream) makes a new sample for every index: epoch e asks for e * len + i.
+        kind = EpochSampler if getattr(dataset, "indexed_by_epoch", False) else DistributedSampler
+        sampler = kind(dataset, num_replicas=replicas, rank=rank, shuffle=train, seed=seed)
     else:
         sampler = SequentialSampler(dataset)
     loader = DataLoader(

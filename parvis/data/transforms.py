@@ -44,8 +44,12 @@ class RandomResizedCrop(v2.RandomResizedCrop):
         return super().transform(inpt, params)
 
 
-def classification_train(size: int, crop_scale: tuple[float, float] = (0.08, 1.0)) -> v2.Transform:
-    return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
+def _flip(hflip: bool) -> list[v2.Transform]:
+    return [v2.RandomHorizontalFlip()] if hflip else []
+
+
+def classification_train(size: int, crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> v2.Transform:
+    return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), *_flip(hflip)])
 
 
 def classification_eval(size: int, crop_pct: float | None = None, interpolation: str = "bilinear") -> v2.Transform:
@@ -65,19 +69,19 @@ def _interpolation(name: str) -> v2.InterpolationMode:
         raise ParvisError(f"interpolation {name!r} is unknown; choose one of {choices}") from None
 
 
-def segmentation_train(size: int, crop_scale: tuple[float, float] = (0.25, 1.0)) -> v2.Transform:
+def segmentation_train(size: int, crop_scale: tuple[float, float] = (0.25, 1.0), hflip: bool = True) -> v2.Transform:
     # Milder scale range than classification: a segmentation crop must keep enough context.
-    return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), v2.RandomHorizontalFlip()])
+    return v2.Compose([RandomResizedCrop(size, scale=crop_scale, antialias=True), *_flip(hflip)])
 
 
 def segmentation_eval(size: int) -> v2.Transform:
     return v2.Resize((size, size), antialias=True)
 
 
-def detection_train(size: int) -> v2.Transform:
+def detection_train(size: int, hflip: bool = True) -> v2.Transform:
     return v2.Compose(
         [
-            v2.RandomHorizontalFlip(),
+            *_flip(hflip),
             v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.75, 1.25)),
             v2.Resize((size, size), antialias=True),
             v2.ClampBoundingBoxes(),
@@ -109,22 +113,26 @@ def build_transform(
     crop_scale: tuple[float, float] | None = None,
     crop_pct: float | None = None,
     interpolation: str = "bilinear",
+    hflip: bool = True,
 ) -> v2.Transform:
     """The preset for `task`: a callable (image, target) -> (image, target) on uint8 tensors.
 
     `crop_scale` overrides a training preset's random-crop area range (classification's ImageNet
     default 0.08-1 can cut a centred object out of the frame; recipes for such data use e.g. 0.5-1).
     `crop_pct` and `interpolation` shape the classification eval preset (a zoo model's own values).
+    `hflip`: random horizontal flips in the training presets.
     """
     if task not in TASKS:
         raise ParvisError(f"task {task!r} is unknown; choose one of {', '.join(TASKS)}")
     if size < 8:
         raise ParvisError(f"image size {size} is too small; use at least 8 px (e.g. --size 224)")
-    if crop_scale is not None and train and task in ("classification", "segmentation"):
-        return _PRESETS[(task, train)](size, tuple(crop_scale))
-    if task == "classification" and not train:
+    if not train and task == "classification":
         return classification_eval(size, crop_pct, interpolation)
-    return _PRESETS[(task, train)](size)
+    if not train:
+        return _PRESETS[(task, False)](size)
+    if crop_scale is not None and task in ("classification", "segmentation"):
+        return _PRESETS[(task, True)](size, tuple(crop_scale), hflip=hflip)
+    return _PRESETS[(task, True)](size, hflip=hflip)
 
 
 def decode_min_size(task: str, train: bool, size: int) -> int | None:

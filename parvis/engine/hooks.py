@@ -7,8 +7,11 @@ weights, MetricsFileHook appends it to metrics.csv / metrics.jsonl, ProgressHook
 from __future__ import annotations
 
 import csv
+import dataclasses
+import importlib
 import io
 import json
+import os
 import sys
 import time
 
@@ -16,6 +19,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from parvis.config import config_to_dict
+from parvis.engine.recipe import Choice as _Choice
+from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 
 
@@ -186,3 +192,161 @@ class ProgressHook(Hook):
     def on_train_end(self, trainer) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+class TimeBudgetHook(Hook):
+    """`time=5m`: plan the epochs that fit the budget from measured speed, not from a guess.
+
+    After the first `probe` optimizer steps (the first two, which pay for worker start-up, are not
+    timed) it sets the epochs from seconds per step plus an evaluation estimate; after the first epoch
+    it re-plans once from that epoch's wall time (training, evaluation, checkpoint). An epoch longer
+    than the whole budget becomes a step limit instead. Either way the cosine horizon follows, and
+    each plan is printed as an `auto: epochs` line.
+    """
+
+    def __init__(self, budget_s: float, quiet: bool = False, probe: int = 20):
+        self.budget_s, self.quiet, self.probe = budget_s, quiet, probe
+
+    def on_train_start(self, trainer) -> None:
+        self.t0 = time.perf_counter()
+        self.probe = max(3, min(self.probe, trainer.steps_per_epoch))
+        self.t_probe = None
+        self.replanned = False
+
+    def _say(self, trainer, epochs: int, reason: str) -> None:
+        line = f"auto: epochs {epochs} ({reason}; fits time={trainer.cfg.time})"
+        trainer.choices = [c for c in trainer.choices if c.key != "epochs"]
+        trainer.choices.append(_Choice("epochs", epochs, reason + f"; fits time={trainer.cfg.time}"))
+        trainer.set_epochs(epochs)
+        if not self.quiet:
+            print(line, flush=True)
+
+    def on_step_end(self, trainer, loss, images) -> None:
+        if trainer.step == 2:
+            self.t_probe = time.perf_counter()
+        if trainer.step != self.probe or self.t_probe is None:
+            return
+        now = time.perf_counter()
+        per_step = (now - self.t_probe) / (self.probe - 2)
+        val_batches = len(trainer.val_loader) if trainer.val_loader is not None else 0
+        eval_s = val_batches * per_step * 0.4  # a forward pass is about a third of a training step
+        epoch_s = trainer.steps_per_epoch * per_step + eval_s
+        remaining = self.budget_s - (now - self.t0)
+        rest_of_first = (trainer.steps_per_epoch - trainer.step) * per_step + eval_s
+        if rest_of_first > remaining:  # not even one epoch fits: stop after the steps that do
+            steps = trainer.step + max(1, int((remaining - eval_s) / per_step))
+            trainer.cfg = dataclasses.replace(trainer.cfg, max_steps=steps)
+            self._say(trainer, 1, f"{per_step:.2f} s per step measured: {steps} steps, less than one epoch")
+            return
+        epochs = 1 + int((remaining - rest_of_first) / epoch_s)
+        self._say(trainer, epochs, f"{epoch_s:.1f} s per epoch measured over steps 3-{self.probe}")
+
+    def on_epoch_end(self, trainer) -> None:
+        if self.replanned or trainer.epoch != 1 or trainer.cfg.max_steps:
+            return
+        self.replanned = True
+        elapsed = time.perf_counter() - self.t0
+        epochs = max(1, int(self.budget_s / elapsed))
+        if epochs != trainer.cfg.epochs:
+            self._say(trainer, epochs, f"re-planned: the first epoch took {elapsed:.1f} s with evaluation")
+
+
+LOGGERS = ("files", "tensorboard", "mlflow")
+
+
+def parse_loggers(spec: str) -> list[str]:
+    """`log=tensorboard,mlflow` -> the names, checked; `files` (metrics.csv / .jsonl) is always on."""
+    names = [name.strip() for name in str(spec).split(",") if name.strip()]
+    for name in names:
+        if name not in LOGGERS:
+            raise ParvisError(f"log={spec}: {name!r} is unknown; choose from {', '.join(LOGGERS)} (comma-separated)")
+    return names
+
+
+def logger_hooks(spec: str) -> list[Hook]:
+    """The hooks `log=` asks for; an uninstalled one fails here, before any training."""
+    hooks: list[Hook] = []
+    for name in parse_loggers(spec):
+        if name == "tensorboard":
+            hooks.append(TensorBoardHook())
+        elif name == "mlflow":
+            hooks.append(MLflowHook())
+    return hooks
+
+
+def _require_module(module: str, package: str, key: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ParvisError(f"log={key} needs {package}, which is not installed; pip install {package}") from None
+
+
+def run_params(trainer) -> dict[str, str]:
+    """The resolved config and the `auto` choices as flat string parameters."""
+    params = {k: str(v) for k, v in config_to_dict(trainer.cfg).items()}
+    params.update({f"auto.{c.key}": c.reason for c in trainer.choices})
+    return params
+
+
+def epoch_metrics(record: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items() if isinstance(v, (int, float)) and k not in ("epoch",)}
+
+
+class TensorBoardHook(Hook):
+    """Scalars per epoch (losses, metrics, lr, img/s) and the config as text, in RUN/tensorboard."""
+
+    def __init__(self):
+        self.writer = None
+        _require_module("tensorboard", "tensorboard", "tensorboard")
+
+    def on_train_start(self, trainer) -> None:
+        if not trainer.dist.is_main:
+            return
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - tensorboard is optional
+
+        self.writer = SummaryWriter(str(trainer.out / "tensorboard"))
+        table = "\n".join(f"| {k} | {v} |" for k, v in run_params(trainer).items())
+        self.writer.add_text("config", "| key | value |\n|---|---|\n" + table, trainer.step)
+
+    def on_epoch_end(self, trainer) -> None:
+        if self.writer is None or not trainer.history:
+            return
+        for key, value in epoch_metrics(trainer.history[-1]).items():
+            self.writer.add_scalar(key.replace("_", "/", 1), value, trainer.epoch)
+        self.writer.flush()
+
+    def on_train_end(self, trainer) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class MLflowHook(Hook):
+    """One MLflow run per training run: the config and `auto` choices as parameters, every epoch's
+    record as metrics (step = epoch), best.pt's path as a tag. Tracking goes where MLFLOW_TRACKING_URI
+    points, else to RUN/mlruns."""
+
+    def __init__(self):
+        self.mlflow = _require_module("mlflow", "mlflow-skinny", "mlflow")
+        self.active = False
+
+    def on_train_start(self, trainer) -> None:
+        if not trainer.dist.is_main:
+            return
+        mlflow = self.mlflow
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            mlflow.set_tracking_uri((trainer.out / "mlruns").resolve().as_uri())
+        mlflow.set_experiment("parvis")
+        mlflow.start_run(run_name=trainer.out.name)
+        self.active = True
+        params = run_params(trainer)
+        mlflow.log_params({k: v[:500] for k, v in params.items()})
+
+    def on_epoch_end(self, trainer) -> None:
+        if self.active and trainer.history:
+            self.mlflow.log_metrics(epoch_metrics(trainer.history[-1]), step=trainer.epoch)
+
+    def on_train_end(self, trainer) -> None:
+        if self.active:
+            self.mlflow.set_tag("checkpoint", str(trainer.out / "best.pt"))
+            self.mlflow.end_run()
+            self.active = False

@@ -13,6 +13,7 @@ come from `runtime`; data comes through the `DevicePrefetcher`, which also measu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -24,14 +25,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from parvis import runtime
-from parvis.config import TrainConfig, config_to_dict, save_config
+from parvis.config import TrainConfig, config_to_dict, given_keys, load_config, parse_duration, save_config
+from parvis.data.check import load_config as load_data_config
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader, set_epoch
+from parvis.data.stream import ShapesStream
 from parvis.data.transforms import build_transform
 from parvis.engine.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from parvis.engine.evaluate import _unwrap, evaluate
-from parvis.engine.hooks import CheckpointHook, EvalHook, Hook, MetricsFileHook, ProgressHook
+from parvis.engine.hooks import (
+    CheckpointHook,
+    EvalHook,
+    Hook,
+    MetricsFileHook,
+    ProgressHook,
+    TimeBudgetHook,
+    logger_hooks,
+)
 from parvis.engine.loading import model_task as model_task_of
+from parvis.engine.recipe import Choice, resolve_recipe, supports_small_stem
 from parvis.errors import ParvisError
 from parvis.models import VisionModel
 from parvis.models import build_model as build_named_model
@@ -44,25 +56,63 @@ class NonFiniteLoss(ParvisError):
     exit_code = 3
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalization weights (1-d tensors), as timm and torchvision do."""
-    decay, no_decay = [], []
+def head_parameter_names(model: nn.Module) -> set[str]:
+    """The parameters of a model's output layer: those `parvis train` replaced for new classes, else
+    the last Linear / Conv2d whose output size is the class count (what fine-tuning trains fastest)."""
+    inner = _unwrap(model)
+    replaced = inner.meta.extra.get("head_replaced")
+    if replaced:
+        owners = {name.rpartition(".")[0] for name in replaced}
+    else:
+        n = inner.meta.num_classes
+        outputs = [
+            name for name, m in inner.named_modules()
+            if (isinstance(m, nn.Linear) and m.out_features == n) or (isinstance(m, nn.Conv2d) and m.out_channels == n)
+        ]  # fmt: skip
+        owners = set(outputs[-1:])
+    return {name for name, _ in inner.named_parameters() if name.rpartition(".")[0] in owners}
+
+
+def _param_groups(model: nn.Module, weight_decay: float, lr: float, backbone_lr: float = 1.0) -> list[dict]:
+    """No weight decay on biases and normalization weights (1-d tensors), as timm and torchvision do;
+    with backbone_lr < 1 (fine-tuning) everything but the head learns at lr * backbone_lr. Each group
+    says whether it is the backbone (for freeze=backbone)."""
+    head = head_parameter_names(model) if backbone_lr < 1 else None
+    inner = _unwrap(model)
+    names = {id(p): name for name, p in inner.named_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            backbone = head is not None and names.get(id(p), "") not in head
+            groups.setdefault((backbone, p.ndim <= 1), []).append(p)
+    return [
+        {"params": params, "weight_decay": 0.0 if flat else weight_decay, "lr": lr * (backbone_lr if backbone else 1.0),
+         "backbone": backbone}
+        for (backbone, flat), params in sorted(groups.items())
+    ]  # fmt: skip
 
 
-def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float):
-    """LR multiplier per optimizer step: linear warmup from ~0, then cosine down to min_ratio."""
+class CosineSchedule:
+    """LR multiplier per optimizer step: linear warmup from ~0, then cosine down to min_ratio; held
+    at 0 for the first `hold` steps (a frozen backbone). A callable object, so LambdaLR's state dict
+    carries `total` (which a time budget re-plans) and a resumed run continues the same curve."""
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    def __init__(self, total: int, warmup: int, min_ratio: float, hold: int = 0):
+        self.total, self.warmup, self.min_ratio, self.hold = total, warmup, min_ratio, hold
 
-    return factor
+    def __call__(self, step: int) -> float:
+        step -= self.hold
+        if step < 0:
+            return 0.0
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = self.total - self.hold - self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, span))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float) -> CosineSchedule:
+    return CosineSchedule(total_steps, warmup_steps, min_ratio)
 
 
 def apply_gradients(optimizer, scaler, parameters, clip_grad: float | None) -> None:
@@ -110,7 +160,16 @@ def build_loaders(cfg: TrainConfig, dist: runtime.DistInfo) -> Loaders:
     device does it on CUDA."""
     task, size = cfg.task, cfg.size
     kw = {"on_bad_sample": cfg.on_bad_sample}
-    train_set = open_dataset(cfg.data, task, "train", transform=build_transform(task, True, size, cfg.crop_scale), **kw)
+    train_tf = build_transform(task, True, size, cfg.crop_scale, hflip=cfg.hflip)
+    train_set = open_dataset(cfg.data, task, "train", transform=train_tf, **kw)
+    if cfg.stream:
+        if (load_data_config(cfg.data) or {}).get("generator") != "parvis.data.synth":
+            raise ParvisError(
+                f"stream=true: {cfg.data} was not made by `parvis data synth` (its dataset.yaml names no "
+                "generator); only the shapes data can stream. Drop stream=true"
+            )
+        # Fresh scenes, as many per epoch as the on-disk train split holds; val stays on disk.
+        train_set = ShapesStream(task, len(train_set), size, seed=cfg.seed, transform=train_tf)
     val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
     loader_kw = {"device": dist.device, "workers": cfg.workers, "dist": dist, "seed": cfg.seed}
     if cfg.deterministic:
@@ -128,9 +187,17 @@ def build_loaders(cfg: TrainConfig, dist: runtime.DistInfo) -> Loaders:
 def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo) -> VisionModel:
     """`cfg.model` (registered or zoo name) for `class_names`, from `cfg.weights` when given."""
     # Fine-tuning: a pretrained classifier whose head does not fit these classes gets a new one.
+    options = {}
+    if cfg.stem != "imagenet":
+        if not supports_small_stem(cfg.model):
+            raise ParvisError(
+                f"stem={cfg.stem}: {cfg.model} has no stem option; it applies to parvis's resnet18/34/50 from scratch"
+            )
+        options["stem"] = cfg.stem
     model = build_named_model(
-        cfg.model, len(class_names), class_names, input_size=cfg.size, weights=cfg.weights, replace_head=True
-    )
+        cfg.model, len(class_names), class_names, input_size=cfg.size, weights=cfg.weights, replace_head=True,
+        **options,
+    )  # fmt: skip
     replaced = model.meta.extra.get("head_replaced")
     if replaced and dist.rank == 0:
         print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
@@ -177,7 +244,7 @@ def prepare_model(model: VisionModel, cfg: TrainConfig, dist: runtime.DistInfo) 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, dist: runtime.DistInfo) -> torch.optim.Optimizer:
     """AdamW (or SGD with Nesterov momentum) over the prepared model's parameters."""
-    groups = _param_groups(model, cfg.weight_decay)
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr if cfg.weights else 1.0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     # fused AdamW is a single kernel per step on CUDA; foreach elsewhere.
@@ -194,7 +261,14 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
     """Linear warmup for `cfg.warmup_epochs`, then cosine down to `cfg.min_lr_ratio`, per optimizer step."""
     total = total_steps(cfg, steps_per_epoch)
     warmup = min(total, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, warmup, cfg.min_lr_ratio))
+    hold = round(cfg.freeze_epochs * steps_per_epoch) if cfg.freeze == "backbone" else 0
+    # freeze=backbone: the backbone's groups wait `hold` steps, then warm up and decay with the head
+    # (LR 0 rather than requires_grad=False, so DDP and FSDP see the same parameters throughout).
+    lambdas = [
+        CosineSchedule(total, warmup, cfg.min_lr_ratio, hold if group.get("backbone") else 0)
+        for group in optimizer.param_groups
+    ]  # fmt: skip
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
 
 class Trainer:
@@ -220,9 +294,11 @@ class Trainer:
         precision: runtime.Precision | None = None,
         hooks: list[Hook] | None = None,
         quiet: bool = False,
-        resume: bool = False,
+        resume: bool | dict = False,
+        choices: list[Choice] | None = None,
     ):
         self.cfg = cfg
+        self.choices = list(choices or [])  # what recipe=auto chose, for config.yaml and the loggers
         self.dist = dist or runtime.init_distributed(cfg.device)
         self.device = self.dist.device
         self.precision = precision or runtime.resolve_precision(cfg.precision, self.device, "train")
@@ -246,14 +322,30 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.out, monitor=self.monitor, mode="max")
         self.history: list[dict] = []
         if resume:
-            self._resume()
-        # Epoch-end order matters: evaluate, save, write metrics files, then print the record.
-        self.hooks = (
-            hooks if hooks is not None else [EvalHook(), CheckpointHook(), MetricsFileHook(), ProgressHook(quiet)]
-        )
+            self._resume(resume if isinstance(resume, dict) else None)
+        # Epoch-end order matters: evaluate, save, write metrics files, log, then print the record.
+        if hooks is None:
+            hooks = [EvalHook(), CheckpointHook(), MetricsFileHook(), *logger_hooks(cfg.log), ProgressHook(quiet)]
+            if cfg.time is not None and not resume:
+                hooks.append(TimeBudgetHook(parse_duration(cfg.time), quiet or not self.dist.is_main))
+        self.hooks = hooks
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+            self.save_config()
+
+    def save_config(self) -> None:
+        """The resolved config as config.yaml, headed by one comment line per `auto` choice."""
+        save_config(self.cfg, self.out / "config.yaml", [c.line() for c in self.choices])
+
+    def set_epochs(self, epochs: int) -> None:
+        """Re-plan the run's length (a time budget): the cosine horizon follows, config.yaml too."""
+        self.cfg = dataclasses.replace(self.cfg, epochs=epochs)
+        self.total_steps = total_steps(self.cfg, self.steps_per_epoch)
+        for schedule in self.scheduler.lr_lambdas:
+            if isinstance(schedule, CosineSchedule):
+                schedule.total = self.total_steps
+        if self.dist.is_main:
+            self.save_config()
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly; full (unsharded) tensors, gathered on every rank."""
@@ -275,13 +367,10 @@ class Trainer:
             "history": self.history,
         }
 
-    def _resume(self) -> None:
+    def _resume(self, state: dict | None = None) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict  # noqa: PLC0415
 
-        path = self.out / "last.pt"
-        if not path.exists():
-            raise ParvisError(f"--resume: {path} does not exist; train without --resume first")
-        state = load_checkpoint(path)
+        state = state or read_last(self.out)
         opts = StateDictOptions(full_state_dict=True)
         set_state_dict(
             _unwrap_compiled(self.model),
@@ -306,10 +395,12 @@ class Trainer:
             getattr(hook, event)(self, *args)
 
     def fit(self) -> dict:
-        cfg, model = self.cfg, self.model
+        model = self.model
         self._call("on_train_start")
         try:
-            while self.epoch < cfg.epochs and not self._done():
+            # self.cfg, not a local: a time budget re-plans the epochs while the loop runs.
+            while self.epoch < self.cfg.epochs and not self._done():
+                cfg = self.cfg
                 set_epoch(self.train_loader, self.epoch)
                 model.train()
                 batches = DevicePrefetcher(
@@ -393,12 +484,25 @@ def build_trainer(
     if not resume and (Path(cfg.out) / "last.pt").exists():
         raise ParvisError(f"{cfg.out} already holds a run; pass --resume to continue it or choose another --out")
     dist = runtime.init_distributed(cfg.device)
+    choices: list[Choice] = []
+    state = None
+    if resume:
+        # The run continues with its own resolved config; keys given now (e.g. more epochs) win.
+        state = read_last(Path(cfg.out))
+        cfg = resumed_config(cfg, state)
+        if dist.is_main:
+            print(f"resumed from {Path(cfg.out) / 'last.pt'}: epoch {state['epoch']} of {cfg.epochs} done, "
+                  f"step {state['step']}; continuing with epoch {state['epoch'] + 1}", flush=True)  # fmt: skip
+    elif model is None:
+        check_model_task(cfg)
+        cfg, choices = resolve_recipe(cfg, dist.device)
+        if dist.is_main and not quiet:
+            for choice in choices:
+                print(choice.line(), flush=True)
     # Every rank initializes the model from the same seed: FSDP shards each rank's own copy
     # without broadcasting, so different inits would stitch together a model nobody made.
     runtime.seed_everything(cfg.seed, deterministic=cfg.deterministic)
     precision = runtime.resolve_precision(cfg.precision, dist.device, "train")  # an unsupported one fails here
-    if model is None:
-        check_model_task(cfg)
     loaders = build_loaders(cfg, dist)
     class_names = list(loaders.train.dataset.classes)
     if model is None:
@@ -413,8 +517,27 @@ def build_trainer(
     runtime.seed_everything(cfg.seed + dist.rank, deterministic=cfg.deterministic)
     optimizer = build_optimizer(cfg, model, dist)
     return Trainer(
-        model, loaders, optimizer, cfg=cfg, dist=dist, precision=precision, hooks=hooks, quiet=quiet, resume=resume
-    )
+        model, loaders, optimizer, cfg=cfg, dist=dist, precision=precision, hooks=hooks, quiet=quiet,
+        resume=state if state is not None else False, choices=choices,
+    )  # fmt: skip
+
+
+def read_last(out: Path) -> dict:
+    """The state in OUT/last.pt, for --resume."""
+    path = out / "last.pt"
+    if not path.exists():
+        raise ParvisError(f"--resume: {path} does not exist; train without --resume first")
+    return load_checkpoint(path)
+
+
+def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
+    """The config the checkpoint was trained with, with the keys given for this call on top."""
+    stored = state.get("config") or {}
+    base = load_config(TrainConfig, values=stored)
+    now = {k: getattr(cfg, k) for k in given_keys(cfg) if k != "recipe"}
+    resolved = dataclasses.replace(base, **now)
+    object.__setattr__(resolved, "_given", frozenset(stored) | frozenset(now))
+    return resolved
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:

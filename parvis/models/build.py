@@ -104,6 +104,15 @@ def build_model(
     return model
 
 
+# Builder options a model records in meta.extra, so a checkpoint rebuilds the same layers:
+# HMSA's trained scale list, a resnet's small-input stem.
+BUILD_OPTIONS = ("scales", "stem")
+
+
+def build_options(meta: ModelMeta) -> dict:
+    return {key: meta.extra[key] for key in BUILD_OPTIONS if key in meta.extra}
+
+
 def resolve_weights(name: str, weights: str | Path) -> Path:
     """A weights argument as a file: the path itself, or (zoo models) `default` / a tag in the caches."""
     path = Path(weights)

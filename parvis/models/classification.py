@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from parvis.errors import ParvisError
 from parvis.models.base import ClassificationModel, ModelMeta, run_stage
 from parvis.registry import MODELS
 
@@ -62,19 +63,40 @@ class FeaturesClassifier(ClassificationModel):
         self.grad_checkpointing = enable
 
 
-@MODELS.register("resnet18", task="classification", family="resnet")
-def resnet18(meta: ModelMeta) -> ResNetClassifier:
-    return ResNetClassifier(meta, tvm.resnet18(weights=None, num_classes=meta.num_classes, zero_init_residual=True))
+# The stem's total stride before layer1: the ImageNet stem (7x7 stride 2 + max-pool) divides by 4.
+STEM_STRIDE = {"imagenet": 4, "small": 1, "small_s2": 2}
 
 
-@MODELS.register("resnet34", task="classification", family="resnet")
-def resnet34(meta: ModelMeta) -> ResNetClassifier:
-    return ResNetClassifier(meta, tvm.resnet34(weights=None, num_classes=meta.num_classes, zero_init_residual=True))
+def _resnet(meta: ModelMeta, build, stem: str) -> ResNetClassifier:
+    """A torchvision ResNet for `meta`. stem="small" swaps the 7x7 stride-2 conv + max-pool for a 3x3
+    stride-1 conv (CIFAR recipes): a 32 px input reaches the last stage at 4x4 instead of 1x1, for 16x
+    the compute; "small_s2" is the same conv at stride 2 (2x2, 4x the compute). The choice is recorded
+    in meta.extra["stem"], so checkpoints rebuild the same layers."""
+    if stem not in STEM_STRIDE:
+        raise ParvisError(f"stem={stem!r} is unknown; choose one of {', '.join(STEM_STRIDE)}")
+    net = build(weights=None, num_classes=meta.num_classes, zero_init_residual=True)
+    if stem != "imagenet":
+        stride = STEM_STRIDE[stem]
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
+        meta.extra["stem"] = stem
+    return ResNetClassifier(meta, net)
 
 
-@MODELS.register("resnet50", task="classification", family="resnet")
-def resnet50(meta: ModelMeta) -> ResNetClassifier:
-    return ResNetClassifier(meta, tvm.resnet50(weights=None, num_classes=meta.num_classes, zero_init_residual=True))
+@MODELS.register("resnet18", task="classification", family="resnet", small_stem=True)
+def resnet18(meta: ModelMeta, stem: str = "imagenet") -> ResNetClassifier:
+    return _resnet(meta, tvm.resnet18, stem)
+
+
+@MODELS.register("resnet34", task="classification", family="resnet", small_stem=True)
+def resnet34(meta: ModelMeta, stem: str = "imagenet") -> ResNetClassifier:
+    return _resnet(meta, tvm.resnet34, stem)
+
+
+@MODELS.register("resnet50", task="classification", family="resnet", small_stem=True)
+def resnet50(meta: ModelMeta, stem: str = "imagenet") -> ResNetClassifier:
+    return _resnet(meta, tvm.resnet50, stem)
 
 
 @MODELS.register("mobilenet_v3_large", task="classification", family="mobilenet_v3")

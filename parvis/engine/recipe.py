@@ -1,0 +1,275 @@
+"""`recipe=auto`: the learning settings a run needs, chosen from its data and model, each one stated.
+
+    survey = survey_data(cfg)                        # image count, size, channels, classes, balance
+    cfg, choices = choose(cfg, survey, device)       # a pure function of (what the user gave, survey, device)
+    for c in choices: print(c.line())                # auto: crop_scale [0.6, 1.0] (images are 32 px: ...)
+
+Every key the user gave (a flag, key=value, a --config or --recipe file) is left alone; `auto` fills
+the others. `recipe=off` keeps TrainConfig's written defaults. The rules, in one place so the docs
+(docs/choices.md) can list them:
+
+- input size: the images' median short side (multiple of 8, at least 32); capped at 128 px on the
+  CPU (an epoch in minutes, not hours) and at 224 (classification) / 512 px elsewhere; fine-tuning
+  stays at or below the weights' own size.
+- stem: parvis resnets from scratch at <= 32 px get the small-input stem (3x3 stride 1, no max-pool,
+  CIFAR recipes), which keeps the last stage at 4x4 instead of 1x1.
+- augmentation: random-resized crops keep >= 60% of a small (<= 64 px) image and >= 35% of a larger
+  one (ImageNet's 8% only for schedules of 100+ epochs); horizontal flips, except on small grey
+  images (digits, characters: a mirrored symbol is another symbol); fine-tuning crops keep >= 50%.
+- optimizer: AdamW (fastest to a good accuracy in short schedules), lr 2e-3 x sqrt(batch / 64) from
+  scratch, 1e-3 fine-tuning with the backbone at 0.1x; weight decay 0.05 (classification) or 1e-4;
+  label smoothing 0.1 for 3+ classes; warmup 5% of the run (at most one epoch), cosine to 1%.
+- epochs: enough to see ~25k training samples (10..40 epochs) from scratch, ~5k (2..10) fine-tuning;
+  with `time` the trainer measures its first steps and plans the epochs that fit the budget.
+- stream: the shapes data trains on fresh generator scenes each epoch; val stays on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from parvis.config import TrainConfig, given_keys
+from parvis.data.check import load_config as load_data_config
+from parvis.data.check import open_dataset
+from parvis.errors import ParvisError
+from parvis.models.zoo import is_zoo_name, zoo_meta
+from parvis.registry import MODELS
+
+SMALL_IMAGE = 64  # px: at or below, crops stay mild
+SMALL_STEM_MAX = 32  # px: at or below, an ImageNet stem leaves the last stage at 1x1
+SURVEY_SAMPLE = 64  # images whose headers are read for size and channels
+
+
+@dataclass
+class Choice:
+    key: str
+    value: Any
+    reason: str
+
+    def line(self) -> str:
+        value = list(self.value) if isinstance(self.value, tuple) else self.value
+        return f"auto: {self.key} {value} ({self.reason})"
+
+
+@dataclass
+class DataSurvey:
+    """What `auto` looks at: counts, image size and channels of the train split, and the generator."""
+
+    task: str
+    n_train: int
+    n_val: int
+    class_counts: dict[str, int]
+    side: int  # median short side of a sample of training images, px
+    grey: bool  # every sampled image is single-channel
+    generator: str | None = None  # "shapes" when parvis's generator wrote the data (it can stream)
+
+    @property
+    def imbalance(self) -> float:
+        counts = [c for c in self.class_counts.values() if c > 0]
+        return max(counts) / min(counts) if counts else 1.0
+
+
+def _image_paths(dataset) -> list[Path]:
+    if hasattr(dataset, "ids") and hasattr(dataset, "coco"):  # COCO detection
+        return [dataset.images_dir / dataset.coco.images[i]["file_name"] for i in dataset.ids]
+    return [Path(sample[0]) for sample in dataset.samples]
+
+
+def _class_counts(dataset) -> dict[str, int]:
+    classes = list(dataset.classes or [])
+    if hasattr(dataset, "targets"):  # ImageFolder: one label per image
+        counts = Counter(dataset.targets)
+        return {name: counts.get(i, 0) for i, name in enumerate(classes)}
+    if hasattr(dataset, "coco"):  # instances per class
+        counts = Counter(ann["category_id"] for anns in dataset.coco.by_image.values() for ann in anns)
+        return {name: counts.get(cid, 0) for cid, name in zip(sorted(dataset.coco.label_of), classes, strict=False)}
+    return {name: 0 for name in classes}  # masks: pixel counts would need every mask read
+
+
+def survey_data(cfg: TrainConfig) -> DataSurvey:
+    """Count the splits and read the headers of up to SURVEY_SAMPLE training images (no decoding)."""
+    train = open_dataset(cfg.data, cfg.task, "train")
+    try:
+        n_val = len(open_dataset(cfg.data, cfg.task, "val"))
+    except ParvisError:
+        n_val = 0
+    paths = _image_paths(train)
+    step = max(1, len(paths) // SURVEY_SAMPLE)
+    sides, grey = [], []
+    for path in paths[::step][:SURVEY_SAMPLE]:
+        try:
+            with Image.open(path) as im:
+                sides.append(min(im.size))
+                grey.append(im.mode in ("1", "L", "LA", "I", "I;16", "F"))
+        except OSError:
+            continue  # a broken file is for the loader's on_bad_sample to report
+    data_cfg = load_data_config(cfg.data) or {}
+    generator = "shapes" if data_cfg.get("generator") == "parvis.data.synth" else None
+    return DataSurvey(
+        task=cfg.task,
+        n_train=len(train),
+        n_val=n_val,
+        class_counts=_class_counts(train),
+        side=int(statistics.median(sides)) if sides else 224,
+        grey=bool(grey) and all(grey),
+        generator=generator,
+    )
+
+
+def _round8(px: float) -> int:
+    return max(32, int(round(px / 8)) * 8)
+
+
+def _pretrained_size(cfg: TrainConfig) -> int | None:
+    if cfg.weights is None:
+        return None
+    if is_zoo_name(cfg.model):
+        return zoo_meta(cfg.model).input_size
+    return 224
+
+
+def supports_small_stem(model: str) -> bool:
+    """A parvis model built with a `stem` option (its registration says small_stem=True)."""
+    return model in MODELS and bool(MODELS.info(model).get("small_stem"))
+
+
+def small_input_stem(size: int, cpu: bool) -> tuple[str, str]:
+    """The resnet stem for `size` px inputs: (stem, why). The ImageNet stem divides by 32 in all; at or
+    below 64 px that leaves a 2x2 or 1x1 last stage. A GPU affords the stride-1 stem (16x the compute);
+    on a CPU the stride-2 one (4x) goes to <= 32 px inputs, where 1x1 would be all that is left."""
+    last = max(1, size // 32)
+    if size > SMALL_IMAGE:
+        return "imagenet", f"{size} px input leaves the last stage at {last}x{last}"
+    if not cpu:
+        return "small", f"{size} px input: the ImageNet stem would leave {last}x{last}; 3x3 stride 1 without max-pool keeps {size // 8}x{size // 8} (CIFAR recipes)"  # noqa: E501
+    if size <= SMALL_STEM_MAX:
+        return "small_s2", f"{size} px input: the ImageNet stem would leave {last}x{last}; a 3x3 stride-2 stem without max-pool keeps {size // 16}x{size // 16} at 4x the compute (stem=small: {size // 8}x{size // 8}, 16x, for a GPU)"  # noqa: E501
+    return "imagenet", f"{size} px input leaves {last}x{last}; on the CPU stem=small_s2 ({size // 16}x{size // 16}) would cost 4x the compute, stem=small 16x"  # noqa: E501
+
+
+def choose(
+    cfg: TrainConfig, survey: DataSurvey, device: torch.device, given: frozenset[str] | None = None
+) -> tuple[TrainConfig, list[Choice]]:
+    """`cfg` with every key `auto` may choose and the user did not give set from `survey`; the choices."""
+    given = given_keys(cfg) if given is None else given
+    if cfg.recipe == "off":
+        return cfg, []
+    task, fine_tune = cfg.task, cfg.weights is not None
+    cpu = device.type == "cpu"
+    values: dict[str, Any] = {}
+    choices: list[Choice] = []
+
+    def pick(key: str, value: Any, reason: str) -> None:
+        if key in given:
+            return
+        values[key] = value
+        choices.append(Choice(key, value, reason))
+
+    def now(key: str) -> Any:
+        return values.get(key, getattr(cfg, key))
+
+    # --- input size
+    cap = 128 if cpu else (224 if task == "classification" else 512)
+    native = _round8(survey.side)
+    pretrained = _pretrained_size(cfg)
+    if pretrained:
+        size = min(pretrained, max(native, 64))
+        why = f"images are {survey.side} px, the weights were trained at {pretrained} px"
+    else:
+        size = min(native, cap)
+        why = f"images are {survey.side} px" + (f"; capped at {cap} px on the {device.type}" if native > cap else "")
+    pick("size", size, why + "; --size to change")
+    size = now("size")
+
+    # --- stem: the last stage's map at this size, against what a smaller stem costs on this device
+    if task == "classification" and not fine_tune and supports_small_stem(cfg.model):
+        stem, why = small_input_stem(size, cpu)
+        pick("stem", stem, why)
+
+    # --- stream
+    if survey.generator == "shapes":
+        pick("stream", True, "the shapes generator made this data: fresh scenes every epoch, rendered in the "
+             "loader workers; val stays the on-disk split")  # fmt: skip
+
+    # --- batch
+    batch = (64 if size <= SMALL_IMAGE else 32) if cpu else (256 if size <= SMALL_IMAGE else 64)
+    if task != "classification":
+        batch = max(8, batch // 2)
+    fit = max(1, survey.n_train // 8)  # at least ~8 steps per epoch on tiny datasets
+    batch = min(batch, 1 << (fit.bit_length() - 1))
+    tiny = f"; {survey.n_train} training images" if batch < 8 else ""
+    pick("batch", batch, f"{size} px on the {device.type}{tiny}")
+    batch = now("batch")
+
+    # --- epochs
+    n = max(1, survey.n_train)
+    if fine_tune:
+        epochs, why = min(10, max(2, math.ceil(5000 / n))), "~5k samples of fine-tuning"
+    else:
+        epochs, why = min(40, max(10, math.ceil(15000 / n))), "~15k training samples from scratch"
+    if cfg.time is not None and "epochs" not in given:
+        pick("epochs", epochs, f"provisional: the trainer measures its first steps and plans for time={cfg.time}")
+    else:
+        pick("epochs", epochs, f"{why} over {survey.n_train} images")
+    epochs = now("epochs")
+
+    # --- optimizer, lr, weight decay, schedule
+    pick("optimizer", "adamw", "reaches a good accuracy fastest in short schedules")
+    if fine_tune:
+        pick("lr", 1e-3, "fine-tuning: the new head at 1e-3")
+        pick("backbone_lr", 0.1, "fine-tuning: pretrained layers learn at 0.1x the head's rate")
+        few = n / max(1, len(survey.class_counts)) <= 50
+        why = "hold the backbone for the first epoch while the new head settles" if few else "train every layer"
+        pick("freeze", "backbone" if few else "none", f"{n} images for {len(survey.class_counts)} classes: {why}")
+    else:
+        lr = round(2e-3 * math.sqrt(now("batch") / 64), 5)
+        pick("lr", lr, f"2e-3 x sqrt(batch {now('batch')} / 64)")
+    pick("weight_decay", 0.05 if task == "classification" else 1e-4,
+         "AdamW's usual decay for classifiers" if task == "classification" else "dense heads: light decay")  # fmt: skip
+    warmup = round(min(1.0, 0.05 * epochs), 3)
+    pick("warmup_epochs", warmup, "5% of the run, at most one epoch")
+
+    # --- augmentation
+    if task == "classification":
+        classes = len(survey.class_counts)
+        pick("label_smoothing", 0.1 if classes >= 3 else 0.0, f"{classes} classes")
+    if task in ("classification", "segmentation"):
+        if fine_tune:
+            scale, why = (0.5, 1.0), "fine-tuning: pretrained features need the object in view"
+        elif survey.side <= SMALL_IMAGE:
+            scale, why = (0.6, 1.0), f"images are {survey.side} px: crops keep at least 60% of them"
+        elif epochs >= 100:
+            scale, why = (0.08, 1.0), f"{epochs} epochs: ImageNet's range"
+        else:
+            scale, why = (0.35, 1.0), f"{epochs} epochs: a milder range than ImageNet's 8% learns faster"
+        pick("crop_scale", scale, why)
+        if survey.grey and survey.side <= SMALL_IMAGE:
+            pick("hflip", False, f"small grey images ({survey.side} px, like digits or characters): a mirrored "
+                 "symbol can be another symbol")  # fmt: skip
+        else:
+            pick("hflip", True, "mirrored scenes keep their labels")
+    if survey.imbalance >= 3:
+        choices.append(Choice("class balance", f"{survey.imbalance:.1f}:1", "imbalanced; top-1 is reported with "
+                              "per-class accuracy in parvis eval"))  # fmt: skip
+    return dataclasses.replace(cfg, **values), choices
+
+
+def resolve_recipe(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, list[Choice]]:
+    """`choose` on this run's data; the resolved config keeps which keys the user gave."""
+    if cfg.recipe == "off":
+        return cfg, []
+    if cfg.recipe != "auto":
+        raise ParvisError(f"recipe={cfg.recipe!r}: use auto, off, or --recipe FILE (a YAML of TrainConfig keys)")
+    given = given_keys(cfg)
+    resolved, choices = choose(cfg, survey_data(cfg), device, given)
+    object.__setattr__(resolved, "_given", given)
+    return resolved, choices
