@@ -228,11 +228,13 @@ def prepare_model(model: VisionModel, cfg: TrainConfig, dist: runtime.DistInfo) 
     if fsdp:
         from torch.distributed.fsdp import fully_shard  # noqa: PLC0415 - torch.distributed piece, FSDP runs only
 
-        # Shard every direct child holding parameters, then the root: each child's parameters are
-        # gathered just before it runs and freed after, so peak memory is one child, not the model.
-        for child in model.children():
-            if any(p.requires_grad for p in child.parameters()):
-                fully_shard(child)
+        # Shard the largest modules that the forward actually calls, then the root: each one's
+        # parameters are gathered just before it runs and freed after, so peak memory is one block,
+        # not the model. A module the forward never calls (torchvision's ResNet kept whole under
+        # `net` while parvis calls its layers) would keep sharded DTensor weights; the root gathers
+        # whatever no sharded block owns.
+        for block in fsdp_units(model, dist.device):
+            fully_shard(block)
         model = fully_shard(model)
     elif dist.enabled:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -240,6 +242,39 @@ def prepare_model(model: VisionModel, cfg: TrainConfig, dist: runtime.DistInfo) 
     if cfg.compile:
         model = torch.compile(model)
     return model
+
+
+def fsdp_units(model: VisionModel, device: torch.device, min_fraction: float = 0.02) -> list[nn.Module]:
+    """The modules FSDP2 shards one by one: walking down from the root, the first modules a forward
+    pass calls that hold at least `min_fraction` of the trainable parameters (found by one forward of
+    a dummy batch with call hooks)."""
+    called: set[int] = set()
+    handles = [m.register_forward_pre_hook(lambda mod, _: called.add(id(mod))) for m in model.modules()]
+    size = min(int(model.meta.input_size), 128)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad) or 1
+    units: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        for child in module.children():
+            own = sum(p.numel() for p in child.parameters() if p.requires_grad)
+            if own / total < min_fraction:
+                continue
+            if id(child) in called:
+                units.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    return units
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, dist: runtime.DistInfo) -> torch.optim.Optimizer:

@@ -7,11 +7,13 @@ forward is spelled out per layout so each stage can run under activation checkpo
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
 from parvis.errors import ParvisError
 from parvis.models.base import ClassificationModel, ModelMeta, run_stage
+from parvis.models.conv_encoder import ConvEncoder
 from parvis.registry import MODELS
 
 
@@ -115,3 +117,27 @@ def efficientnet_b0(meta: ModelMeta) -> FeaturesClassifier:
 def convnext_tiny(meta: ModelMeta) -> FeaturesClassifier:
     net = tvm.convnext_tiny(weights=None, num_classes=meta.num_classes)
     return FeaturesClassifier(meta, net, flatten_before_classifier=False)
+
+
+class ConvNetClassifier(ClassificationModel):
+    """parvis's classic conv encoder (two 3x3 conv-BN-ReLU per level, 2x2 max-pool between levels,
+    full resolution in the first level), global average pool, linear head."""
+
+    def __init__(self, meta: ModelMeta, widths: tuple[int, ...]):
+        super().__init__(meta)
+        self.encoder = ConvEncoder(widths)
+        self.fc = nn.Linear(widths[-1], meta.num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.encoder(images)[-1], 1), 1))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.grad_checkpointing = enable
+
+
+@MODELS.register("convnet_small", task="classification", family="convnet")
+def convnet_small(meta: ModelMeta) -> ConvNetClassifier:
+    """Five levels of widths 16-256 (1.2 M parameters, 70 M multiply-adds at 64 px): the encoder of
+    unet_small and centernet_small as a classifier. Its first level keeps full resolution, so small
+    inputs lose no detail to a stem; the fast classifier for small images and CPUs."""
+    return ConvNetClassifier(meta, (16, 32, 64, 128, 256))

@@ -40,7 +40,7 @@ if "tiny_test_net" not in MODELS.names():
     MODELS.register("tiny_test_net", task="classification")(lambda meta, **kw: TinyNet(meta))
 
 _build_transform = trainer_mod.build_transform
-trainer_mod.build_transform = lambda task, train, size, crop_scale=None: _build_transform(task, False, size)
+trainer_mod.build_transform = lambda task, train, size, crop_scale=None, **kw: _build_transform(task, False, size)
 
 
 def main(data: str, out: str, strategy: str, batch: int) -> None:
@@ -59,6 +59,7 @@ def main(data: str, out: str, strategy: str, batch: int) -> None:
         precision="fp32",
         clip_grad=None,
         device="cpu",
+        recipe="off",
     )
     trainer_mod.train(cfg, quiet=True)
 

@@ -1,0 +1,120 @@
+"""recipe=auto: the decisions for small/large, few/many, grey/colour data (unit level, no training), the
+config it writes, --recipe FILE and explicit keys overriding it, and --time planning."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from parvis.config import TrainConfig, load_config, parse_duration
+from parvis.engine.recipe import DataSurvey, choose, survey_data
+from parvis.errors import ParvisError
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+
+
+def _survey(n=1400, side=32, grey=False, classes=10, generator=None, task="classification", counts=None):
+    counts = counts or {str(i): n // classes for i in range(classes)}
+    return DataSurvey(task, n, n // 4, counts, side, grey, generator)
+
+
+def _choices(cfg, survey, device=CPU):
+    resolved, choices = choose(cfg, survey, device, given=frozenset(k for k in ("task", "data") if k))
+    return resolved, {c.key: c for c in choices}
+
+
+def test_small_grey_images_keep_their_size_no_flips_mild_crops_and_a_small_stem():
+    cfg, c = _choices(TrainConfig(), _survey(side=28, grey=True))
+    assert cfg.size == 32 and cfg.stem == "small_s2" and cfg.hflip is False and cfg.crop_scale == (0.6, 1.0)
+    assert "1x1" in c["stem"].reason and "mirrored" in c["hflip"].reason
+    # A GPU affords the stride-1 stem (the CIFAR recipe's).
+    gpu, _ = _choices(TrainConfig(), _survey(side=28, grey=True), GPU)
+    assert gpu.stem == "small" and gpu.batch > cfg.batch
+
+
+def test_large_colour_images_are_capped_on_the_cpu_and_get_flips_and_wider_crops():
+    cfg, c = _choices(TrainConfig(), _survey(n=20000, side=500, classes=100))
+    assert cfg.size == 128 and "capped at 128 px on the cpu" in c["size"].reason
+    assert cfg.stem == "imagenet" and cfg.hflip is True and cfg.crop_scale == (0.35, 1.0)
+    gpu, _ = _choices(TrainConfig(), _survey(n=20000, side=500, classes=100), GPU)
+    assert gpu.size == 224
+
+
+def test_epochs_follow_the_dataset_size_and_batch_fits_tiny_datasets():
+    few, _ = _choices(TrainConfig(), _survey(n=40, classes=4))
+    many, _ = _choices(TrainConfig(), _survey(n=100_000, classes=10))
+    assert few.epochs == 40 and many.epochs == 10
+    assert few.batch <= 40 // 8 and few.batch >= 1
+    assert math.isclose(few.lr, 2e-3 * math.sqrt(few.batch / 64), rel_tol=1e-2)
+
+
+def test_fine_tuning_uses_a_lower_backbone_rate_and_freezes_on_few_images():
+    base = TrainConfig(model="torchvision:mobilenet_v2", weights="w.pth")
+    cfg, c = _choices(base, _survey(n=100, side=256, classes=5))
+    assert cfg.lr == 1e-3 and cfg.backbone_lr == 0.1 and cfg.freeze == "backbone"
+    assert cfg.size == 224 and cfg.crop_scale == (0.5, 1.0) and "stem" not in c
+    big, _ = _choices(base, _survey(n=5000, side=256, classes=5))
+    assert big.freeze == "none" and big.epochs == 2
+
+
+def test_given_keys_are_never_chosen_and_recipe_off_chooses_nothing():
+    cfg = load_config(TrainConfig, overrides=["lr=0.01", "hflip=true", "size=48"])
+    resolved, choices = choose(cfg, _survey(side=28, grey=True), CPU)
+    keys = {c.key for c in choices}
+    assert resolved.lr == 0.01 and resolved.hflip is True and resolved.size == 48
+    assert not keys & {"lr", "hflip", "size"} and "batch" in keys
+    off = load_config(TrainConfig, overrides=["recipe=off"])
+    assert choose(off, _survey(), CPU) == (off, [])
+
+
+def test_imbalanced_classes_are_named():
+    _, c = _choices(TrainConfig(), _survey(counts={"a": 900, "b": 100}, classes=2, n=1000))
+    assert "9.0:1" in c["class balance"].line() and c["label_smoothing"].value == 0.0
+
+
+def test_survey_reads_sizes_channels_and_the_generator(tmp_path, shapes_dir):
+    for label in ("a", "b"):
+        (tmp_path / "grey" / "train" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "grey" / "train" / label / f"{i}.png")
+    survey = survey_data(TrainConfig(data=str(tmp_path / "grey")))
+    assert (survey.n_train, survey.side, survey.grey, survey.generator) == (6, 28, True, None)
+    assert survey.class_counts == {"a": 3, "b": 3}
+    shapes = survey_data(TrainConfig(data=str(shapes_dir), task="segmentation"))
+    assert shapes.generator == "shapes" and shapes.grey is False and shapes.side == 64
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("5m", 300), ("1h30m", 5400), ("45", 45), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "0s", "m", "-3m"])
+def test_bad_durations_name_the_key(text):
+    with pytest.raises(ParvisError, match="time: must be a .*duration"):
+        TrainConfig(time=text)
+
+
+def test_a_recipe_file_overrides_auto_and_explicit_keys_override_the_file(tmp_path, shapes_dir, capsys):
+    from parvis.cli.main import main
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("lr: 0.0005\nhflip: false\ncrop_scale: [0.9, 1.0]\n")
+    out = tmp_path / "run"
+    code = main(["train", "--task", "classification", "--data", str(shapes_dir), "--out", str(out), "--recipe",
+                 str(recipe), "--size", "32", "--workers", "0", "--quiet", "max_steps=1", "epochs=1", "hflip=true",
+                 "stream=false"])  # fmt: skip
+    assert code == 0
+    text = (out / "config.yaml").read_text()
+    saved = yaml.safe_load(text)
+    assert saved["lr"] == 0.0005 and saved["crop_scale"] == [0.9, 1.0] and saved["hflip"] is True
+    auto_lines = [line for line in text.splitlines() if line.startswith("# auto:")]
+    assert auto_lines and not any(k in line for line in auto_lines for k in ("auto: lr ", "auto: hflip", "crop_scale"))
+    assert any(line.startswith("# auto: batch ") for line in auto_lines)
+    # The saved config reloads to the same values (comments are comments).
+    reloaded = load_config(TrainConfig, out / "config.yaml")
+    assert dataclasses.asdict(reloaded) == saved | {"crop_scale": (0.9, 1.0), "scales": tuple(saved["scales"])}
