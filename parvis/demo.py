@@ -1,8 +1,12 @@
-"""`parvis demo`: the whole path on the embedded data, written under one folder with an HTML summary.
+"""`parvis demo`: a classifier, a segmenter and a detector trained on the embedded data, evaluated,
+shown on validation images, under one folder with an HTML summary.
 
-Generate the shapes data (if absent), train a U-Net segmenter with the automatic settings,
-evaluate it, predict a few validation images with overlays, and time fp32 against the automatic
-setting for the same model; then write summary.json and index.html.
+Generate the shapes data (if absent), then for each task train the demo's model with `recipe=auto`
+(the demo gives only the model, input size and epochs; every other choice is auto's, printed as
+`auto:` lines and kept in each run's config.yaml), evaluate best.pt on the validation split, and
+predict validation images with overlays. The classifier also gets its confusion matrix and a few
+correct and wrong predictions. Then time fp32 against the automatic precision for the segmenter
+and write summary.json (top-level `top1`, `miou`, `map50`) and index.html.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import torch
 
 from parvis import runtime
 from parvis.bench.train import bench_train
-from parvis.config import TrainConfig, config_to_dict
+from parvis.config import TrainConfig, config_to_dict, load_config
+from parvis.data.check import open_dataset
 from parvis.data.synth import synthesize
 from parvis.engine.evaluate import evaluate_checkpoint
 from parvis.engine.predict import predict_files
@@ -24,30 +29,36 @@ from parvis.engine.trainer import train
 from parvis.io import atomic_write_text
 from parvis.runtimes import open_predictor
 
-SEGMENTATION_RECIPE = dict(
-    task="segmentation", batch=16, lr=3e-3, weight_decay=1e-4, warmup_epochs=0.2, crop_scale=(0.6, 1.0)
-)
-CLASSIFICATION_RECIPE = dict(
-    task="classification",
-    batch=64,
-    lr=3e-3,
-    weight_decay=0.05,
-    warmup_epochs=1.0,
-    label_smoothing=0.1,
-    crop_scale=(0.6, 1.0),
-)
+# The demo's models, sizes and epochs on the shapes data; everything else is recipe=auto's. Chosen for
+# a 2-core CPU (measured in benchmarks/results/demo-*): the conv-encoder family (full resolution in its
+# first level, so small inputs keep their detail) trains fastest per second there, and every model
+# trains on the streamed scenes (fresh every epoch), so more epochs do not overfit 3,200 images.
+DEMO_TASKS = {
+    "classification": {"model": "convnet_small", "size": 64, "epochs": 8, "metric": "top1"},
+    "segmentation": {"model": "unet_small", "size": 64, "epochs": 10, "metric": "miou"},
+    "detection": {"model": "centernet_small", "size": 128, "epochs": 4, "metric": "map50"},
+}
+EXAMPLES = 4  # correct and wrong classifier predictions shown
+OVERLAYS = 6  # validation images predicted with overlays per segmenter / detector
+
+
+def demo_config(task: str, data: Path, out: Path, epochs: int | None = None) -> TrainConfig:
+    """The demo's run of `task`: its model, size and epochs given, the rest auto; evaluated once, at the end."""
+    spec = DEMO_TASKS[task]
+    n = epochs or spec["epochs"]
+    values = {"task": task, "model": spec["model"], "data": str(data), "size": spec["size"], "epochs": n,
+              "eval_every": n, "out": str(out / task)}  # fmt: skip
+    return load_config(TrainConfig, values=values)
 
 
 def run_demo(
     out: str | Path = "runs/demo",
     data: str | Path = "data/shapes",
-    epochs: int = 8,
-    size: int = 64,
-    model: str = "unet_small",
-    classifier: str = "resnet18",
-    classifier_epochs: int = 2,
+    epochs: int | None = None,
+    tasks: tuple[str, ...] = tuple(DEMO_TASKS),
     quiet: bool = False,
 ) -> dict:
+    """Train, evaluate and show each of `tasks`; `epochs` replaces every task's own count (a quick try)."""
     out, data = Path(out), Path(data)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -65,86 +76,103 @@ def run_demo(
         say(f"generating the shapes data in {data}")
         synthesize(data, n=4000, size=128, progress=False)
     mark = lap("data_s", t0)
-
-    seg_cfg = TrainConfig(
-        model=model, data=str(data), epochs=epochs, size=size, out=str(out / "segmentation"), **SEGMENTATION_RECIPE
-    )
-    say(f"training {model} (segmentation) for {epochs} epochs at {size} px (precision and layout: auto)")
-    train(seg_cfg, quiet=quiet)
-    mark = lap("train_segmentation_s", mark)
-
-    # Small datasets (tests, a user's tiny folder) get a batch that fits their training split.
-    n_train = sum(1 for _ in (data / "images" / "train").glob("*.jpg"))
-    cls_recipe = {**CLASSIFICATION_RECIPE, "batch": max(1, min(CLASSIFICATION_RECIPE["batch"], n_train))}
-    cls_cfg = TrainConfig(
-        model=classifier,
-        data=str(data),
-        epochs=classifier_epochs,
-        size=size,
-        out=str(out / "classification"),
-        **cls_recipe,
-    )
-    say(f"training {classifier} (classification) for {classifier_epochs} epochs at {size} px")
-    train(cls_cfg, quiet=quiet)
-    mark = lap("train_classification_s", mark)
-
     device = runtime.default_device()
     precision = runtime.resolve_precision("auto", device, "infer")
-    say("evaluating both best.pt checkpoints on the validation split")
-    seg_metrics, _ = evaluate_checkpoint(out / "segmentation" / "best.pt", data, device=device, precision=precision)
-    cls_metrics, _ = evaluate_checkpoint(out / "classification" / "best.pt", data, device=device, precision=precision)
-    atomic_write_text(out / "eval-segmentation.json", json.dumps(seg_metrics, indent=2) + "\n")
-    atomic_write_text(out / "eval-classification.json", json.dumps(cls_metrics, indent=2) + "\n")
-    mark = lap("eval_s", mark)
 
-    say("predicting 6 validation images with the segmenter")
-    files = sorted((data / "images" / "val").glob("*.jpg"))[:6]
-    trained, _ = open_predictor(out / "segmentation" / "best.pt", device, precision=precision.name)
-    predictions = predict_files(trained, files, out / "predict", device)
-    mark = lap("predict_s", mark)
+    sections: dict[str, dict] = {}
+    for task in tasks:
+        cfg = demo_config(task, data, out, epochs)
+        say(f"training {cfg.model} ({task}) for {cfg.epochs} epochs at {cfg.size} px, recipe=auto")
+        train(cfg, quiet=quiet)
+        mark = lap(f"train_{task}_s", mark)
+        best = out / task / "best.pt"
+        metrics, meta = evaluate_checkpoint(best, data, device=device, precision=precision)
+        atomic_write_text(out / f"eval-{task}.json", json.dumps(metrics, indent=2) + "\n")
+        trained, _ = open_predictor(best, device, precision=precision.name)
+        section = {
+            "model": cfg.model,
+            "epochs": cfg.epochs,
+            "size": cfg.size,
+            "metric": DEMO_TASKS[task]["metric"],
+            "value": metrics[DEMO_TASKS[task]["metric"]],
+            "val": metrics,
+            "history": [json.loads(line) for line in (out / task / "metrics.jsonl").read_text().splitlines()],
+            "auto": [x[2:] for x in (out / task / "config.yaml").read_text().splitlines() if x.startswith("# auto")],
+            "config": config_to_dict(cfg),
+            "class_names": list(meta.class_names),
+        }  # fmt: skip
+        if task == "classification":
+            section.update(_classifier_details(trained, data, out / "classification-val", device))
+        else:
+            files = sorted(p for p in (data / "images" / "val").iterdir() if p.suffix == ".jpg")[:OVERLAYS]
+            section["predictions"] = predict_files(trained, files, out / f"predict-{task}", device)
+        sections[task] = section
+        mark = lap(f"eval_{task}_s", mark)
+        say(f"{task}: {cfg.model} val {section['metric']} {section['value']:.3f}")
 
-    say(f"timing fp32 vs auto training steps of {model}")
-    bench = bench_train(model, size=size, batch=16, steps=5, warmup=2, rounds=1, only=("auto",))
-    atomic_write_text(out / "bench-train.json", json.dumps(bench, indent=2) + "\n")
-    lap("bench_train_s", mark)
+    bench = None
+    if "segmentation" in sections:
+        say("timing fp32 vs auto training steps of the segmenter")
+        bench = bench_train(DEMO_TASKS["segmentation"]["model"], size=64, batch=16, steps=5, warmup=2, rounds=1,
+                            only=("auto",))  # fmt: skip
+        atomic_write_text(out / "bench-train.json", json.dumps(bench, indent=2) + "\n")
+        lap("bench_train_s", mark)
     timings["total_s"] = time.perf_counter() - t0
 
-    def history(run: str) -> list[dict]:
-        return [json.loads(line) for line in (out / run / "metrics.jsonl").read_text().splitlines()]
-
     summary = {
-        "miou": seg_metrics["miou"],
-        "top1": cls_metrics["top1"],
-        "size": size,
+        **{DEMO_TASKS[t]["metric"]: s["value"] for t, s in sections.items()},
         "device": str(device),
         "precision": runtime.resolve_precision("auto", device, "train").to_dict(),
-        "segmentation": {
-            "model": model,
-            "epochs": epochs,
-            "val": {k: v for k, v in seg_metrics.items() if k.startswith(("miou", "pixel_acc", "iou_", "loss"))},
-            "history": history("segmentation"),
-            "config": config_to_dict(seg_cfg),
-        },
-        "classification": {
-            "model": classifier,
-            "epochs": classifier_epochs,
-            "val": {k: v for k, v in cls_metrics.items() if k.startswith(("top1", "top5", "loss"))},
-            "history": history("classification"),
-            "config": config_to_dict(cls_cfg),
-        },
-        "bench_train": bench["rows"],
-        "predictions": predictions,
+        **sections,
+        "bench_train": bench["rows"] if bench else [],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "torch": torch.__version__,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(out / "index.html", _html(summary, out))
-    say(
-        f"segmentation val mIoU {seg_metrics['miou']:.3f} (pixel accuracy {seg_metrics['pixel_acc']:.3f}), "
-        f"classification val top-1 {cls_metrics['top1']:.3f}; summary in {out / 'index.html'} "
-        f"({timings['total_s']:.0f} s)"
-    )
+    headline = ", ".join(f"{t} val {s['metric']} {s['value']:.3f}" for t, s in sections.items())
+    say(f"{headline}; summary in {out / 'index.html'} ({timings['total_s']:.0f} s)")
     return summary
+
+
+def _classifier_details(model, data: Path, out: Path, device: torch.device) -> dict:
+    """Predict every validation image: the confusion matrix (rows: true class, columns: predicted)
+    and EXAMPLES correct and EXAMPLES wrong predictions, each with its image (an overlay naming the
+    predicted class) - the wrong ones most confident first, the correct ones one per class."""
+    val = open_dataset(data, "classification", "val")
+    files = [Path(path) for path, _ in val.samples]
+    results = predict_files(model, files, out, device, batch_size=64, overlays=False)
+    names = list(val.classes)
+    k = len(names)
+    confusion = [[0] * k for _ in range(k)]
+    rows = []
+    for (path, truth), result in zip(val.samples, results, strict=True):
+        if "label" not in result:
+            continue
+        confusion[truth][result["label"]] += 1
+        rows.append((Path(path), truth, result["label"], result["score"]))
+    wrong = sorted((r for r in rows if r[1] != r[2]), key=lambda r: -r[3])[:EXAMPLES]
+    correct, seen = [], set()
+    for row in rows:
+        if row[1] == row[2] and row[1] not in seen and len(correct) < EXAMPLES:
+            correct.append(row)
+            seen.add(row[1])
+    shown = predict_files(model, [r[0] for r in correct + wrong], out / "examples", device)
+    overlay = {Path(p["file"]): p.get("overlay") for p in shown}
+
+    def example(row) -> dict:
+        path, truth, pred, score = row
+        return {"file": str(path), "true": names[truth], "predicted": names[pred], "score": round(score, 4),
+                "overlay": overlay.get(path)}  # fmt: skip
+
+    return {
+        "confusion": {"classes": names, "matrix": confusion},
+        "correct": [example(r) for r in correct],
+        "wrong": [example(r) for r in wrong],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- HTML
 
 
 def _history_table(history: list[dict], keys: tuple[str, ...]) -> str:
@@ -152,47 +180,113 @@ def _history_table(history: list[dict], keys: tuple[str, ...]) -> str:
     rows = "".join(
         f"<tr><td>{r['epoch']}</td><td>{r['train_loss']:.4f}</td><td>{r['train_img_s']:.1f}</td>"
         f"<td>{r['train_data_wait'] * 100:.0f}%</td>"
-        + "".join(f"<td>{r.get(k, float('nan')):.4f}</td>" for k in keys)
+        + "".join(f"<td>{r[k]:.4f}</td>" if k in r else "<td>-</td>" for k in keys)
         + "</tr>"
         for r in history
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+PER_CLASS = {"classification": ("acc_", "accuracy"), "segmentation": ("iou_", "IoU"), "detection": ("ap50_", "AP@0.5")}
+
+
+def _per_class(task: str, val: dict) -> str:
+    prefix, label = PER_CLASS[task]
+    rows = "".join(
+        f"<tr><td>{html.escape(k[len(prefix) :])}</td><td>{v:.3f}</td></tr>"
+        for k, v in val.items()
+        if k.startswith(prefix)
+    )
+    return f"<table><tr><th>class</th><th>{label}</th></tr>{rows}</table>"
+
+
+def _confusion(conf: dict) -> str:
+    e = html.escape
+    names = conf["classes"]
+    head = "".join(f"<th>{e(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><th>{e(names[i])}</th>"
+        + "".join(f'<td class="{"diag" if i == j else ("off" if v else "")}">{v}</td>' for j, v in enumerate(row))
+        + "</tr>"
+        for i, row in enumerate(conf["matrix"])
+    )
+    return f"<table><tr><th>true \\ predicted</th>{head}</tr>{body}</table>"
+
+
+def _figures(examples: list[dict], out: Path) -> str:
+    e = html.escape
+    return (
+        "".join(
+            f'<figure><img src="{e(str(Path(x["overlay"]).relative_to(out)))}" width="160">'
+            f"<figcaption>{e(Path(x['file']).name)}: {e(x['predicted'])} ({x['score']:.2f}), true {e(x['true'])}"
+            "</figcaption></figure>"
+            for x in examples
+            if x.get("overlay")
+        )
+        or "<p>none</p>"
+    )
+
+
+def _overlays(predictions: list[dict], out: Path) -> str:
+    e = html.escape
+    return "".join(
+        f'<figure><img src="{e(str(Path(p["overlay"]).relative_to(out)))}" width="192">'
+        f"<figcaption>{e(Path(p['file']).name)}</figcaption></figure>"
+        for p in predictions
+        if "overlay" in p
+    )
+
+
+def _section(task: str, s: dict, out: Path) -> str:
+    e = html.escape
+    metric_keys = {"classification": ("val_top1",), "segmentation": ("val_miou", "val_pixel_acc"),
+                   "detection": ("val_map50", "val_map")}[task]  # fmt: skip
+    parts = [
+        f"<h2>{task.capitalize()}: {e(s['model'])}, {s['epochs']} epochs at {s['size']} px</h2>",
+        f"<p>Val {s['metric']} <b>{s['value']:.4f}</b>.</p>",
+        "<details><summary>recipe=auto's choices</summary><ul>"
+        + "".join(f"<li>{e(line)}</li>" for line in s["auto"])
+        + "</ul></details>",
+        _history_table(s["history"], metric_keys),
+        f"<h3>Per class</h3>{_per_class(task, s['val'])}",
+    ]
+    if task == "classification":
+        parts += [
+            f"<h3>Confusion matrix</h3>{_confusion(s['confusion'])}",
+            f"<h3>Correct predictions</h3>{_figures(s['correct'], out)}",
+            f"<h3>Wrong predictions (most confident first)</h3>{_figures(s['wrong'], out)}",
+        ]
+    else:
+        parts.append(f"<h3>Validation images</h3>{_overlays(s['predictions'], out)}")
+    return "\n".join(parts)
+
+
 def _html(s: dict, out: Path) -> str:
     e = html.escape
-    seg, cls = s["segmentation"], s["classification"]
-    ious = "".join(
-        f"<tr><td>{e(k[4:])}</td><td>{v:.3f}</td></tr>" for k, v in seg["val"].items() if k.startswith("iou_")
-    )
     bench = "".join(
         f"<tr><td>{e(r['config'] + (' = ' + r['resolved'] if 'resolved' in r else ''))}</td><td>{r['img_s']:.1f}</td>"
         f"<td>{r['speedup_vs_fp32']:.2f}x</td></tr>"
         for r in s["bench_train"]
     )
-    images = "".join(
-        f'<figure><img src="{e(str(Path(p["overlay"]).relative_to(out)))}" width="192">'
-        f"<figcaption>{e(Path(p['file']).name)}</figcaption></figure>"
-        for p in s["predictions"]
-        if "overlay" in p
-    )
     prec = s["precision"]
+    sections = "\n".join(_section(task, s[task], out) for task in DEMO_TASKS if task in s)
+    speed = (
+        f"<h2>Training speed of {e(s['segmentation']['model'])}, fp32 vs auto</h2>"
+        f"<table><tr><th>config</th><th>img/s</th><th>vs fp32</th></tr>{bench}</table>"
+        if bench
+        else ""
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>parvis demo</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;
-padding:3px 8px;text-align:right}} figure{{display:inline-block;margin:4px}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+figure{{display:inline-block;margin:4px;vertical-align:top}} figcaption{{font-size:small;max-width:160px}}
+td.diag{{background:#d8f0d8}} td.off{{background:#f6d5d5}}</style>
+</head><body>
 <h1>parvis demo on the shapes data</h1>
-<p>{s["size"]} px on {e(s["device"])}, precision {e(prec["name"])} ({e(prec["reason"])}), torch {e(s["torch"])}.
+<p>{e(s["device"])}, precision {e(prec["name"])} ({e(prec["reason"])}), torch {e(s["torch"])}.
 Times: {", ".join(f"{k} {v} s" for k, v in s["timings_s"].items())}.</p>
-<h2>Segmentation: {e(seg["model"])}, {seg["epochs"]} epochs</h2>
-<p>Val mIoU <b>{s["miou"]:.4f}</b>, pixel accuracy {seg["val"]["pixel_acc"]:.4f}.</p>
-{_history_table(seg["history"], ("val_miou", "val_pixel_acc"))}
-<h3>Per-class IoU</h3><table>{ious}</table>
-<h2>Classification: {e(cls["model"])}, {cls["epochs"]} epochs</h2>
-<p>Val top-1 <b>{s["top1"]:.4f}</b>.</p>
-{_history_table(cls["history"], ("val_top1",))}
-<h2>Training speed of {e(seg["model"])}, fp32 vs auto</h2>
-<table><tr><th>config</th><th>img/s</th><th>vs fp32</th></tr>{bench}</table>
-<h2>Predictions (overlays)</h2>{images}
+{sections}
+{speed}
 </body></html>
 """

@@ -24,7 +24,9 @@ from parvis import __version__
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 
-SUITES = ("data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition", "serve", "video")
+SUITES = (
+    "data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition", "serve", "video", "learn",
+)  # fmt: skip
 KINDS = (*SUITES, "optimize")
 REPORT_KEY = "parvis_report"  # marks this module's own JSON output, so a re-run over a folder skips it
 
@@ -52,6 +54,10 @@ COLUMNS = {
     "video": [
         "streams", "batch", "aggregate_fps", "mean_batch", "model_only_img_s", "ceiling_fps", "ceiling_ratio",
         "peer_fps", "vs_peer", "mota", "id_switches", "decode_ms", "infer_ms", "track_ms", "encode_ms",
+    ],
+    "learn": [
+        "engine", "recipe", "final_metric", "train_s", "img_s", "time_to_target_s", "time_to_peer_final_s",
+        "vs_peer_time",
     ],
     "optimize": [
         "chosen", "variant", "runtime", "precision", "batch", "threads", "img_s", "latency_ms_p50", "metric",
@@ -339,6 +345,25 @@ def _plot_video(section: Section):
     return _bars(labels, [r.get("ceiling_ratio") or 0.0 for r in rows], "aggregate fps / CPU-sharing ceiling")
 
 
+def _plot_learn(section: Section):
+    """Val metric against training seconds, parvis and the peer on one axis."""
+    fig, ax = _figure()
+    metric = section.data.get("metric", "metric")
+    for side, style in (("parvis", "o-"), ("peer", "s--")):
+        curve = (section.data.get(side) or {}).get("curve") or []
+        if curve:
+            ax.plot([p["seconds"] for p in curve], [p["metric"] for p in curve], style, label=side)
+    target = section.data.get("target")
+    if target is not None:
+        ax.axhline(target, color="grey", linewidth=0.8, linestyle=":", label=f"target {target}")
+    ax.set_xlabel("training seconds (evaluation excluded)")
+    ax.set_ylabel(f"val {metric}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def _plot_scaling(section: Section):
     fig, (a, b) = _figure(9, 3.4, ncols=2)
     any_rows, ticks = False, set()
@@ -472,6 +497,7 @@ PLOTS: dict[str, tuple[str, Callable[[Section], object]]] = {
     "optimize": ("optimize candidates: speedup vs eager fp32", _plot_optimize),
     "serve": ("HTTP serving: throughput and p99 latency vs concurrent clients", _plot_serve),
     "video": ("multi-stream video: share of the CPU-sharing ceiling reached", _plot_video),
+    "learn": ("learning curves: val metric against training seconds", _plot_learn),
 }  # fmt: skip
 
 

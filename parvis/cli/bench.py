@@ -66,6 +66,7 @@ def add_parser(sub) -> None:
     add_suite_parsers(bsub)
     add_serve_parser(bsub)
     add_video_parser(bsub)
+    add_learn_parser(bsub)
 
 
 def run_data(args) -> int:
@@ -713,3 +714,40 @@ def run_video_bench(args) -> int:
     line = (f"per frame, each stage alone (last row): decode {r0['decode_ms']:.2f} ms, inference {r0['infer_ms']:.2f} "
             f"ms, tracking {r0['track_ms']:.2f} ms, annotate + encode {r0['encode_ms']:.2f} ms")  # fmt: skip
     return _finish(con, args, result, table, lines=(line,))
+
+
+# --------------------------------------------------------------------------- learn
+
+
+def add_learn_parser(bsub) -> None:
+    p = bsub.add_parser("learn", help="accuracy vs wall-clock time: parvis recipe=auto vs a plain PyTorch loop")
+    p.add_argument("--task", choices=("classification", "segmentation"), default="classification")
+    p.add_argument("--model", required=True, help="registered model name (both sides train this network)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--time", default="3m", help="training budget per side, e.g. 90s, 3m (default 3m)")
+    p.add_argument("--target", type=float, default=None, help="also report the seconds each side needs to reach it")
+    p.add_argument("--out", default=None, help="folder for both runs (default: a temporary one)")
+    p.add_argument("--peer", default=None, help="the peer loop (default benchmarks/peer_train.py of the repository)")
+    p.add_argument("--json", metavar="OUT", default=None)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig keys for the parvis side")
+    p.set_defaults(func=run_learn)
+
+
+def run_learn(args) -> int:
+    from parvis.bench.learn import bench_learn
+
+    con = console()
+    con.print(f"bench learn: {args.model} on {args.data}, {args.time} per side (parvis first, then the peer)")
+    result = bench_learn(args.task, args.model, args.data, args.time, args.target, args.out, args.peer,
+                         tuple(args.overrides), quiet=True)  # fmt: skip
+    metric = result["metric"]
+    table = _table(f"learn: {args.model}, {result['task']} ({metric}), {result['threads']} threads",
+                   ["engine", "recipe", f"final {metric}", "train s", "img/s", "s to target", "s to peer's final",
+                    "vs peer time"])  # fmt: skip
+    for r in result["rows"]:
+        table.add_row(r["engine"], r["recipe"], _num(r["final_metric"], ".4f"), _num(r["train_s"], ".0f"),
+                      _num(r["img_s"], ".0f"), _num(r["time_to_target_s"], ".0f"),
+                      _num(r["time_to_peer_final_s"], ".0f"), _num(r["vs_peer_time"]))  # fmt: skip
+    lines = [f"parvis {p['epoch']} epochs" for p in result["parvis"]["curve"][-1:]]
+    lines.append("auto: " + "; ".join(line[6:].split(" (")[0] for line in result["parvis"]["auto"]))
+    return _finish(con, args, result, table, lines=tuple(lines))

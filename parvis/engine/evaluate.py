@@ -15,6 +15,8 @@ from parvis.engine.loading import load_trained
 from parvis.errors import ParvisError
 from parvis.models import eval_transform
 
+PER_CLASS_MAX = 100  # classification: acc_<class> up to this many classes
+
 
 def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_index: int | None, device):
     """top-1/top-5 accuracy for classification; mIoU, per-class IoU and pixel accuracy for segmentation;
@@ -30,6 +32,8 @@ def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_ind
         return detection_metric().to(device)
     if task == "classification":
         metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+        if num_classes <= PER_CLASS_MAX:  # per class (recall); not a thousand keys for an ImageNet model
+            metrics["acc"] = MulticlassAccuracy(num_classes, top_k=1, average="none")
         if num_classes > 5:
             metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
         return MetricCollection(metrics).to(device)
@@ -92,7 +96,8 @@ def _detection_values(values: dict, class_names: list[str]) -> dict[str, float]:
 def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, device: torch.device) -> dict:
     """Run `model` over `batches` (a DevicePrefetcher) and return plain-float metrics.
 
-    Keys: classification -> top1 (and top5 when there are more than 5 classes); segmentation ->
+    Keys: classification -> top1 (and top5 when there are more than 5 classes) and acc_<class> (the
+    share of each class's images predicted right, up to 100 classes); segmentation ->
     miou, pixel_acc and iou_<class> per class; detection -> map (COCO, IoU 0.5:0.95), map50, map75,
     mar100 and ap50_<class> per class; always loss, images, images_per_s, data_wait.
     """
@@ -127,9 +132,9 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
         for key, value in values.items():
             if value.numel() == 1:
                 out[key] = float(value)
-            else:  # per-class IoU
+            else:  # per-class IoU (segmentation) or accuracy (classification)
                 for name, v in zip(meta.class_names, value.tolist(), strict=True):
-                    out[f"iou_{name}"] = float(v)
+                    out[f"{key}_{name}"] = float(v)
     out["loss"] = float(loss_sum / count.clamp(min=1))
     out["images"] = int(count)
     out["images_per_s"] = float(count) / elapsed if elapsed > 0 else 0.0

@@ -62,6 +62,8 @@ class EvalHook(Hook):
             "train_img_s": self.images * trainer.dist.world_size / seconds if seconds > 0 else 0.0,
             "train_data_wait": trainer.train_stats.wait_fraction,
             "train_skipped": trainer.train_stats.skipped,
+            # training seconds since the run began, evaluation excluded (a learning curve's x axis)
+            "train_s": (trainer.history[-1].get("train_s", 0.0) if trainer.history else 0.0) + seconds,
         }
         if trainer.epoch % cfg.eval_every == 0 or last:
             record.update({f"val_{k}": v for k, v in trainer.evaluate().items()})

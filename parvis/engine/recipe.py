@@ -13,15 +13,18 @@ the others. `recipe=off` keeps TrainConfig's written defaults. The rules, in one
   stays at or below the weights' own size.
 - stem: parvis resnets from scratch at <= 32 px get the small-input stem (3x3 stride 1, no max-pool,
   CIFAR recipes), which keeps the last stage at 4x4 instead of 1x1.
-- augmentation: random-resized crops keep >= 60% of a small (<= 64 px) image and >= 35% of a larger
-  one (ImageNet's 8% only for schedules of 100+ epochs); horizontal flips, except on small grey
+- augmentation: random-resized crops keep >= 60% of the image in runs under 30 epochs and of small
+  (<= 64 px) images, >= 35% up to 100 epochs, ImageNet's 8% beyond; horizontal flips, except on small grey
   images (digits, characters: a mirrored symbol is another symbol); fine-tuning crops keep >= 50%.
-- optimizer: AdamW (fastest to a good accuracy in short schedules), lr 2e-3 x sqrt(batch / 64) from
+- optimizer: AdamW (fastest to a good accuracy in short schedules), lr 2e-3 x sqrt(batch / 32) from
   scratch, 1e-3 fine-tuning with the backbone at 0.1x; weight decay 0.05 (classification) or 1e-4;
   label smoothing 0.1 for 3+ classes; warmup 5% of the run (at most one epoch), cosine to 1%.
+- gradient clipping: none for classification and segmentation (as the reference recipes), norm 1.0
+  for detection.
 - epochs: enough to see ~25k training samples (10..40 epochs) from scratch, ~5k (2..10) fine-tuning;
   with `time` the trainer measures its first steps and plans the epochs that fit the budget.
-- stream: the shapes data trains on fresh generator scenes each epoch; val stays on disk.
+- stream: on an accelerator the shapes data trains on fresh generator scenes each epoch (val stays on
+  disk); on the CPU the on-disk split, since rendering takes cores from the model.
 """
 
 from __future__ import annotations
@@ -146,14 +149,16 @@ def small_input_stem(size: int, cpu: bool) -> tuple[str, str]:
     """The resnet stem for `size` px inputs: (stem, why). The ImageNet stem divides by 32 in all; at or
     below 64 px that leaves a 2x2 or 1x1 last stage. A GPU affords the stride-1 stem (16x the compute);
     on a CPU the stride-2 one (4x) goes to <= 32 px inputs, where 1x1 would be all that is left."""
-    last = max(1, size // 32)
+    last, s1, s2 = max(1, size // 32), size // 8, size // 16
+    imagenet = f"{size} px input: the ImageNet stem would leave the last stage at {last}x{last}"
     if size > SMALL_IMAGE:
         return "imagenet", f"{size} px input leaves the last stage at {last}x{last}"
     if not cpu:
-        return "small", f"{size} px input: the ImageNet stem would leave {last}x{last}; 3x3 stride 1 without max-pool keeps {size // 8}x{size // 8} (CIFAR recipes)"  # noqa: E501
+        return "small", f"{imagenet}; 3x3 stride 1 without max-pool keeps {s1}x{s1} (CIFAR recipes)"
     if size <= SMALL_STEM_MAX:
-        return "small_s2", f"{size} px input: the ImageNet stem would leave {last}x{last}; a 3x3 stride-2 stem without max-pool keeps {size // 16}x{size // 16} at 4x the compute (stem=small: {size // 8}x{size // 8}, 16x, for a GPU)"  # noqa: E501
-    return "imagenet", f"{size} px input leaves {last}x{last}; on the CPU stem=small_s2 ({size // 16}x{size // 16}) would cost 4x the compute, stem=small 16x"  # noqa: E501
+        gpu = f"stem=small: {s1}x{s1} at 16x, for a GPU"
+        return "small_s2", f"{imagenet}; a 3x3 stride-2 stem without max-pool keeps {s2}x{s2} at 4x the compute ({gpu})"
+    return "imagenet", f"{imagenet}; on the CPU stem=small_s2 ({s2}x{s2}) would cost 4x the compute, stem=small 16x"
 
 
 def choose(
@@ -195,13 +200,20 @@ def choose(
         stem, why = small_input_stem(size, cpu)
         pick("stem", stem, why)
 
-    # --- stream
+    # --- stream: fresh scenes need a renderer's worth of spare loader cores, which a GPU host has
     if survey.generator == "shapes":
-        pick("stream", True, "the shapes generator made this data: fresh scenes every epoch, rendered in the "
-             "loader workers; val stays the on-disk split")  # fmt: skip
+        if cpu:
+            pick("stream", False, "the on-disk shapes split: on the CPU, rendering scenes in the loader "
+                 "takes cores from the model; stream=true renders fresh ones every epoch")  # fmt: skip
+        else:
+            pick("stream", True, "the shapes generator made this data: fresh scenes every epoch, rendered "
+                 "in the loader workers; val stays the on-disk split")  # fmt: skip
 
-    # --- batch
-    batch = (64 if size <= SMALL_IMAGE else 32) if cpu else (256 if size <= SMALL_IMAGE else 64)
+    # --- batch: on a CPU throughput hardly grows with the batch, so small batches buy more steps
+    if cpu:
+        batch = 32 if size <= 128 else 16
+    else:
+        batch = 256 if size <= SMALL_IMAGE else 64
     if task != "classification":
         batch = max(8, batch // 2)
     fit = max(1, survey.n_train // 8)  # at least ~8 steps per epoch on tiny datasets
@@ -231,10 +243,15 @@ def choose(
         why = "hold the backbone for the first epoch while the new head settles" if few else "train every layer"
         pick("freeze", "backbone" if few else "none", f"{n} images for {len(survey.class_counts)} classes: {why}")
     else:
-        lr = round(2e-3 * math.sqrt(now("batch") / 64), 5)
-        pick("lr", lr, f"2e-3 x sqrt(batch {now('batch')} / 64)")
+        lr = round(2e-3 * math.sqrt(now("batch") / 32), 5)
+        pick("lr", lr, f"2e-3 x sqrt(batch {now('batch')} / 32)")
     pick("weight_decay", 0.05 if task == "classification" else 1e-4,
          "AdamW's usual decay for classifiers" if task == "classification" else "dense heads: light decay")  # fmt: skip
+    if task == "detection":
+        pick("clip_grad", 1.0, "detection losses spike on crowded images: clip the gradient norm at 1")
+    else:
+        pick("clip_grad", None, "none, as torchvision's and timm's recipes: AdamW scales its own steps, and "
+             "clipping at 1.0 kept a from-scratch classifier on its loss plateau 2-3x longer")  # fmt: skip
     warmup = round(min(1.0, 0.05 * epochs), 3)
     pick("warmup_epochs", warmup, "5% of the run, at most one epoch")
 
@@ -249,8 +266,13 @@ def choose(
             scale, why = (0.6, 1.0), f"images are {survey.side} px: crops keep at least 60% of them"
         elif epochs >= 100:
             scale, why = (0.08, 1.0), f"{epochs} epochs: ImageNet's range"
+        elif epochs >= 30:
+            scale, why = (0.35, 1.0), f"{epochs} epochs: milder than ImageNet's 8%, which pays only in long runs"
         else:
-            scale, why = (0.35, 1.0), f"{epochs} epochs: a milder range than ImageNet's 8% learns faster"
+            scale, why = (
+                (0.6, 1.0),
+                f"{epochs} epochs: crops keep at least 60% of the image (strong crops pay only in long runs)",
+            )  # noqa: E501
         pick("crop_scale", scale, why)
         if survey.grey and survey.side <= SMALL_IMAGE:
             pick("hflip", False, f"small grey images ({survey.side} px, like digits or characters): a mirrored "

@@ -169,7 +169,8 @@ def build_loaders(cfg: TrainConfig, dist: runtime.DistInfo) -> Loaders:
                 "generator); only the shapes data can stream. Drop stream=true"
             )
         # Fresh scenes, as many per epoch as the on-disk train split holds; val stays on disk.
-        train_set = ShapesStream(task, len(train_set), size, seed=cfg.seed, transform=train_tf)
+        disk = int((load_data_config(cfg.data) or {}).get("image_size", 2 * size))
+        train_set = ShapesStream(task, len(train_set), min(disk, 2 * size), seed=cfg.seed, transform=train_tf)
     val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
     loader_kw = {"device": dist.device, "workers": cfg.workers, "dist": dist, "seed": cfg.seed}
     if cfg.deterministic:

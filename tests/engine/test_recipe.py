@@ -49,7 +49,7 @@ def test_epochs_follow_the_dataset_size_and_batch_fits_tiny_datasets():
     many, _ = _choices(TrainConfig(), _survey(n=100_000, classes=10))
     assert few.epochs == 40 and many.epochs == 10
     assert few.batch <= 40 // 8 and few.batch >= 1
-    assert math.isclose(few.lr, 2e-3 * math.sqrt(few.batch / 64), rel_tol=1e-2)
+    assert math.isclose(few.lr, 2e-3 * math.sqrt(few.batch / 32), rel_tol=1e-2)
 
 
 def test_fine_tuning_uses_a_lower_backbone_rate_and_freezes_on_few_images():
@@ -69,6 +69,16 @@ def test_given_keys_are_never_chosen_and_recipe_off_chooses_nothing():
     assert not keys & {"lr", "hflip", "size"} and "batch" in keys
     off = load_config(TrainConfig, overrides=["recipe=off"])
     assert choose(off, _survey(), CPU) == (off, [])
+
+
+def test_the_shapes_data_streams_on_an_accelerator_and_clipping_is_for_detection_only():
+    shapes = _survey(n=3200, side=256, classes=5, generator="shapes")
+    cpu, c = _choices(TrainConfig(), shapes)
+    gpu, _ = _choices(TrainConfig(), shapes, GPU)
+    assert cpu.stream is False and "takes cores from the model" in c["stream"].reason and gpu.stream is True
+    assert cpu.clip_grad is None
+    det, _ = _choices(TrainConfig(task="detection"), _survey(n=3200, side=256, classes=5, task="detection"))
+    assert det.clip_grad == 1.0 and det.batch == 16 and "crop_scale" not in {c for c in _}
 
 
 def test_imbalanced_classes_are_named():
