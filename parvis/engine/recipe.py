@@ -214,7 +214,7 @@ def choose(
         batch = 32 if size <= 128 else 16
     else:
         batch = 256 if size <= SMALL_IMAGE else 64
-    if task != "classification":
+    if task == "segmentation":  # a dense loss: half the images give as many labels per step
         batch = max(8, batch // 2)
     fit = max(1, survey.n_train // 8)  # at least ~8 steps per epoch on tiny datasets
     batch = min(batch, 1 << (fit.bit_length() - 1))

@@ -22,8 +22,8 @@ def _survey(n=1400, side=32, grey=False, classes=10, generator=None, task="class
     return DataSurvey(task, n, n // 4, counts, side, grey, generator)
 
 
-def _choices(cfg, survey, device=CPU):
-    resolved, choices = choose(cfg, survey, device, given=frozenset(k for k in ("task", "data") if k))
+def _choices(cfg, survey, device=CPU, given=("task", "data")):
+    resolved, choices = choose(cfg, survey, device, given=frozenset(given))
     return resolved, {c.key: c for c in choices}
 
 
@@ -39,9 +39,12 @@ def test_small_grey_images_keep_their_size_no_flips_mild_crops_and_a_small_stem(
 def test_large_colour_images_are_capped_on_the_cpu_and_get_flips_and_wider_crops():
     cfg, c = _choices(TrainConfig(), _survey(n=20000, side=500, classes=100))
     assert cfg.size == 128 and "capped at 128 px on the cpu" in c["size"].reason
-    assert cfg.stem == "imagenet" and cfg.hflip is True and cfg.crop_scale == (0.35, 1.0)
+    assert cfg.stem == "imagenet" and cfg.hflip is True and cfg.crop_scale == (0.6, 1.0)  # a 10-epoch run
     gpu, _ = _choices(TrainConfig(), _survey(n=20000, side=500, classes=100), GPU)
     assert gpu.size == 224
+    longer, _ = _choices(TrainConfig(epochs=50), _survey(n=20000, side=500), given=("epochs",))
+    longest, _ = _choices(TrainConfig(epochs=300), _survey(n=20000, side=500), given=("epochs",))
+    assert longer.crop_scale == (0.35, 1.0) and longest.crop_scale == (0.08, 1.0)
 
 
 def test_epochs_follow_the_dataset_size_and_batch_fits_tiny_datasets():
@@ -77,8 +80,8 @@ def test_the_shapes_data_streams_on_an_accelerator_and_clipping_is_for_detection
     gpu, _ = _choices(TrainConfig(), shapes, GPU)
     assert cpu.stream is False and "takes cores from the model" in c["stream"].reason and gpu.stream is True
     assert cpu.clip_grad is None
-    det, _ = _choices(TrainConfig(task="detection"), _survey(n=3200, side=256, classes=5, task="detection"))
-    assert det.clip_grad == 1.0 and det.batch == 16 and "crop_scale" not in {c for c in _}
+    det, chosen = _choices(TrainConfig(task="detection"), _survey(n=3200, side=256, classes=5, task="detection"))
+    assert det.clip_grad == 1.0 and det.batch == 32 and "crop_scale" not in chosen
 
 
 def test_imbalanced_classes_are_named():
