@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PARVIS) doctor
 	rm -rf $(DATA)
-	$(PARVIS) data synth --out $(DATA) --n 4000 --size 256
+	$(PARVIS) data synth --out $(DATA) --n 4000 --size 128
 	$(PARVIS) data check $(DATA)
-	$(PARVIS) bench data $(DATA) --size 224 --json runs/bench-data.json
+	$(PARVIS) bench data $(DATA) --size 128 --json runs/bench-data.json
 	$(PARVIS) demo --data $(DATA) --out runs/demo
 	$(PARVIS) optimize runs/demo/segmentation/best.pt --data $(DATA) --out runs/demo/optimize --calib 64 --rounds 2
 	$(PARVIS) bench batch runs/demo/optimize --json runs/demo/bench-batch.json
@@ -55,5 +55,5 @@ docs: $(STAMP)
 # runs/ and site/ (tests/test_newcomer.py checks every data/ folder the docs name is here). data/
 # itself goes only when nothing else is left in it: a user's own datasets may live there.
 clean:
-	rm -rf $(VENV) $(DATA) data/shapes data/video runs site
+	rm -rf $(VENV) $(DATA) data/shapes data/video data/digits runs site
 	rmdir data 2>/dev/null || true

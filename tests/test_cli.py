@@ -135,16 +135,18 @@ def test_python_dash_m_and_console_script_agree():
 @pytest.mark.slow
 def test_demo_writes_summary_html_and_predictions(shapes_dir, tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--data", str(shapes_dir), "--out", str(out), "--epochs", "1", "--classifier-epochs", "1"]
-    assert main([*args, "--size", "32", "--quiet"]) == 0
+    assert main(["demo", "--data", str(shapes_dir), "--out", str(out), "--epochs", "1", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 <= summary["miou"] <= 1 and 0 <= summary["top1"] <= 1
-    assert summary["miou"] == summary["segmentation"]["val"]["miou"]
-    assert len(summary["segmentation"]["history"]) == 1 and len(summary["classification"]["history"]) == 1
+    for task, key in (("classification", "top1"), ("segmentation", "miou"), ("detection", "map50")):
+        assert 0 <= summary[key] <= 1 and summary[key] == summary[task]["val"][key]
+        assert len(summary[task]["history"]) == 1 and (out / task / "best.pt").exists()
+        assert key in json.loads((out / f"eval-{task}.json").read_text())
+        assert summary[task]["auto"] and all(line.startswith("auto: ") for line in summary[task]["auto"])
+    cls = summary["classification"]
+    assert sum(map(sum, cls["confusion"]["matrix"])) == 12  # every val image of the 60-scene set
+    assert len(cls["correct"]) + len(cls["wrong"]) >= 1 and all(x["overlay"] for x in cls["correct"] + cls["wrong"])
     assert {r["config"] for r in summary["bench_train"]} == {"fp32/contiguous", "auto"}
     html = (out / "index.html").read_text()
-    assert "mIoU" in html and "top-1" in html and "overlays/" in html
-    assert len(list((out / "predict" / "overlays").glob("*.jpg"))) == 6
-    for task, key in (("segmentation", "miou"), ("classification", "top1")):
-        assert (out / task / "best.pt").exists()
-        assert key in json.loads((out / f"eval-{task}.json").read_text())
+    assert "Confusion matrix" in html and "Per class" in html and "overlays/" in html and "AP@0.5" in html
+    for task in ("segmentation", "detection"):
+        assert len(list((out / f"predict-{task}" / "overlays").glob("*.jpg"))) == 6

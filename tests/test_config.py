@@ -249,15 +249,12 @@ def test_config_to_dict():
         config_to_dict(TrainConfig)
 
 
-@pytest.mark.parametrize("name", ["classification.yaml", "segmentation.yaml"])
+@pytest.mark.parametrize("name", ["classification.yaml", "segmentation.yaml", "detection.yaml"])
 def test_recipes_load(name):
-    """The committed recipes are the demo's: what README says `parvis train --config` reproduces."""
-    from parvis.demo import CLASSIFICATION_RECIPE, SEGMENTATION_RECIPE
+    """The committed recipes are the demo's runs: its model, size and epochs, everything else recipe=auto."""
+    from parvis.demo import DEMO_TASKS
 
     cfg = load_config(TrainConfig, CONFIGS / name)
-    assert cfg.task == name.removesuffix(".yaml")
-    recipe, model = (
-        (CLASSIFICATION_RECIPE, "resnet18") if cfg.task == "classification" else (SEGMENTATION_RECIPE, "unet_small")
-    )
-    assert cfg.model == model and cfg.size == 64 and cfg.optimizer == "adamw"
-    assert {key: getattr(cfg, key) for key in recipe} == recipe
+    spec = DEMO_TASKS[cfg.task]
+    assert cfg.task == name.removesuffix(".yaml") and cfg.recipe == "auto"
+    assert (cfg.model, cfg.size, cfg.epochs) == (spec["model"], spec["size"], spec["epochs"])
