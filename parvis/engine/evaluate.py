@@ -36,7 +36,10 @@ def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_ind
             metrics["acc"] = MulticlassAccuracy(num_classes, top_k=1, average="none")
         if num_classes > 5:
             metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-        return MetricCollection(metrics).to(device)
+        # compute_groups=False: torchmetrics groups metrics whose states are equal after the first
+        # update and computes them from one state from then on; a first batch that is all right makes
+        # top-1 and top-5 equal there, and top-5 was then reported equal to top-1 for the whole split.
+        return MetricCollection(metrics, compute_groups=False).to(device)
     ignore = ignore_index if ignore_index is not None else None
     return MetricCollection(
         {

@@ -21,7 +21,7 @@ the others. `recipe=off` keeps TrainConfig's written defaults. The rules, in one
   label smoothing 0.1 for 3+ classes; warmup 5% of the run (at most one epoch), cosine to 1%.
 - gradient clipping: none for classification and segmentation (as the reference recipes), norm 1.0
   for detection.
-- epochs: enough to see ~25k training samples (10..40 epochs) from scratch, ~5k (2..10) fine-tuning;
+- epochs: enough to see ~12k training samples (8..40 epochs) from scratch, ~5k (2..10) fine-tuning;
   with `time` the trainer measures its first steps and plans the epochs that fit the budget.
 - stream: on an accelerator the shapes data trains on fresh generator scenes each epoch (val stays on
   disk); on the CPU the on-disk split, since rendering takes cores from the model.
@@ -227,7 +227,7 @@ def choose(
     if fine_tune:
         epochs, why = min(10, max(2, math.ceil(5000 / n))), "~5k samples of fine-tuning"
     else:
-        epochs, why = min(40, max(10, math.ceil(15000 / n))), "~15k training samples from scratch"
+        epochs, why = min(40, max(8, math.ceil(12000 / n))), "~12k training samples from scratch"
     if cfg.time is not None and "epochs" not in given:
         pick("epochs", epochs, f"provisional: the trainer measures its first steps and plans for time={cfg.time}")
     else:

@@ -532,9 +532,6 @@ def build_trainer(
     elif model is None:
         check_model_task(cfg)
         cfg, choices = resolve_recipe(cfg, dist.device)
-        if dist.is_main and not quiet:
-            for choice in choices:
-                print(choice.line(), flush=True)
     # Every rank initializes the model from the same seed: FSDP shards each rank's own copy
     # without broadcasting, so different inits would stitch together a model nobody made.
     runtime.seed_everything(cfg.seed, deterministic=cfg.deterministic)
@@ -542,7 +539,10 @@ def build_trainer(
     loaders = build_loaders(cfg, dist)
     class_names = list(loaders.train.dataset.classes)
     if model is None:
-        model = build_model(cfg, class_names, dist)
+        model = build_model(cfg, class_names, dist)  # says first when it replaces a pretrained head
+        if dist.is_main and not quiet:
+            for choice in choices:
+                print(choice.line(), flush=True)
     elif model.meta.class_names != class_names:
         raise ParvisError(
             f"{cfg.data}: classes {class_names} differ from the model's {model.meta.class_names}; "

@@ -159,3 +159,22 @@ def test_tensorboard_and_mlflow_get_the_config_auto_choices_and_metrics(shapes_d
 def test_an_unknown_or_missing_logger_is_one_clear_error(shapes_dir, tmp_path):
     with pytest.raises(Exception, match="log=wandb: 'wandb' is unknown; choose from files, tensorboard, mlflow"):
         build_trainer(TrainConfig(data=str(shapes_dir), out=str(tmp_path / "r"), log="wandb", workers=0), quiet=True)
+
+
+def test_top1_top5_and_per_class_accuracy_are_computed_apart():
+    """torchmetrics' compute groups once shared one state between them: top5 came out equal to top1."""
+    from parvis.engine.evaluate import make_metrics
+
+    names = [f"c{i}" for i in range(10)]
+    metrics = make_metrics("classification", 10, names, None, torch.device("cpu"))
+    logits = torch.zeros(4, 10)
+    logits[:, 9] = 2.0  # every image: class 9 first
+    logits[torch.arange(4), torch.tensor([0, 1, 2, 9])] = 1.0  # the true class second, except the last
+    logits[3, 9] = 2.0
+    # A first batch where top-1 and top-5 agree (all right): torchmetrics grouped metrics whose states
+    # were equal after the first update and computed them from one state from then on.
+    metrics.update(torch.eye(10)[:4] * 5, torch.tensor([0, 1, 2, 3]))
+    metrics.update(logits, torch.tensor([0, 1, 2, 9]))
+    values = metrics.compute()
+    assert float(values["top1"]) == pytest.approx(5 / 8) and float(values["top5"]) == pytest.approx(1.0)
+    assert values["acc"].tolist()[9] == pytest.approx(1.0) and values["acc"].tolist()[0] == pytest.approx(0.5)
