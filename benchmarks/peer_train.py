@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--stem", default=None, help="a parvis resnet's stem (the network parvis trained)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -136,7 +137,8 @@ def main() -> None:
     from parvis.models import build_model  # the same architecture as parvis trains, nothing more
 
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = build_model(args.model, num_classes, input_size=args.size).to(memory_format=memory_format)
+    options = {"stem": args.stem} if args.stem else {}
+    model = build_model(args.model, num_classes, input_size=args.size, **options).to(memory_format=memory_format)
     loader = DataLoader(train_set, batch_size=args.batch, shuffle=True, num_workers=args.workers, drop_last=True,
                         persistent_workers=args.workers > 0)  # fmt: skip
     val_loader = DataLoader(val_set, batch_size=64, num_workers=args.workers)

@@ -96,6 +96,8 @@ def bench_learn(
            "--size", str(resolved.size), "--batch", str(resolved.batch), "--time", str(seconds),
            "--threads", str(threads), "--workers", str(workers), "--json", str(peer_json),
            "--precision", "bf16" if precision == "bf16" else "fp32"]  # fmt: skip
+    if resolved.stem != "imagenet":  # the same network: parvis's small-input stem on both sides
+        cmd += ["--stem", resolved.stem]
     cmd.append("--channels-last" if runtime.preferred_memory_format(runtime.default_device()) == torch.channels_last
                else "--no-channels-last")  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -17,7 +17,8 @@ the others. `recipe=off` keeps TrainConfig's written defaults. The rules, in one
   (<= 64 px) images, >= 35% up to 100 epochs, ImageNet's 8% beyond; horizontal flips, except on small grey
   images (digits, characters: a mirrored symbol is another symbol); fine-tuning crops keep >= 50%.
 - optimizer: AdamW (fastest to a good accuracy in short schedules), lr 2e-3 x sqrt(batch / 32) from
-  scratch, 1e-3 fine-tuning with the backbone at 0.1x; weight decay 0.05 (classification) or 1e-4;
+  scratch, 1e-3 fine-tuning with the backbone at 0.5x (0.1x and a frozen first epoch on <= 50 images
+  per class); weight decay 0.05 (classification) or 1e-4;
   label smoothing 0.1 for 3+ classes; warmup 5% of the run (at most one epoch), cosine to 1%.
 - gradient clipping: none for classification and segmentation (as the reference recipes), norm 1.0
   for detection.
@@ -59,7 +60,12 @@ class Choice:
     reason: str
 
     def line(self) -> str:
-        value = list(self.value) if isinstance(self.value, tuple) else self.value
+        """`auto: KEY VALUE (why)`, VALUE spelled as on the command line (none, true, [0.6, 1.0])."""
+        value = self.value
+        if value is None or isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, tuple):
+            value = list(value)
         return f"auto: {self.key} {value} ({self.reason})"
 
 
@@ -238,8 +244,13 @@ def choose(
     pick("optimizer", "adamw", "reaches a good accuracy fastest in short schedules")
     if fine_tune:
         pick("lr", 1e-3, "fine-tuning: the new head at 1e-3")
-        pick("backbone_lr", 0.1, "fine-tuning: pretrained layers learn at 0.1x the head's rate")
         few = n / max(1, len(survey.class_counts)) <= 50
+        if few:
+            pick("backbone_lr", 0.1, "fine-tuning on few images per class: pretrained layers at 0.1x the head's rate")
+        else:
+            pick("backbone_lr", 0.5, "fine-tuning on more than 50 images per class: pretrained layers at 0.5x the "
+                 "head's rate, enough to adapt to a new domain (0.1x measured 0.955 vs 0.991 top-1 after one "
+                 "epoch of mobilenet_v2 on the shapes data)")  # fmt: skip
         why = "hold the backbone for the first epoch while the new head settles" if few else "train every layer"
         pick("freeze", "backbone" if few else "none", f"{n} images for {len(survey.class_counts)} classes: {why}")
     else:

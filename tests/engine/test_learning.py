@@ -119,7 +119,7 @@ def test_digits_from_the_defaults_clear_a_floor(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--task", "classification", "--data", str(digits), "--out", str(out), "--epochs", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "auto: stem small_s2" in printed and "auto: hflip False" in printed
+    assert "auto: stem small_s2" in printed and "auto: hflip false" in printed
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["val_top1"] >= 0.90
 

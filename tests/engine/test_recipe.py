@@ -61,7 +61,7 @@ def test_fine_tuning_uses_a_lower_backbone_rate_and_freezes_on_few_images():
     assert cfg.lr == 1e-3 and cfg.backbone_lr == 0.1 and cfg.freeze == "backbone"
     assert cfg.size == 224 and cfg.crop_scale == (0.5, 1.0) and "stem" not in c
     big, _ = _choices(base, _survey(n=5000, side=256, classes=5))
-    assert big.freeze == "none" and big.epochs == 2
+    assert big.freeze == "none" and big.backbone_lr == 0.5 and big.epochs == 2
 
 
 def test_given_keys_are_never_chosen_and_recipe_off_chooses_nothing():
