@@ -325,7 +325,7 @@ class TensorBoardHook(Hook):
 class MLflowHook(Hook):
     """One MLflow run per training run: the config and `auto` choices as parameters, every epoch's
     record as metrics (step = epoch), best.pt's path as a tag. Tracking goes where MLFLOW_TRACKING_URI
-    points, else to RUN/mlruns."""
+    points, else to RUN/mlruns (MLflow's file store, allowed with MLFLOW_ALLOW_FILE_STORE)."""
 
     def __init__(self):
         self.mlflow = _require_module("mlflow", "mlflow-skinny", "mlflow")
@@ -336,7 +336,12 @@ class MLflowHook(Hook):
             return
         mlflow = self.mlflow
         if not os.environ.get("MLFLOW_TRACKING_URI"):
+            # The run folder's own file store. MLflow keeps that backend in maintenance mode and refuses
+            # it unless allowed; a database or a server is one MLFLOW_TRACKING_URI away.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             mlflow.set_tracking_uri((trainer.out / "mlruns").resolve().as_uri())
+        if mlflow.get_experiment_by_name("parvis") is None:  # created quietly (set_experiment logs it)
+            mlflow.create_experiment("parvis")
         mlflow.set_experiment("parvis")
         mlflow.start_run(run_name=trainer.out.name)
         self.active = True

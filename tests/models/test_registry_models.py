@@ -145,7 +145,9 @@ def test_grad_checkpointing_saves_activation_memory():
 
 
 def test_registered_names():
-    classification = ["convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50"]
+    classification = [
+        "convnet_small", "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "resnet18", "resnet34", "resnet50",
+    ]  # fmt: skip
     trunks = ["deeplabv3_resnet50", "unet", "unet_resnet18", "unet_resnet34", "unet_resnet50", "unet_small"]
     assert MODELS.names(task="classification") == classification
     assert MODELS.names(family="hmsa") == sorted(f"hmsa_{t}" for t in trunks)
