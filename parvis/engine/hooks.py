@@ -224,12 +224,14 @@ class TimeBudgetHook(Hook):
             print(line, flush=True)
 
     def on_step_end(self, trainer, loss, images) -> None:
+        self.t_step = time.perf_counter()
         if trainer.step == 2:
             self.t_probe = time.perf_counter()
         if trainer.step != self.probe or self.t_probe is None:
             return
         now = time.perf_counter()
         per_step = (now - self.t_probe) / (self.probe - 2)
+        self.per_step = per_step
         val_batches = len(trainer.val_loader) if trainer.val_loader is not None else 0
         eval_s = val_batches * per_step * 0.4  # a forward pass is about a third of a training step
         epoch_s = trainer.steps_per_epoch * per_step + eval_s
@@ -244,13 +246,16 @@ class TimeBudgetHook(Hook):
         self._say(trainer, epochs, f"{epoch_s:.1f} s per epoch measured over steps 3-{self.probe}")
 
     def on_epoch_end(self, trainer) -> None:
-        if self.replanned or trainer.epoch != 1 or trainer.cfg.max_steps:
+        if self.replanned or trainer.epoch != 1 or trainer.cfg.max_steps or not hasattr(self, "per_step"):
             return
         self.replanned = True
-        elapsed = time.perf_counter() - self.t0
-        epochs = max(1, int(self.budget_s / elapsed))
+        now = time.perf_counter()
+        # An epoch from here on: its steps at the measured pace, plus what this one spent after its last
+        # step (evaluation, checkpoint); the first epoch's worker start-up is not repeated.
+        epoch_s = trainer.steps_per_epoch * self.per_step + (now - self.t_step)
+        epochs = 1 + max(0, int((self.budget_s - (now - self.t0)) / epoch_s))
         if epochs != trainer.cfg.epochs:
-            self._say(trainer, epochs, f"re-planned: the first epoch took {elapsed:.1f} s with evaluation")
+            self._say(trainer, epochs, f"re-planned after epoch 1: {epoch_s:.1f} s per epoch with evaluation")
 
 
 LOGGERS = ("files", "tensorboard", "mlflow")

@@ -131,3 +131,36 @@ def test_a_recipe_file_overrides_auto_and_explicit_keys_override_the_file(tmp_pa
     # The saved config reloads to the same values (comments are comments).
     reloaded = load_config(TrainConfig, out / "config.yaml")
     assert dataclasses.asdict(reloaded) == saved | {"crop_scale": (0.9, 1.0), "scales": tuple(saved["scales"])}
+
+
+def test_a_time_budget_plans_whole_epochs_from_the_measured_pace(monkeypatch):
+    """TimeBudgetHook on a stub trainer and a fake clock: 1 s per step, 50 steps per epoch, 5 s of
+    evaluation: a 200 s budget fits 3 epochs after the probe, re-planned to what epoch 1 really cost."""
+    from types import SimpleNamespace
+
+    from parvis.engine import hooks
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock["t"])
+    planned = []
+    trainer = SimpleNamespace(cfg=TrainConfig(time="200s", epochs=9), steps_per_epoch=50, step=0, epoch=0,
+                              val_loader=[0] * 10, choices=[])  # fmt: skip
+
+    def set_epochs(n):
+        planned.append(n)
+        trainer.cfg = dataclasses.replace(trainer.cfg, epochs=n)
+
+    trainer.set_epochs = set_epochs
+    hook = hooks.TimeBudgetHook(200.0, quiet=True)
+    hook.on_train_start(trainer)
+    for step in range(1, 51):
+        clock["t"] += 1.0
+        trainer.step = step
+        hook.on_step_end(trainer, None, 32)
+    clock["t"] += 5.0  # evaluation and checkpoint
+    trainer.epoch = 1
+    hook.on_epoch_end(trainer)
+    # probe: 1 s/step, eval estimated 10 x 1 x 0.4 = 4 s -> 54 s per epoch; 180 s left at step 20 with 34 s
+    # to finish epoch 1 -> 1 + int(146 / 54) = 3. Re-plan: 50 + 5 = 55 s per epoch, 145 s left -> 1 + 2 = 3.
+    assert planned == [3] and trainer.cfg.epochs == 3
+    assert [c.key for c in trainer.choices] == ["epochs"] and "fits time=200s" in trainer.choices[0].reason
