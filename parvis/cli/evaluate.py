@@ -48,12 +48,10 @@ def run(args) -> int:
         + ", ".join(f"{k} {metrics[k]:.4f}" for k in main_keys if k in metrics)
         + f", loss {metrics['loss']:.4f}, {metrics['images_per_s']:,.0f} img/s"
     )
-    per_class = {k[4:]: v for k, v in metrics.items() if k.startswith("iou_")}
-    if per_class:
-        con.print("per-class IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()))
-    per_class_ap = {k[5:]: v for k, v in metrics.items() if k.startswith("ap50_")}
-    if per_class_ap:
-        con.print("per-class AP@0.5: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class_ap.items()))
+    for prefix, label in (("iou_", "IoU"), ("acc_", "accuracy"), ("ap50_", "AP@0.5")):
+        per_class = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+        if per_class:
+            con.print(f"per-class {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_class.items()))
     if args.json:
         write_json(args.json, result)
     return 0
