@@ -111,10 +111,6 @@ class CosineSchedule:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float) -> CosineSchedule:
-    return CosineSchedule(total_steps, warmup_steps, min_ratio)
-
-
 def apply_gradients(optimizer, scaler, parameters, clip_grad: float | None) -> None:
     """Unscale (fp16), clip, step and clear: the end of every training step, with or without a GradScaler."""
     if scaler:
