@@ -21,6 +21,7 @@ from datetime import timedelta
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -560,6 +561,18 @@ def recommended_workers(device: torch.device | None = None, local_world_size: in
     if device.type == "cpu":
         return max(1, min(8, per_process - 1))
     return max(1, min(16, per_process))
+
+
+def available_ram_bytes() -> int:
+    """Memory the OS can hand out now (MemAvailable; free pages where /proc/meminfo is missing)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def pin_memory(device: torch.device) -> bool:

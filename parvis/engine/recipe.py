@@ -26,6 +26,9 @@ the others. `recipe=off` keeps TrainConfig's written defaults. The rules, in one
   with `time` the trainer measures its first steps and plans the epochs that fit the budget.
 - stream: on an accelerator the shapes data trains on fresh generator scenes each epoch (val stays on
   disk); on the CPU the on-disk split, since rendering takes cores from the model.
+- cache: the train split decoded once and kept in RAM at 2x the input size (crops still random every
+  epoch) when that takes at most a quarter of free RAM and 4 GB; not for crops down to 8%, which
+  need the full image.
 """
 
 from __future__ import annotations
@@ -42,15 +45,18 @@ import torch
 from PIL import Image
 
 from parvis.config import TrainConfig, given_keys
+from parvis.data.cache import cache_side
 from parvis.data.check import load_config as load_data_config
 from parvis.data.check import open_dataset
 from parvis.errors import ParvisError
 from parvis.models.zoo import is_zoo_name, zoo_meta
 from parvis.registry import MODELS
+from parvis.runtime import available_ram_bytes as available_ram
 
 SMALL_IMAGE = 64  # px: at or below, crops stay mild
 SMALL_STEM_MAX = 32  # px: at or below, an ImageNet stem leaves the last stage at 1x1
 SURVEY_SAMPLE = 64  # images whose headers are read for size and channels
+CACHE_MAX_BYTES = 4 << 30  # decoded training images kept in RAM: at most this, and a quarter of what is free
 
 
 @dataclass
@@ -290,6 +296,21 @@ def choose(
                  "symbol can be another symbol")  # fmt: skip
         else:
             pick("hflip", True, "mirrored scenes keep their labels")
+    # --- cache: decode once when the decoded split fits comfortably in RAM (and is not streamed)
+    if not now("stream"):
+        side = cache_side(task, size, survey.side)
+        need = int(survey.n_train * side * side * (1 if survey.grey else 3) * 4 / 3)  # 4/3: non-square images
+        budget = min(CACHE_MAX_BYTES, available_ram() // 4)
+        scale = now("crop_scale")
+        if scale is not None and task != "detection" and scale[0] < 0.25:  # reads more than 2x size px
+            pick("cache", "none", f"crops down to {scale[0]:.0%} of the image need it at full resolution: decoded "
+                 "every epoch")  # fmt: skip
+        elif need <= budget:
+            pick("cache", "ram", f"{survey.n_train:,} images decoded once at {side} px ({need / 2**20:,.0f} MB of "
+                 f"{budget / 2**20:,.0f} MB allowed), not every epoch")  # fmt: skip
+        else:
+            pick("cache", "none", f"{survey.n_train:,} images at {side} px need {need / 2**30:.1f} GB, over "
+                 f"{budget / 2**30:.1f} GB (a quarter of free RAM, at most 4 GB): decoded every epoch")  # fmt: skip
     if survey.imbalance >= 3:
         choices.append(Choice("class balance", f"{survey.imbalance:.1f}:1", "imbalanced; top-1 is reported with "
                               "per-class accuracy in parvis eval"))  # fmt: skip

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from parvis import runtime
 from parvis.config import TrainConfig, config_to_dict, given_keys, load_config, parse_duration, save_config
+from parvis.data.cache import DecodedCache, cache_side
 from parvis.data.check import load_config as load_data_config
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader, set_epoch
@@ -167,6 +168,8 @@ def build_loaders(cfg: TrainConfig, dist: runtime.DistInfo) -> Loaders:
         # Fresh scenes, as many per epoch as the on-disk train split holds; val stays on disk.
         disk = int((load_data_config(cfg.data) or {}).get("image_size", 2 * size))
         train_set = ShapesStream(task, len(train_set), min(disk, 2 * size), seed=cfg.seed, transform=train_tf)
+    elif cfg.cache == "ram":
+        train_set = DecodedCache(train_set, cache_side(task, size))
     val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
     loader_kw = {"device": dist.device, "workers": cfg.workers, "dist": dist, "seed": cfg.seed}
     if cfg.deterministic:

@@ -164,3 +164,23 @@ def test_a_time_budget_plans_whole_epochs_from_the_measured_pace(monkeypatch):
     # to finish epoch 1 -> 1 + int(146 / 54) = 3. Re-plan: 50 + 5 = 55 s per epoch, 145 s left -> 1 + 2 = 3.
     assert planned == [3] and trainer.cfg.epochs == 3
     assert [c.key for c in trainer.choices] == ["epochs"] and "fits time=200s" in trainer.choices[0].reason
+
+
+def test_the_train_split_is_cached_in_ram_when_it_fits_and_its_crops_allow(monkeypatch):
+    import parvis.engine.recipe as recipe
+
+    monkeypatch.setattr(recipe, "available_ram", lambda: 8 << 30)
+    cfg, c = _choices(TrainConfig(), _survey(n=4000, side=256, task="segmentation"))
+    assert cfg.cache == "ram" and "at 256 px" in c["cache"].reason  # 2 x the 128 px input, the CPU cap
+    big, c = _choices(TrainConfig(), _survey(n=200_000, side=500))
+    assert big.cache == "none" and "GB" in c["cache"].reason
+    monkeypatch.setattr(recipe, "available_ram", lambda: 64 << 20)  # a quarter of 64 MB is too little
+    small, _ = _choices(TrainConfig(), _survey(n=4000, side=256))
+    assert small.cache == "none"
+    monkeypatch.setattr(recipe, "available_ram", lambda: 8 << 30)
+    imagenet, c = _choices(TrainConfig(epochs=300), _survey(n=2000, side=256), given=("epochs",))
+    assert imagenet.crop_scale == (0.08, 1.0) and imagenet.cache == "none" and "8%" in c["cache"].reason
+    given, c = _choices(TrainConfig(cache="none"), _survey(n=4000, side=256), given=("cache",))
+    assert given.cache == "none" and "cache" not in c
+    streamed, c = _choices(TrainConfig(), _survey(n=4000, side=256, generator="shapes"), GPU)
+    assert streamed.stream and "cache" not in c
