@@ -366,7 +366,7 @@ def optimize(
             raise ParvisError(f"{source}: the eager fp32 baseline could not run ({baseline.reason})")
         for c in candidates:
             if c.status == "ok":
-                drop = (baseline.metric - c.metric) * 100
+                drop = round((baseline.metric - c.metric) * 100, 4)  # as the row's metric_drop, so both print alike
                 if drop > budget:
                     c.status = "over budget"
                     c.reason = f"{metric_name} drop {drop:.2f} points > budget {budget:g}"

@@ -15,8 +15,8 @@ def trained(shapes_dir, tmp_path_factory):
     """unet_small trained briefly on the tiny shapes set, exported to ONNX."""
     out = tmp_path_factory.mktemp("q")
     cfg = TrainConfig(
-        task="segmentation", model="unet_small", data=str(shapes_dir), epochs=6, size=48, batch=8, lr=3e-3,
-        weight_decay=1e-4, warmup_epochs=0.2, workers=0, out=str(out / "run"), eval_every=6,
+        task="segmentation", model="unet_small", data=str(shapes_dir), epochs=10, size=48, batch=8, lr=3e-3,
+        weight_decay=1e-4, warmup_epochs=0.2, workers=0, out=str(out / "run"), eval_every=10,
     )  # fmt: skip
     train(cfg, quiet=True)
     export_model(load_model(str(out / "run" / "best.pt")), out / "fp32.onnx", "onnx")
