@@ -89,7 +89,7 @@ class TrainConfig:
     hflip: bool = True  # random horizontal flips in training (classification, segmentation)
     stem: Literal["imagenet", "small", "small_s2"] = "imagenet"  # parvis resnets: small = 3x3 stride 1, no max-pool
     stream: bool = False  # shapes data: train on fresh generator scenes every epoch (val stays on disk)
-    cache: Literal["none", "ram"] = "none"  # ram: decode the train split once, downscaled to 2x size, and keep it
+    cache: Literal["none", "ram"] = "none"  # ram: decode the train split once at 2x size and keep it (not with stream)
     freeze: Literal["none", "backbone"] = "none"  # backbone: hold pretrained layers still for freeze_epochs
     freeze_epochs: float = 1.0  # epochs the backbone stays frozen when freeze=backbone
     backbone_lr: float = 1.0  # backbone learning rate as a fraction of lr (fine-tuning: 0.1)

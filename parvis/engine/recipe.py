@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -300,7 +301,9 @@ def choose(
     if not now("stream"):
         side = cache_side(task, size, survey.side)
         need = int(survey.n_train * side * side * (1 if survey.grey else 3) * 4 / 3)  # 4/3: non-square images
-        budget = min(CACHE_MAX_BYTES, available_ram() // 4)
+        # Under torchrun every local process keeps its own copy: they share the quarter of free RAM.
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        budget = min(CACHE_MAX_BYTES, available_ram() // 4 // local)
         scale = now("crop_scale")
         if scale is not None and task != "detection" and scale[0] < 0.25:  # reads more than 2x size px
             pick("cache", "none", f"crops down to {scale[0]:.0%} of the image need it at full resolution: decoded "
@@ -310,7 +313,7 @@ def choose(
                  f"{budget / 2**20:,.0f} MB allowed), not every epoch")  # fmt: skip
         else:
             pick("cache", "none", f"{survey.n_train:,} images at {side} px need {need / 2**30:.1f} GB, over "
-                 f"{budget / 2**30:.1f} GB (a quarter of free RAM, at most 4 GB): decoded every epoch")  # fmt: skip
+                 f"{budget / 2**30:.1f} GB (a quarter of free RAM per node, at most 4 GB): decoded every epoch")  # fmt: skip
     if survey.imbalance >= 3:
         choices.append(Choice("class balance", f"{survey.imbalance:.1f}:1", "imbalanced; top-1 is reported with "
                               "per-class accuracy in parvis eval"))  # fmt: skip

@@ -184,3 +184,13 @@ def test_the_train_split_is_cached_in_ram_when_it_fits_and_its_crops_allow(monke
     assert given.cache == "none" and "cache" not in c
     streamed, c = _choices(TrainConfig(), _survey(n=4000, side=256, generator="shapes"), GPU)
     assert streamed.stream and "cache" not in c
+
+
+def test_local_processes_share_the_cache_budget(monkeypatch):
+    import parvis.engine.recipe as recipe
+
+    monkeypatch.setattr(recipe, "available_ram", lambda: 4 << 30)  # 1 GB allowed, 800 MB needed
+    alone, _ = _choices(TrainConfig(), _survey(n=4000, side=256, task="segmentation"))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four copies of 800 MB do not fit in 1 GB
+    shared, _ = _choices(TrainConfig(), _survey(n=4000, side=256, task="segmentation"))
+    assert alone.cache == "ram" and shared.cache == "none"
