@@ -313,7 +313,8 @@ def choose(
                  f"{budget / 2**20:,.0f} MB allowed), not every epoch")  # fmt: skip
         else:
             pick("cache", "none", f"{survey.n_train:,} images at {side} px need {need / 2**30:.1f} GB, over "
-                 f"{budget / 2**30:.1f} GB (a quarter of free RAM per node, at most 4 GB): decoded every epoch")  # fmt: skip
+                 f"{budget / 2**30:.1f} GB (a quarter of free RAM per node, at most 4 GB): decoded "
+                 "every epoch")  # fmt: skip
     if survey.imbalance >= 3:
         choices.append(Choice("class balance", f"{survey.imbalance:.1f}:1", "imbalanced; top-1 is reported with "
                               "per-class accuracy in parvis eval"))  # fmt: skip
