@@ -37,16 +37,27 @@ from parvis.data.maskfolder import (
     size_mismatch_message,
     unexpected_ids,
 )
+from parvis.data.voc import SPLITS as VOC_SPLITS
+from parvis.data.voc import VocDetectionDataset
+from parvis.data.yolo import DATA_YAML, YoloDetectionDataset, label_path, load_yolo_config
+from parvis.data.yolo import SPLITS as YOLO_SPLITS
 from parvis.errors import BadSampleError, ParvisError
 
 CONFIG_NAME = "dataset.yaml"
-TASK_FORMATS = {"classification": "imagefolder", "segmentation": "masks", "detection": "coco"}
-SPLIT_PATHS = {"segmentation": ("images", "masks"), "detection": ("images", "annotations")}
+# Each task's default format first.
+FORMATS = {"classification": ("imagefolder",), "segmentation": ("masks",), "detection": ("coco", "yolo", "voc")}
+TASK_FORMATS = {task: formats[0] for task, formats in FORMATS.items()}
+# The paths a split of each format needs in dataset.yaml (imagefolder: the split's value is its folder),
+# and those it may add.
+SPLIT_PATHS = {"masks": ("images", "masks"), "coco": ("images", "annotations"), "yolo": ("images",),
+               "voc": ("images", "annotations")}  # fmt: skip
+OPTIONAL_PATHS = {"voc": ("list",)}
 # Keys of a task entry in dataset.yaml that are settings, not split names.
 TASK_SETTINGS = ("format", "classes", "ignore_index")
+VOC_FOLDERS = {"Annotations", "JPEGImages", "ImageSets", "VOCdevkit", "SegmentationClass", "SegmentationObject"}
 RECOGNIZED = (
-    "COCO (annotations/*.json with images/), mask folders (images/ + masks/), "
-    "ImageFolder (<class>/<image> or <split>/<class>/<image>)"
+    "COCO (annotations/*.json with images/), YOLO (data.yaml with images/ + labels/), Pascal VOC (Annotations/ + "
+    "JPEGImages/), mask folders (images/ + masks/), ImageFolder (<class>/<image> or <split>/<class>/<image>)"
 )
 
 
@@ -56,9 +67,13 @@ class Layout:
 
     task: str
     split: str
-    paths: dict[str, Path]  # classification: root; segmentation: images, masks; detection: images, annotations
+    paths: dict[str, Path]  # the format's SPLIT_PATHS; classification: root; YOLO from a data.yaml: data
     classes: list[str] | None = None
     ignore_index: int = 255
+    format: str = ""
+
+    def __post_init__(self) -> None:
+        self.format = self.format or TASK_FORMATS[self.task]
 
     @property
     def name(self) -> str:
@@ -85,15 +100,18 @@ def config_layouts(root: str | Path, config: dict[str, Any]) -> list[Layout]:
     root = Path(root)
     where = root / CONFIG_NAME
     layouts = []
-    for task, fmt in TASK_FORMATS.items():
+    for task, formats in FORMATS.items():
         entry = config.get(task)
         if entry is None:
             continue
         if not isinstance(entry, dict):
             raise ParvisError(f"{where}: '{task}' must be a mapping of split names to paths")
-        if entry.get("format", fmt) != fmt:
-            raise ParvisError(f"{where}: {task}.format is {entry['format']!r}; only {fmt!r} is supported")
-        classes = entry.get("classes", config.get("classes") if task == "classification" else None)
+        fmt = entry.get("format", formats[0])
+        if fmt not in formats:
+            raise ParvisError(f"{where}: {task}.format is {fmt!r}; choose one of: {', '.join(formats)}")
+        classes = entry.get("classes", config.get("classes") if task == "classification" or fmt == "yolo" else None)
+        if fmt == "yolo" and classes is None:
+            raise ParvisError(f"{where}: {task} in YOLO format needs 'classes' (the names of class ids 0, 1, ...)")
         if classes is not None and not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
             raise ParvisError(f"{where}: classes of '{task}' must be a list of names")
         ignore_index = entry.get("ignore_index", 255)
@@ -102,16 +120,17 @@ def config_layouts(root: str | Path, config: dict[str, Any]) -> list[Layout]:
         for split, value in entry.items():
             if split in TASK_SETTINGS:
                 continue
-            keys = SPLIT_PATHS.get(task)
+            keys = SPLIT_PATHS.get(fmt)
             if keys is None:
                 if not isinstance(value, str):
                     raise ParvisError(f"{where}: {task}.{split} must be a folder path")
                 paths = {"root": root / value}
             else:
                 if not isinstance(value, dict) or not all(isinstance(value.get(k), str) for k in keys):
-                    raise ParvisError(f"{where}: {task}.{split} needs '{keys[0]}' and '{keys[1]}' paths")
-                paths = {k: root / value[k] for k in keys}
-            layouts.append(Layout(task, str(split), paths, classes, ignore_index))
+                    raise ParvisError(f"{where}: {task}.{split} needs {' and '.join(repr(k) for k in keys)} paths")
+                optional = [k for k in OPTIONAL_PATHS.get(fmt, ()) if isinstance(value.get(k), str)]
+                paths = {k: root / value[k] for k in (*keys, *optional)}
+            layouts.append(Layout(task, str(split), paths, classes, ignore_index, fmt))
     if not layouts:
         raise ParvisError(f"{where}: lists no splits under {', '.join(TASK_FORMATS)}; add at least one")
     return layouts
@@ -132,6 +151,20 @@ def detect_layouts(root: str | Path) -> list[Layout]:
         images = next(folder for folder in candidates if folder.is_dir())
         layouts.append(Layout("detection", split, {"images": images, "annotations": path}))
         claimed |= {"images", "annotations"}
+    yolo = _find_yolo_yaml(root)
+    if yolo is not None:
+        config = load_yolo_config(yolo)
+        layouts += [Layout("detection", split, {"data": yolo}, config.names, format="yolo") for split in config.splits]
+        claimed |= {"images", "labels"}
+    elif (root / "images").is_dir() and (root / "labels").is_dir():
+        raise ParvisError(
+            f"{root}: has images/ and labels/ (the YOLO layout) but no {DATA_YAML} naming the classes; write "
+            f"{root / DATA_YAML} with 'names: [...]', 'train: images/train' and 'val: images/val'"
+        )
+    for base in [root, *sorted(root.glob("VOCdevkit/VOC*"))]:
+        if (base / "Annotations").is_dir() and (base / "JPEGImages").is_dir():
+            layouts += _voc_layouts(root, base)
+            claimed |= VOC_FOLDERS
     if (root / "images").is_dir() and (root / "masks").is_dir():
         splits = sorted(
             d.name for d in (root / "images").iterdir() if d.is_dir() and (root / "masks" / d.name).is_dir()
@@ -163,6 +196,33 @@ def find_layouts(root: str | Path) -> list[Layout]:
         raise ParvisError(f"{root}: no such dataset folder; check the path")
     config = load_config(root)
     return config_layouts(root, config) if config is not None else detect_layouts(root)
+
+
+def _find_yolo_yaml(root: Path) -> Path | None:
+    """ROOT/data.yaml, else the one other YAML in ROOT that has YOLO's 'names' and a split key."""
+    if (root / DATA_YAML).is_file():
+        return root / DATA_YAML
+    found = []
+    for path in sorted([*root.glob("*.yaml"), *root.glob("*.yml")]):
+        if path.name == CONFIG_NAME:
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and "names" in data and any(k in data for k in YOLO_SPLITS):
+            found.append(path)
+    return found[0] if len(found) == 1 else None
+
+
+def _voc_layouts(root: Path, base: Path) -> list[Layout]:
+    """One layout per ImageSets/Main/<split>.txt (per-class lists like cat_train.txt are not splits); without
+    them one split "all". Under VOCdevkit each year's splits are named VOC2007/train and so on."""
+    paths = {"images": base / "JPEGImages", "annotations": base / "Annotations"}
+    lists = [base / "ImageSets" / "Main" / f"{split}.txt" for split in VOC_SPLITS]
+    prefix = "" if base == root else f"{base.name}/"
+    found = [Layout("detection", prefix + p.stem, {**paths, "list": p}, format="voc") for p in lists if p.is_file()]
+    return found or [Layout("detection", prefix + "all", paths, format="voc")]
 
 
 def _looks_like_coco(path: Path) -> bool:
@@ -207,6 +267,14 @@ def _build(layout: Layout, **kwargs: Any) -> FileDataset:
             classes=layout.classes,
             **kwargs,
         )
+    if layout.format == "yolo":
+        if "data" in layout.paths:
+            config = load_yolo_config(layout.paths["data"])
+            return YoloDetectionDataset(config.splits[layout.split], config.names, **kwargs)
+        return YoloDetectionDataset(layout.paths["images"], layout.classes or [], **kwargs)
+    if layout.format == "voc":
+        paths = layout.paths
+        return VocDetectionDataset(paths["images"], paths["annotations"], paths.get("list"), layout.classes, **kwargs)
     return CocoDetectionDataset(layout.paths["images"], layout.paths["annotations"], **kwargs)
 
 
@@ -358,7 +426,7 @@ class _LayoutCheck:
         self.plan_files(files)
 
     def finish(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
-        stats = {"format": TASK_FORMATS[self.layout.task]}
+        stats = {"format": self.layout.format}
         stats["paths"] = {name: self.display(path) for name, path in self.layout.paths.items()}
         if self.dataset is not None:
             stats.update(self.finish_files(results))
@@ -531,7 +599,88 @@ class _CocoCheck(_LayoutCheck):
         }
 
 
-CHECKS = {"classification": _ImageFolderCheck, "segmentation": _MaskFolderCheck, "detection": _CocoCheck}
+class _YoloCheck(_LayoutCheck):
+    def plan_files(self, files: _Files) -> None:
+        dataset: YoloDetectionDataset = self.dataset
+        self.keys = [files.add("image", path) if path.is_file() else None for path in dataset.images]
+        for path, key in zip(dataset.images, self.keys, strict=True):
+            if key is None:
+                self.problem(path, "listed in the split but the file does not exist")
+        self.labels = [dataset.labels(i) for i in range(len(dataset))]
+        missing = [parsed for parsed in self.labels if not parsed.exists]
+        if missing and len(missing) == len(self.labels):
+            where = self.display(label_path(dataset.images[0]).parent)
+            self.problem(where, f"none of the {len(missing)} images has a label file (the first would be "
+                         f"{self.display(missing[0].path)}); labels/ mirrors images/ with .txt files")  # fmt: skip
+            return
+        for parsed in missing:
+            self.problem(parsed.path, "no label file: read as an image without objects; write an empty file if "
+                         "that is intended", "warning")  # fmt: skip
+        for parsed in self.labels:
+            for number, message in parsed.errors:
+                self.problem(f"{self.display(parsed.path)}:{number}" if number else parsed.path, message)
+            for number, message in parsed.warnings:
+                self.problem(f"{self.display(parsed.path)}:{number}", message, "warning")
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        dataset: YoloDetectionDataset = self.dataset
+        sizes: list[tuple[int, int]] = []
+        for path, key in zip(dataset.images, self.keys, strict=True):
+            if key is not None:
+                self.image_result(path, results[key], sizes)
+        per_image = [len(parsed.objects) for parsed in self.labels]
+        per_class = Counter(o.label for parsed in self.labels for o in parsed.objects)
+        return {
+            "images": len(dataset),
+            "boxes": sum(per_image),
+            "boxes_per_class": {name: per_class[i] for i, name in enumerate(dataset.classes)},
+            "boxes_per_image_mean": round(sum(per_image) / max(1, len(per_image)), 4),
+            "images_without_boxes": per_image.count(0),
+            "missing_label_files": sum(not parsed.exists for parsed in self.labels),
+            "size": _size_stats(sizes),
+        }
+
+
+class _VocCheck(_LayoutCheck):
+    def plan_files(self, files: _Files) -> None:
+        dataset: VocDetectionDataset = self.dataset
+        self.keys = []
+        for xml, image in dataset.samples:
+            if image.is_file():
+                self.keys.append(files.add("image", image))
+            else:
+                self.keys.append(None)
+                folder = self.display(image.parent)
+                self.problem(image, f"no image for {self.display(xml)} (no {image.stem}.* in {folder})")
+        self.parsed = [dataset.parse(i) for i in range(len(dataset))]
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        dataset: VocDetectionDataset = self.dataset
+        sizes: list[tuple[int, int]] = []
+        per_class: Counter[str] = Counter()
+        per_image, difficult = [], 0
+        for (_, image), key, parsed in zip(dataset.samples, self.keys, self.parsed, strict=True):
+            height = width = None
+            if key is not None and self.image_result(image, results[key], sizes):
+                height, width = results[key].height, results[key].width
+            for number, message in dataset.problems(parsed, height, width):
+                self.problem(f"{self.display(parsed.path)}:{number}" if number else parsed.path, message)
+            per_image.append(sum(not o.difficult for o in parsed.objects))
+            difficult += sum(o.difficult for o in parsed.objects)
+            per_class.update(o.name for o in parsed.objects if not o.difficult)
+        return {
+            "images": len(dataset),
+            "boxes": sum(per_image),
+            "difficult_objects": difficult,
+            "boxes_per_class": {name: per_class[name] for name in dataset.classes},
+            "boxes_per_image_mean": round(sum(per_image) / max(1, len(per_image)), 4),
+            "images_without_boxes": per_image.count(0),
+            "size": _size_stats(sizes),
+        }
+
+
+CHECKS = {"imagefolder": _ImageFolderCheck, "masks": _MaskFolderCheck, "coco": _CocoCheck, "yolo": _YoloCheck,
+          "voc": _VocCheck}  # fmt: skip
 
 
 def check_dataset(
@@ -545,7 +694,7 @@ def check_dataset(
     """
     root = Path(root)
     layouts = find_layouts(root)
-    checks = [CHECKS[layout.task](layout, root) for layout in layouts]
+    checks = [CHECKS[layout.format](layout, root) for layout in layouts]
     files = _Files()
     for check in checks:
         check.plan(files)

@@ -7,11 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
-
-from parvis.data.datasets import FileDataset, LayoutError, Transform
+from parvis.data.datasets import Annotation, DetectionDataset, LayoutError, Transform
 from parvis.errors import BadSampleError
 
 # Exporters round box corners to the pixel grid; half a pixel of overhang is rounding, not a bad box.
@@ -112,7 +108,7 @@ class CocoAnnotations:
         return None
 
 
-class CocoDetectionDataset(FileDataset):
+class CocoDetectionDataset(DetectionDataset):
     """Samples are (Image, {"boxes": BoundingBoxes XYXY, "labels": int64, "image_id": int}).
 
     ``classes`` are the category names in category-id order; labels index into them. Crowd
@@ -139,29 +135,30 @@ class CocoDetectionDataset(FileDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+    def image_path(self, index: int) -> Path:
+        return self.images_dir / self.coco.images[self.ids[index]]["file_name"]
+
+    def relative_name(self, index: int) -> str:
+        return str(self.coco.images[self.ids[index]]["file_name"])
+
+    def image_id(self, index: int) -> int:
+        return int(self.ids[index])
+
+    def annotation(self, index: int, height: int, width: int) -> Annotation:
         image_id = self.ids[index]
-        entry = self.coco.images[image_id]
-        path = self.images_dir / entry["file_name"]
-        image, (height, width) = self.read_image(path)
-        problem = self.coco.size_problem(entry, height, width)
+        problem = self.coco.size_problem(self.coco.images[image_id], height, width)
         if problem:
-            raise BadSampleError(path, problem)
-        boxes, labels = [], []
+            raise BadSampleError(self.image_path(index), problem)
+        found = Annotation([], [], [])
         for ann in self.coco.by_image.get(image_id, ()):
-            if ann.get("iscrowd", 0):
-                continue
             problem = self.coco.annotation_problem(ann, height, width)
             if problem:
                 raise BadSampleError(self.coco.path, problem)
             x, y, w, h = ann["bbox"]
-            boxes.append((x, y, x + w, y + h))
-            labels.append(self.coco.label_of[ann["category_id"]])
-        target_boxes = tv_tensors.BoundingBoxes(
-            torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
-        )
-        target_boxes = F.clamp_bounding_boxes(target_boxes)  # the tolerated half-pixel overhang
-        if image.shape[-2:] != (height, width):
-            target_boxes = F.resize(target_boxes, list(image.shape[-2:]))  # image was DCT-downscaled
-        target = {"boxes": target_boxes, "labels": torch.tensor(labels, dtype=torch.int64), "image_id": int(image_id)}
-        return image, target
+            box, label = (x, y, x + w, y + h), self.coco.label_of[ann["category_id"]]
+            if ann.get("iscrowd", 0):
+                found.ignored.append((box, label))
+            else:
+                found.boxes.append(box)
+                found.labels.append(label)
+        return found

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from parvis.data.decode import DECODERS, IMAGE_SUFFIXES, decode, image_size, read_bytes, to_tensor
 from parvis.errors import BadSampleError, ParvisError
@@ -92,3 +94,63 @@ class FileDataset(Dataset):
         size = image_size(data, path)
         array = decode(data, decoder=self.decoder, min_size=self.min_size, name=path)
         return tv_tensors.Image(to_tensor(array)), size
+
+
+def detection_target(
+    boxes: list[tuple[float, float, float, float]],
+    labels: list[int],
+    image_id: int,
+    file_size: tuple[int, int],
+    decoded_size: tuple[int, int],
+) -> dict[str, Any]:
+    """The detection readers' target: XYXY boxes in the file's pixels (clamped to it: exporters' rounding
+    overhangs by a fraction of a pixel), then scaled to the decoded image when it was DCT-downscaled."""
+    height, width = file_size
+    target_boxes = tv_tensors.BoundingBoxes(
+        torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), format="XYXY", canvas_size=(height, width)
+    )
+    target_boxes = F.clamp_bounding_boxes(target_boxes)
+    if tuple(decoded_size) != (height, width):
+        target_boxes = F.resize(target_boxes, list(decoded_size))
+    return {"boxes": target_boxes, "labels": torch.tensor(labels, dtype=torch.int64), "image_id": int(image_id)}
+
+
+class Annotation(NamedTuple):
+    """One image's objects in its file's pixels: XYXY boxes and class indices; ``ignored`` are the objects
+    kept out of training and evaluation (COCO crowd, VOC difficult) as (box, label) pairs."""
+
+    boxes: list[tuple[float, float, float, float]]
+    labels: list[int]
+    ignored: list[tuple[tuple[float, float, float, float], int]]
+
+
+class DetectionDataset(FileDataset):
+    """Base of the detection readers (COCO, YOLO, VOC): samples are (Image, {"boxes": BoundingBoxes XYXY,
+    "labels": int64, "image_id": int}); ``classes`` are the names the labels index.
+
+    A reader says where image i is and what its annotation holds; ``parvis data convert`` uses the same two
+    methods, so every format converts to every other without decoding pixels.
+    """
+
+    classes: list[str]
+
+    def image_path(self, index: int) -> Path:
+        raise NotImplementedError
+
+    def relative_name(self, index: int) -> str:
+        """The image's path inside its split, as a converted copy names it."""
+        return self.image_path(index).name
+
+    def image_id(self, index: int) -> int:
+        return index
+
+    def annotation(self, index: int, height: int, width: int) -> Annotation:
+        """Image ``index``'s objects, given its file's size; BadSampleError names the file (and line) when
+        an annotation is wrong."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        image, (height, width) = self.read_image(self.image_path(index))
+        found = self.annotation(index, height, width)
+        target = detection_target(found.boxes, found.labels, self.image_id(index), (height, width), image.shape[-2:])
+        return image, target

@@ -262,7 +262,8 @@ def test_unrecognized_layout_says_what_is_recognized(tmp_path: Path) -> None:
         ("classes: [a, b\n", "cannot be read as YAML"),
         ("- just\n- a list\n", "expected a mapping"),
         ("segmentation: {train: images/train}\n", "segmentation.train needs 'images' and 'masks'"),
-        ("detection: {format: voc, train: {images: i, annotations: a.json}}\n", "only 'coco'"),
+        ("detection: {format: pascal, train: {images: i, annotations: a.json}}\n", "choose one of: coco, yolo, voc"),
+        ("detection: {format: yolo, train: {images: images/train}}\n", "needs 'classes'"),
         ("name: nothing\n", "lists no splits"),
     ],
 )
