@@ -1,4 +1,4 @@
-"""`parvis data synth` (shapes images or video clips with tracks) and `parvis data check` (find every bad file)."""
+"""`parvis data synth` (shapes images, video clips), `data check` (find every bad file), `data convert` (detection)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ def add_parser(sub) -> None:
     c.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     c.add_argument("--json", metavar="OUT", default=None, help="also write the summary and problems as JSON")
     c.set_defaults(func=run_check)
+
+    v = dsub.add_parser("convert", help="rewrite a detection dataset (COCO, YOLO, VOC) as COCO or YOLO")
+    v.add_argument("src", metavar="SRC", help="a detection dataset folder (COCO JSON, YOLO data.yaml, Pascal VOC)")
+    v.add_argument("--to", required=True, choices=("coco", "yolo"), help="the layout to write")
+    v.add_argument("--out", required=True, help="output folder (must not exist or be empty); images are hard-linked")
+    v.set_defaults(func=run_convert)
 
 
 def run_synth(args) -> int:
@@ -109,6 +115,25 @@ def _synth_line(out: str, result: dict) -> str:
         f"wrote {result['n']} scenes ({split_text}) at {result['size']} px to {out} "
         f"in {result['seconds']:.1f} s ({result['images_per_s']:.0f} img/s)"
     )
+
+
+def run_convert(args) -> int:
+    from parvis.data.convert import convert_detection
+
+    con = console()
+    result = convert_detection(args.src, args.to, args.out, progress=con.is_terminal)
+    splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
+    how = "hard-linked" if result["linked"] == result["images"] else f"{result['linked']} hard-linked, rest copied"
+    con.print(
+        f"wrote {result['images']} images ({splits}; {how}) and {result['boxes']} boxes of "
+        f"{len(result['classes'])} classes in the {result['to'].upper()} layout to {args.out} "
+        f"in {result['seconds']:.1f} s"
+    )
+    if result["dropped_ignored"]:
+        con.print(
+            f"left out {result['dropped_ignored']} crowd/difficult objects: YOLO labels have no 'ignore' flag"
+        )
+    return 0
 
 
 def run_check(args) -> int:

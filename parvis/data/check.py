@@ -256,7 +256,7 @@ def _find_imagefolders(root: Path, claimed: set[str]) -> list[Path]:
     return found
 
 
-def _build(layout: Layout, **kwargs: Any) -> FileDataset:
+def open_layout(layout: Layout, **kwargs: Any) -> FileDataset:
     if layout.task == "classification":
         return ImageFolderDataset(layout.paths["root"], **kwargs)
     if layout.task == "segmentation":
@@ -296,7 +296,7 @@ def open_dataset(root: str | Path, task: str, split: str, **kwargs: Any) -> File
     layouts = config_layouts(root, config) if config is not None else detect_layouts(root)
     for layout in layouts:
         if (layout.task, layout.split) == (task, split):
-            return _build(layout, **kwargs)
+            return open_layout(layout, **kwargs)
     source = root / CONFIG_NAME if config is not None else root
     listed = ", ".join(layout.name for layout in layouts)
     raise ParvisError(f"{source}: has no {task} split {split!r}; it has: {listed}")
@@ -419,7 +419,7 @@ class _LayoutCheck:
 
     def plan(self, files: _Files) -> None:
         try:
-            self.dataset = _build(self.layout)
+            self.dataset = open_layout(self.layout)
         except LayoutError as exc:
             self.problem(exc.path, exc.reason)
             return

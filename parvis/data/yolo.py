@@ -25,7 +25,7 @@ from parvis.data.datasets import Annotation, DetectionDataset, LayoutError, Tran
 from parvis.errors import BadSampleError
 
 DATA_YAML = "data.yaml"
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "trainval", "all")  # Ultralytics reads the first three
 # Exporters write 6 significant digits; a value a rounding step past 1 is still a normalized one.
 TOLERANCE = 1e-6
 
