@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,10 @@ class CocoDetectionDataset(DetectionDataset):
 
     def image_id(self, index: int) -> int:
         return int(self.ids[index])
+
+    def label_counts(self) -> dict[int, int]:
+        counts = Counter(ann["category_id"] for anns in self.coco.by_image.values() for ann in anns)
+        return {self.coco.label_of[c]: n for c, n in counts.items() if c in self.coco.label_of}
 
     def annotation(self, index: int, height: int, width: int) -> Annotation:
         image_id = self.ids[index]

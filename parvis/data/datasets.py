@@ -149,6 +149,10 @@ class DetectionDataset(FileDataset):
         an annotation is wrong."""
         raise NotImplementedError
 
+    def label_counts(self) -> dict[int, int]:
+        """Objects per class index over the split, from the annotations alone (a recipe's class balance)."""
+        raise NotImplementedError
+
     def load(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
         image, (height, width) = self.read_image(self.image_path(index))
         found = self.annotation(index, height, width)

@@ -14,6 +14,7 @@ annotation folder, sorted (so train and val agree).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
@@ -184,6 +185,10 @@ class VocDetectionDataset(DetectionDataset):
         if not xml.is_file():
             return VocFile(xml, errors=[(0, "listed in the split but the annotation file does not exist")])
         return read_voc(xml)
+
+    def label_counts(self) -> dict[int, int]:
+        objects = [o for i in range(len(self)) for o in self.parse(i).objects if not o.difficult]
+        return dict(Counter(self.label_of[o.name] for o in objects if o.name in self.label_of))
 
     def problems(self, parsed: VocFile, height: int | None, width: int | None) -> list[tuple[int, str]]:
         """Errors of the file itself, then those that need the class list or the image's size."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,9 @@ class YoloDetectionDataset(DetectionDataset):
 
     def labels(self, index: int) -> LabelFile:
         return read_labels(label_path(self.images[index]), len(self.classes))
+
+    def label_counts(self) -> dict[int, int]:
+        return dict(Counter(o.label for i in range(len(self)) for o in self.labels(i).objects))
 
     def annotation(self, index: int, height: int, width: int) -> Annotation:
         parsed = self.labels(index)

@@ -49,6 +49,7 @@ from parvis.config import TrainConfig, given_keys
 from parvis.data.cache import cache_side
 from parvis.data.check import load_config as load_data_config
 from parvis.data.check import open_dataset
+from parvis.data.datasets import DetectionDataset
 from parvis.errors import ParvisError
 from parvis.models.zoo import is_zoo_name, zoo_meta
 from parvis.registry import MODELS
@@ -95,8 +96,8 @@ class DataSurvey:
 
 
 def _image_paths(dataset) -> list[Path]:
-    if hasattr(dataset, "ids") and hasattr(dataset, "coco"):  # COCO detection
-        return [dataset.images_dir / dataset.coco.images[i]["file_name"] for i in dataset.ids]
+    if isinstance(dataset, DetectionDataset):
+        return [dataset.image_path(i) for i in range(len(dataset))]
     return [Path(sample[0]) for sample in dataset.samples]
 
 
@@ -105,9 +106,9 @@ def _class_counts(dataset) -> dict[str, int]:
     if hasattr(dataset, "targets"):  # ImageFolder: one label per image
         counts = Counter(dataset.targets)
         return {name: counts.get(i, 0) for i, name in enumerate(classes)}
-    if hasattr(dataset, "coco"):  # instances per class
-        counts = Counter(ann["category_id"] for anns in dataset.coco.by_image.values() for ann in anns)
-        return {name: counts.get(cid, 0) for cid, name in zip(sorted(dataset.coco.label_of), classes, strict=False)}
+    if isinstance(dataset, DetectionDataset):  # objects per class
+        counts = dataset.label_counts()
+        return {name: counts.get(i, 0) for i, name in enumerate(classes)}
     return {name: 0 for name in classes}  # masks: pixel counts would need every mask read
 
 
