@@ -45,7 +45,10 @@ from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime, require_i
 from parvis.runtimes.timing import time_runtimes
 
 OBJECTIVES = ("throughput", "latency")
-METRICS = ("auto", "labels", "agreement")
+# auto/labels: the task's label metric (LABEL_METRICS); agreement: with eager fp32's answers; a metric name
+# of the model's task (detection: map50 or map, COCO's IoU 0.5:0.95) budgets that one on the labels.
+METRICS = ("auto", "labels", "agreement", "top1", "miou", "map50", "map")
+TASK_METRICS = {"classification": ("top1",), "segmentation": ("miou",), "detection": ("map50", "map")}
 # The metric each task is budgeted on: against labels, or (no labels the model knows) against fp32's answers.
 LABEL_METRICS = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
 AGREEMENT_METRICS = {
@@ -111,7 +114,12 @@ def validation_batches(meta, data: str | Path, split: str = "val", batch: int = 
         raise ParvisError(f"{data}: the {split} split has no images to score candidates on")
     loader = build_loader(ds, batch, train=False, device=cpu, workers=0, mean=meta.mean, std=meta.std)
     prefetch = DevicePrefetcher(loader, cpu, meta.mean, meta.std, memory_format=torch.contiguous_format)
-    return [type(b)(b.images.clone(), b.targets.clone(), b.skipped) for b in prefetch]
+    # Copies: the prefetcher reuses its buffers. Detection targets are fresh dicts per batch already.
+    return [type(b)(b.images.clone(), _copy_targets(b.targets), b.skipped) for b in prefetch]
+
+
+def _copy_targets(targets):
+    return targets.clone() if isinstance(targets, torch.Tensor) else targets
 
 
 def labels_known(meta, data: str | Path, split: str) -> bool:
@@ -121,7 +129,7 @@ def labels_known(meta, data: str | Path, split: str) -> bool:
     except ParvisError:
         return False
     classes = getattr(ds, "classes", None)
-    if meta.task == "classification":
+    if meta.task in ("classification", "detection"):  # class ids mean names: the names must be the model's
         return len(ds) > 0 and list(classes or []) == list(meta.class_names)
     return len(ds) > 0 and (classes is None or len(classes) == meta.num_classes)
 
@@ -316,15 +324,22 @@ def optimize(
             source = as_checkpoint(source, work, weights, given)  # a name + weights: saved once, run by all
             meta = load_model(source).meta
         known = labels_known(meta, data, split)
+        if metric in TASK_METRICS.get(meta.task, ()):
+            metric_name, metric = metric, "labels"
+        elif metric not in ("auto", "labels", "agreement"):
+            raise ParvisError(
+                f"--metric {metric} does not score a {meta.task} model; choose auto, labels, agreement or "
+                f"{', '.join(TASK_METRICS[meta.task])}"
+            )
+        else:
+            metric_name = ""
         if metric == "labels" and not known:
             raise ParvisError(
                 f"--data {data}: no labelled {split} split in the model's classes ({meta.num_classes}); "
                 "use --metric agreement to score agreement with fp32 on its images"
             )
         mode = "labels" if metric == "labels" or (metric == "auto" and known) else "agreement"
-        if mode == "labels" and meta.task not in ("classification", "segmentation"):
-            raise ParvisError(f"optimize scores {meta.task} models by agreement only for now; use --metric agreement")
-        metric_name = (LABEL_METRICS if mode == "labels" else AGREEMENT_METRICS)[meta.task]
+        metric_name = metric_name or (LABEL_METRICS if mode == "labels" else AGREEMENT_METRICS)[meta.task]
         progress(f"decoding the {split if mode == 'labels' else 'image'} set once for scoring")
         val = validation_batches(meta, data, split) if mode == "labels" else image_batches(meta, data)
         reference = None

@@ -55,8 +55,12 @@ MAX_GLOBAL_RATIO = 0.9
 _STRUCTURE_TYPES = (int, float, bool, str, tuple, type(None))
 
 
+METRIC_NAMES = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
+
+
 def metric_name(task: str) -> str:
-    return "top1" if task == "classification" else "miou"
+    """The validation metric a pruned model is reported on (detection: COCO mAP@0.5)."""
+    return METRIC_NAMES[task]
 
 
 def output_layers(graph) -> list[nn.Module]:
@@ -218,7 +222,7 @@ def prune_checkpoint(
     """Prune `ratio` of the channels of a trained checkpoint, fine-tune `epochs` epochs on `data`,
     and write `out/pruned.pt` and `out/prune.json` (the returned report).
 
-    The report holds parameters, MACs (batch 1), the validation metric (top1 or miou) before pruning,
+    The report holds parameters, MACs (batch 1), the validation metric (top1, miou or map50) before pruning,
     right after it and after fine-tuning, and CPU timings of the source and the pruned model side by
     side: `timer` maps {"before": path, "after": path} to the report's "timing" section (e.g.
     `parvis.runtimes.time_checkpoints`, a later stage than this producer, so the caller hands it in);

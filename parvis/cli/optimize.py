@@ -38,9 +38,10 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", metavar="MODEL", help="a checkpoint written by parvis train, or a model name "
                    "(registered, torchvision:NAME, timm:NAME) with --weights")  # fmt: skip
     p.add_argument(
-        "--metric", default="auto", choices=("auto", "labels", "agreement"),
-        help="labels: the task metric on --data's labelled val split; agreement: agreement with eager fp32 on the "
-        "images under --data (for data without labels the model knows); auto: labels when there are",
+        "--metric", default="auto", choices=("auto", "labels", "agreement", "top1", "miou", "map50", "map"),
+        help="labels: the task metric on --data's labelled val split (top1, miou, detection map50); a metric name: "
+        "that one (detection: map = COCO mAP@0.5:0.95); agreement: agreement with eager fp32 on the images under "
+        "--data (for data without labels the model knows); auto: labels when there are",
     )  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder: validation split scores, train split calibrates")
     p.add_argument("--budget", type=float, default=1.0, help="allowed metric drop in points vs eager fp32 (default 1)")
