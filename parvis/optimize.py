@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
 import torch
 from torchvision.ops import box_iou
 
@@ -40,7 +42,18 @@ from parvis.errors import BadSampleError, ParvisError
 from parvis.export import export_model
 from parvis.io import atomic_copy, atomic_write_text
 from parvis.models import eval_transform
-from parvis.quantize import quantize_onnx
+from parvis.quantize import (
+    Int8Quantizer,
+    QuantPart,
+    SensitivityProbe,
+    calibration_feeds,
+    nncf_available,
+    node_labels,
+    quantize_nncf,
+    quantize_onnx,
+    quantized_nodes,
+    quantized_parts,
+)
 from parvis.runtimes import ARTIFACT_SUFFIXES, as_model, open_runtime, require_images
 from parvis.runtimes.timing import time_runtimes
 
@@ -69,11 +82,22 @@ class Candidate:
     metric: float | None = None
     runtimes: dict = field(default_factory=dict)  # threads -> opened Runtime
     streams: int = 1  # OpenVINO inference streams (parallel requests a batch is split across)
+    # int8 rows: how the file was made: "qdq" (ONNX Runtime, every quantizable node), "mixed" (the same with
+    # the most sensitive nodes kept in float, named in float_nodes), "nncf" (NNCF's quantization for OpenVINO).
+    scheme: str = ""
+    float_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """The precision as the table shows it: int8 says how it was made."""
+        if self.scheme == "mixed":
+            return f"int8 mixed ({len(self.float_nodes)} float)"
+        return f"{self.precision} {self.scheme}" if self.scheme and self.scheme != "qdq" else self.precision
 
     @property
     def key(self) -> str:
         streams = f"/{self.streams}streams" if self.streams > 1 else ""
-        return f"{self.variant}/{self.runtime}/{self.precision}{streams}"
+        return f"{self.variant}/{self.runtime}/{self.label}{streams}"
 
 
 def matrix(device: torch.device) -> list[tuple[str, str]]:
@@ -105,11 +129,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def validation_batches(meta, data: str | Path, split: str = "val", batch: int = 64) -> list:
-    """The split, decoded and normalized once by the model's own eval preprocessing (main process:
-    forking loader workers next to ONNX Runtime / OpenVINO thread pools can deadlock)."""
+def validation_batches(
+    meta, data: str | Path, split: str = "val", batch: int = 64, limit: int | None = None, seed: int = 0
+) -> list:
+    """The split (or `limit` of its images, a seeded sample), decoded and normalized once by the model's own eval
+    preprocessing (main process: forking loader workers next to ONNX Runtime / OpenVINO thread pools can
+    deadlock)."""
     cpu = torch.device("cpu")
     ds = open_dataset(data, meta.task, split, transform=build_transform(meta.task, False, meta.input_size))
+    if limit is not None and limit < len(ds):
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:limit]
+        ds = torch.utils.data.Subset(ds, sorted(order.tolist()))
     if len(ds) == 0:
         raise ParvisError(f"{data}: the {split} split has no images to score candidates on")
     loader = build_loader(ds, batch, train=False, device=cpu, workers=0, mean=meta.mean, std=meta.std)
@@ -195,6 +225,16 @@ def score(runtime_obj, batches: list, meta) -> dict:
     return evaluate(as_model(runtime_obj), batches, meta, fp32, torch.device("cpu"))
 
 
+@dataclass
+class Int8Source:
+    """What a variant's INT8 candidates were made from, kept for the mixed-precision search."""
+
+    onnx_path: Path
+    quantizer: Int8Quantizer | None = None
+    nncf_path: Path | None = None
+    nncf_error: str = ""
+
+
 def _prepare_variant(
     variant: str,
     source: str,
@@ -204,11 +244,12 @@ def _prepare_variant(
     calib: int,
     progress: Callable[[str], None],
     given: Preprocess | None = None,
-) -> list[Candidate]:
+) -> tuple[list[Candidate], Int8Source]:
     """Candidates of one model: export to ONNX and quantize once, shared by the runtimes that use them.
     An .onnx `source` (parvis's or made elsewhere) is used as it is."""
     onnx_path = Path(source) if source.endswith(".onnx") else workdir / f"{variant}.onnx"
     int8_path = workdir / f"{variant}-int8.onnx"
+    int8 = Int8Source(onnx_path)
     onnx_error = int8_error = ""
     if any(r in ("onnxruntime", "openvino") for r, _ in pairs) and not source.endswith(".onnx"):
         progress(f"{variant}: exporting to ONNX")
@@ -222,22 +263,40 @@ def _prepare_variant(
         else:
             progress(f"{variant}: quantizing to INT8 with {calib} calibration images")
             try:
-                quantize_onnx(onnx_path, int8_path, data, n=calib, given=given)
+                meta = read_metadata(onnx_path, given)
+                feeds, _ = calibration_feeds(onnx_path, meta, data, calib)
+                scratch = workdir / f"{variant}-quantizer"
+                scratch.mkdir(exist_ok=True)
+                int8.quantizer = Int8Quantizer(onnx_path, feeds, "minmax", scratch)
+                quantize_onnx(onnx_path, int8_path, data, n=calib, given=given, quantizer=int8.quantizer)
             except Exception as exc:  # noqa: BLE001
                 int8_error = f"quantization failed: {_first_line(exc)}"
+            if ("openvino", "int8") in pairs and nncf_available():
+                progress(f"{variant}: quantizing to INT8 with NNCF for OpenVINO")
+                int8.nncf_path = workdir / f"{variant}-int8-nncf.onnx"
+                try:
+                    quantize_nncf(onnx_path, int8.nncf_path, int8.quantizer.feeds if int8.quantizer else [], given)
+                except Exception as exc:  # noqa: BLE001
+                    int8.nncf_error = f"NNCF quantization failed: {_first_line(exc)}"
     out = []
     for runtime_name, precision in pairs:
         if runtime_name in ("torch", "torch-compile"):
             out.append(Candidate(variant, runtime_name, precision, source))
         elif precision == "int8":
-            out.append(Candidate(variant, runtime_name, precision, None if int8_error else str(int8_path)))
+            out.append(
+                Candidate(variant, runtime_name, precision, None if int8_error else str(int8_path), scheme="qdq")
+            )
             if int8_error:
                 out[-1].status, out[-1].reason = "failed", int8_error
+            if runtime_name == "openvino" and int8.nncf_path is not None:
+                error = int8.nncf_error or int8_error
+                out.append(Candidate(variant, runtime_name, precision, None if error else str(int8.nncf_path),
+                                     status="failed" if error else "ok", reason=error, scheme="nncf"))  # fmt: skip
         else:
             out.append(Candidate(variant, runtime_name, precision, None if onnx_error else str(onnx_path)))
             if onnx_error:
                 out[-1].status, out[-1].reason = "failed", onnx_error
-    return out
+    return out, int8
 
 
 def _open(c: Candidate, threads: int, device: torch.device, given: Preprocess | None = None):
@@ -342,11 +401,12 @@ def optimize(
         metric_name = metric_name or (LABEL_METRICS if mode == "labels" else AGREEMENT_METRICS)[meta.task]
         progress(f"decoding the {split if mode == 'labels' else 'image'} set once for scoring")
         val = validation_batches(meta, data, split) if mode == "labels" else image_batches(meta, data)
-        reference = None
 
-        candidates = _prepare_variant("base", str(source), pairs, work, data, calib, progress, given)
+        candidates, base_int8 = _prepare_variant("base", str(source), pairs, work, data, calib, progress, given)
+        int8_sources = {"base": base_int8}
         for name, checkpoint in variants:
-            candidates += _prepare_variant(name, checkpoint, pairs, work, data, calib, progress)
+            more, int8_sources[name] = _prepare_variant(name, checkpoint, pairs, work, data, calib, progress)
+            candidates += more
         if any(n > 1 for n in streams):  # OpenVINO with several streams: one more candidate per count
             more = []
             for c in candidates:
@@ -359,9 +419,11 @@ def optimize(
             precision = "int8" if runtime_name == "onnxruntime" and is_quantized(path) else "fp32"
             candidates.append(Candidate(Path(path).stem, runtime_name, precision, str(path)))
 
-        for c in candidates:
+        references: list[torch.Tensor] = []
+
+        def score_candidate(c: Candidate) -> None:
             if c.status != "ok":
-                continue
+                return
             progress(f"opening and scoring {c.key}")
             try:
                 for n in threads:
@@ -370,21 +432,48 @@ def optimize(
                     c.metric = float(score(c.runtimes[threads[0]], val, meta)[metric_name])
                 else:  # the first candidate is eager fp32: its answers are the reference
                     raw = outputs_of(c.runtimes[threads[0]], val)
-                    reference = raw if reference is None else reference
-                    c.metric = agreement(meta, raw, reference, as_model(c.runtimes[threads[0]]).postprocess)
+                    references.extend([] if references else [raw])
+                    c.metric = agreement(meta, raw, references[0], as_model(c.runtimes[threads[0]]).postprocess)
             except ParvisError as exc:
                 c.status, c.reason, c.runtimes = "unavailable", _first_line(exc), {}
             except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the model is a rejected row
                 c.status, c.reason, c.runtimes = "failed", f"{type(exc).__name__}: {_first_line(exc)}", {}
-        baseline = candidates[0]
-        if baseline.status != "ok":
-            raise ParvisError(f"{source}: the eager fp32 baseline could not run ({baseline.reason})")
-        for c in candidates:
+
+        def judge(c: Candidate) -> None:
             if c.status == "ok":
                 drop = round((baseline.metric - c.metric) * 100, 4)  # as the row's metric_drop, so both print alike
                 if drop > budget:
                     c.status = "over budget"
                     c.reason = f"{metric_name} drop {drop:.2f} points > budget {budget:g}"
+
+        for c in candidates:
+            score_candidate(c)
+        baseline = candidates[0]
+        if baseline.status != "ok":
+            raise ParvisError(f"{source}: the eager fp32 baseline could not run ({baseline.reason})")
+        for c in candidates:
+            judge(c)
+        searches = {}
+        for variant, int8 in int8_sources.items():
+            plain = next((c for c in candidates if c.variant == variant and c.scheme == "qdq"), None)
+            if plain is None or plain.status != "over budget" or int8.quantizer is None:
+                continue
+            scorer = None
+            if mode == "labels":  # rank parts by the task metric on labelled training images, not val
+                try:
+                    probe_set = validation_batches(meta, data, "train", limit=PROBE_IMAGES)
+                except ParvisError:
+                    probe_set = []
+                if probe_set:
+
+                    def scorer(path: Path, probe_set=probe_set) -> float:
+                        opened = open_runtime(str(path), "onnxruntime", precision="int8", threads=threads[0])
+                        return float(score(opened, probe_set, meta)[metric_name])
+
+            found, searches[variant] = _mixed_search(
+                variant, int8, plain, data, work, score_candidate, judge, pairs, progress, given, scorer
+            )
+            candidates += found
 
         rows = _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_iters, progress)
         for row in rows:
@@ -430,6 +519,8 @@ def optimize(
             "baseline_metric": baseline.metric,
             "validation_images": sum(len(b.images) for b in val),
             "weights": weights,
+            # per variant whose full INT8 was over budget: node sensitivities and the float counts tried
+            "int8_search": searches,
             "candidates": rows,
             "chosen": chosen,
         }
@@ -439,8 +530,26 @@ def optimize(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def precision_label(row: dict) -> str:
+    """A row's precision as tables show it: INT8 says how it was made (nncf, mixed with N nodes in float)."""
+    scheme = row.get("int8_scheme")
+    if scheme == "mixed":
+        return f"int8 mixed ({row['float_layers']} float)"
+    return f"{row['precision']} {scheme}" if scheme and scheme != "qdq" else row["precision"]
+
+
 def _same(a: dict, b: dict) -> bool:
-    return all(a[k] == b[k] for k in ("variant", "runtime", "precision", "batch", "threads", "streams"))
+    keys = ("variant", "runtime", "precision", "int8_scheme", "float_layers", "batch", "threads", "streams")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+# The mixed-precision search: probes on this many calibration batches (of 8 images), a greedy pick per node for
+# the first GREEDY_STEPS nodes, and at most this share of the quantized nodes kept in float (past half the
+# model, INT8 has little speed left to offer).
+SENSITIVITY_BATCHES = 4
+PROBE_IMAGES = 128
+GREEDY_STEPS = 8
+MAX_FLOAT_SHARE = 0.5
 
 
 def _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_iters, progress) -> list[dict]:
@@ -463,6 +572,10 @@ def _timed_rows(candidates, val, threads, batches, meta, rounds, iters, latency_
                     "variant": c.variant,
                     "runtime": c.runtime,
                     "precision": c.precision,
+                    "int8_scheme": c.scheme or None,
+                    # INT8 rows: how many quantizable nodes stay in float, and which (module paths)
+                    "float_layers": len(c.float_nodes) if c.precision == "int8" else None,
+                    "float_layer_names": list(c.float_nodes),
                     "batch": b,
                     "threads": n,
                     "streams": c.streams,
@@ -505,3 +618,81 @@ def _keep_artifact(chosen: dict, out: Path) -> Path:
     suffix = src.suffix if src.suffix in (".onnx", ".pt2") else ".pt"
     name = "model-int8" if chosen["precision"] == "int8" else "model"
     return atomic_copy(src, out / f"{name}{suffix}")
+
+
+def _mixed_search(
+    variant: str,
+    int8: Int8Source,
+    plain: Candidate,
+    data: str,
+    work: Path,
+    score_candidate: Callable[[Candidate], None],
+    judge: Callable[[Candidate], None],
+    pairs: list[tuple[str, str]],
+    progress: Callable[[str], None],
+    given: Preprocess | None,
+    scorer: Callable[[Path], float] | None = None,
+) -> tuple[list[Candidate], dict]:
+    """Full INT8 of `variant` was over budget: keep its most sensitive parts in float, fewest first, until the
+    metric on the whole validation split is back within budget.
+
+    A part is one quantized activation tensor with the nodes that write and read it (quantized_parts). Greedy:
+    each step probes every remaining part (the INT8 model with it in float as well: the task metric on
+    PROBE_IMAGES labelled training images when `scorer` is given, then its outputs against fp32's on calibration
+    images, channel_snr_db) and keeps the one that recovers most; parts interact, so the ranking
+    is redone after each pick. After GREEDY_STEPS picks, the last ranking adds parts in bulk (x1.5 per try) until
+    MAX_FLOAT_SHARE of the quantized nodes are float. Returns the candidates (ONNX Runtime and, when in the
+    matrix, OpenVINO, on one file) and what the search measured."""
+    start = time.perf_counter()
+    quantizer = int8.quantizer
+    assert quantizer is not None and plain.artifact is not None
+    model = onnx.load(plain.artifact)
+    parts, nodes = quantized_parts(model), quantized_nodes(model)
+    labels = node_labels(onnx.load(str(int8.onnx_path)))
+    progress(f"{variant}: INT8 is over budget; searching which of its {len(parts)} quantized tensors to keep in float")
+    probe_runs = SensitivityProbe(quantizer, quantizer.feeds[:SENSITIVITY_BATCHES], work, scorer)
+    chosen: list[QuantPart] = []
+    record: dict = {"quantized_nodes": len(nodes), "quantized_tensors": len(parts), "steps": []}
+    limit = max(1, int(len(nodes) * MAX_FLOAT_SHARE))
+    ranked: list[QuantPart] = []
+    found: list[Candidate] = []
+
+    def floating() -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for part in chosen for n in part.nodes))
+
+    while len(chosen) < len(parts):
+        if len(chosen) < GREEDY_STEPS:
+            rest = [p for p in parts if p not in chosen]
+            gains = probe_runs.gains(rest, floating(), progress)
+            ranked = sorted(rest, key=lambda p: gains[p.tensor], reverse=True)
+            added = [ranked[0]]
+            metric_gain, db_gain = gains[ranked[0].tensor]
+            step: dict = {"probe_metric_gain": round(metric_gain, 4) if scorer else None, "gain_db": round(db_gain, 3)}
+        else:
+            added = [p for p in ranked if p not in chosen][: max(1, len(chosen) // 2)]
+        chosen += added
+        step["added"] = [{"tensor": p.tensor, "nodes": [labels.get(n, n) for n in p.nodes]} for p in added]
+        keep = floating()
+        last = len(keep) >= limit or len(chosen) == len(parts)
+        path = work / f"{variant}-int8-float{len(chosen)}.onnx"
+        quantize_onnx(int8.onnx_path, path, data, given=given, exclude=keep, quantizer=quantizer)
+        names = [labels.get(n, n) for n in keep]
+        probe = Candidate(variant, "onnxruntime", "int8", str(path), scheme="mixed", float_nodes=names)
+        score_candidate(probe)
+        judge(probe)
+        record["steps"].append({**step, "float_nodes": len(keep), "metric": probe.metric, "status": probe.status})
+        if probe.status == "over budget" and not last:
+            probe.runtimes.clear()
+            continue
+        found.append(probe)
+        if probe.status == "ok" and ("openvino", "int8") in pairs:
+            twin = Candidate(variant, "openvino", "int8", str(path), scheme="mixed", float_nodes=names)
+            score_candidate(twin)
+            judge(twin)
+            found.append(twin)
+        if probe.status == "over budget":
+            probe.reason += f"; the most mixed model tried ({len(keep)} of {len(nodes)} nodes in float)"
+        break
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    record["float_nodes"] = found[0].float_nodes if found and found[0].status == "ok" else None
+    return found, record

@@ -69,6 +69,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from parvis.api import load
+    from parvis.optimize import precision_label
 
     con = console()
     variants = []
@@ -126,7 +127,7 @@ def run(args) -> int:
         table.add_row(
             r["variant"],
             r["runtime"] + (f" x{r['streams']}" if r.get("streams", 1) > 1 else ""),
-            r["precision"],
+            precision_label(r),
             str(r["batch"]),
             str(r["threads"]),
             status,
@@ -141,11 +142,11 @@ def run(args) -> int:
     for r in result["candidates"]:
         if r["reason"] and r["batch"] == result["batches"][0] and r["threads"] == result["threads"][0]:
             if r.get("streams", 1) == 1:
-                con.print(f"  {r['variant']}/{r['runtime']}/{r['precision']}: {escape(r['reason'])}")
+                con.print(f"  {r['variant']}/{r['runtime']}/{precision_label(r)}: {escape(r['reason'])}")
     c = result["chosen"]
     streams = f" ({c['streams']} streams)" if c.get("streams", 1) > 1 else ""
     con.print(
-        f"chosen: {c['runtime']}{streams} {c['precision']} ({c['variant']}) at batch {c['batch']}, "
+        f"chosen: {c['runtime']}{streams} {precision_label(c)} ({c['variant']}) at batch {c['batch']}, "
         f"{c['threads']} thread(s): "
         f"{c['img_s']:,.1f} img/s, {c['speedup_vs_eager_fp32']:.2f}x {result['baseline']}, {name} {c['metric']:.4f} "
         f"({c['metric_drop']:+.2f} points) -> {escape(c['artifact'])}"
