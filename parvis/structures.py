@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torchvision.ops import nms
 
 
 def class_name(class_names: list[str], label: int) -> str:
@@ -68,6 +69,10 @@ class SegmentationMask:
         }
 
 
+# The IoU above which class-agnostic NMS (video, serving's ?agnostic=true) keeps only the higher score.
+AGNOSTIC_NMS_IOU = 0.6
+
+
 @dataclass
 class Detections:
     """Boxes of one image: (N, 4) xyxy pixels, (N,) scores, (N,) int64 labels, optional (N,) track ids."""
@@ -91,6 +96,15 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
+
+    def agnostic_nms(self, iou: float = AGNOSTIC_NMS_IOU) -> Detections:
+        """Class-agnostic non-maximum suppression: of boxes overlapping by more than `iou`, whatever their
+        class, the highest score stays (a detector unsure between two classes puts a box in each)."""
+        if len(self) < 2:
+            return self
+        kept = nms(self.boxes.float(), self.scores.float(), iou)
+        tracks = self.track_ids[kept] if self.track_ids is not None else None
+        return Detections(self.boxes[kept], self.scores[kept], self.labels[kept], self.class_names, tracks)
 
     def to_dict(self) -> dict:
         boxes = self.boxes.detach().cpu().tolist()

@@ -663,6 +663,9 @@ def add_video_parser(bsub) -> None:
     p.add_argument("--size", default="320x240", help="synthetic clip size WxH (default 320x240)")
     p.add_argument("--runtime", default=None, help="torch|torch-compile|onnxruntime|openvino (default: by file)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--versus", action="append", default=[], metavar="MODEL",
+                   help="also run this model (e.g. the bf16 checkpoint next to an INT8 optimize folder) on the same "
+                   "clips, streams and batches; the table compares fps and MOTA (repeatable)")  # fmt: skip
     p.add_argument("--json", metavar="OUT", default=None)
     p.set_defaults(func=run_video_bench)
 
@@ -678,8 +681,14 @@ def run_video_bench(args) -> int:
 
     streams = _ints(args.streams, "--streams")
     batches = _ints(args.batch, "--batch") if args.batch else None
-    model, info = open_predictor(args.source, torch.device("cpu"), args.runtime, "auto", args.threads)
+    opened = [open_predictor(source, torch.device("cpu"), args.runtime if i == 0 else None, "auto", args.threads)
+              for i, source in enumerate([args.source, *args.versus])]  # fmt: skip
+    model, info = opened[0]
+    for (other, _), source in zip(opened[1:], args.versus, strict=True):
+        if other.meta.task != model.meta.task:
+            raise ParvisError(f"--versus {source}: a {other.meta.task} model; {args.source} is a {model.meta.task} one")
     con = console()
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         clips = Path(args.clips) if args.clips else None
         if clips is None:
@@ -693,27 +702,56 @@ def run_video_bench(args) -> int:
             synthesize_video(clips, max(streams), args.frames, width, height)
         elif not clips.is_dir():
             raise ParvisError(f"--clips {clips}: no such folder")
-        result = bench_video(model, clips, streams, batches, progress=lambda r: con.print(
-            f"  {r['streams']} stream(s), batch {r['batch']}: {r['aggregate_fps']:.1f} fps"))  # fmt: skip
+        for (each, each_info), source in zip(opened, [args.source, *args.versus], strict=True):
+            label = _video_label(source, each_info)
+            if len(opened) > 1:
+                con.print(f"{label}:")
+            runs.append((source, each_info, bench_video(each, clips, streams, batches, progress=lambda r: con.print(
+                f"  {r['streams']} stream(s), batch {r['batch']}: {r['aggregate_fps']:.1f} fps"))))  # fmt: skip
+    source, info, result = runs[0]
     result = {**header("video", args.source, model.meta, max(streams), args.threads, torch.device("cpu")),
               "runtime": info.get("runtime"), "precision": info.get("precision"), **result,
               "ceiling_kind": "cpu: 1 / sum of stage times per frame"}  # fmt: skip
-    cols = ["streams", "batch", "fps", "model-only img/s", "ceiling fps", "ceiling ratio", "peer fps", "vs peer",
-            "MOTA", "ID sw"]  # fmt: skip
+    cols = ["model", "streams", "batch", "fps", "model-only img/s", "ceiling fps", "ceiling ratio", "peer fps",
+            "vs peer", "MOTA", "ID sw"]  # fmt: skip
     from parvis import runtime as rt
 
     what = info.get("precision") or rt.resolve_precision("auto", torch.device("cpu"), "infer").name
     result["precision"] = what
+    # The headline of the first model: its most streams at its largest batch (what the table's last row shows).
+    head = max(result["rows"], key=lambda r: (r["streams"], r["batch"]))
+    result.update({k: head.get(k) for k in ("aggregate_fps", "ceiling_ratio", "mota")})
+    result["versus"] = [
+        {"source": src, "runtime": inf.get("runtime"), "precision": inf.get("precision"), "rows": res["rows"]}
+        for src, inf, res in runs[1:]
+    ]
     table = _table(f"video: {model.meta.name} ({info.get('runtime')} {what})", cols)
-    for r in result["rows"]:
-        table.add_row(str(r["streams"]), str(r["batch"]), _num(r["aggregate_fps"], ".1f"),
-                      _num(r["model_only_img_s"], ".1f"), _num(r["ceiling_fps"], ".1f"), _num(r["ceiling_ratio"]),
-                      _num(r["peer_fps"], ".1f"), _num(r["vs_peer"]), _num(r.get("mota"), ".3f"),
-                      str(r.get("id_switches", "-")))  # fmt: skip
+    for src, inf, res in runs:
+        for r in res["rows"]:
+            table.add_row(_video_label(src, inf), str(r["streams"]), str(r["batch"]), _num(r["aggregate_fps"], ".1f"),
+                          _num(r["model_only_img_s"], ".1f"), _num(r["ceiling_fps"], ".1f"), _num(r["ceiling_ratio"]),
+                          _num(r["peer_fps"], ".1f"), _num(r["vs_peer"]), _num(r.get("mota"), ".3f"),
+                          str(r.get("id_switches", "-")))  # fmt: skip
     r0 = result["rows"][-1]
-    line = (f"per frame, each stage alone (last row): decode {r0['decode_ms']:.2f} ms, inference {r0['infer_ms']:.2f} "
-            f"ms, tracking {r0['track_ms']:.2f} ms, annotate + encode {r0['encode_ms']:.2f} ms")  # fmt: skip
-    return _finish(con, args, result, table, lines=(line,))
+    lines = [
+        (
+            f"per frame, each stage alone (last row): decode {r0['decode_ms']:.2f} ms, inference "
+            f"{r0['infer_ms']:.2f} ms, tracking {r0['track_ms']:.2f} ms, annotate + encode {r0['encode_ms']:.2f} ms"
+        )
+    ]
+    for src, inf, res in runs[1:]:
+        other = max(res["rows"], key=lambda r: (r["streams"], r["batch"]))
+        ratio = head["aggregate_fps"] / other["aggregate_fps"] if other["aggregate_fps"] else float("nan")
+        line = (f"{_video_label(args.source, info)} vs {_video_label(src, inf)} at {head['streams']} stream(s), "
+                f"batch {head['batch']}: {ratio:.2f}x the fps")  # fmt: skip
+        if head.get("mota") is not None and other.get("mota") is not None:
+            line += f", MOTA {head['mota']:.3f} vs {other['mota']:.3f} ({head['mota'] - other['mota']:+.3f})"
+        lines.append(line)
+    return _finish(con, args, result, table, lines=tuple(lines))
+
+
+def _video_label(source: str, info: dict) -> str:
+    return f"{Path(source).name} ({info.get('runtime')} {info.get('precision')})"
 
 
 # --------------------------------------------------------------------------- learn

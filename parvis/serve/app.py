@@ -336,7 +336,7 @@ def create_app(server: Server) -> FastAPI:
         return server.models[name].describe()
 
     @app.post("/v1/models/{name}/predict")
-    async def predict(name: str, request: Request, mask: str = "png", min_score: float = 0.3):
+    async def predict(name: str, request: Request, mask: str = "png", min_score: float = 0.3, agnostic: bool = False):
         model = server.model(name)
         if mask not in MASK_FORMATS:
             raise HTTPError(422, f"mask={mask!r} is unknown; choose one of {', '.join(MASK_FORMATS)}")
@@ -344,7 +344,7 @@ def create_app(server: Server) -> FastAPI:
             raise HTTPError(422, f"min_score={min_score} is outside 0..1")
         timeout = model.spec.config.timeout_ms / 1000.0
         try:
-            return await asyncio.wait_for(_predict(server, model, request, mask, timeout, min_score), timeout)
+            return await asyncio.wait_for(_predict(server, model, request, mask, timeout, min_score, agnostic), timeout)
         except asyncio.TimeoutError:
             server.metrics.rejected.labels(name, "timeout").inc()
             raise HTTPError(504, f"model {name!r} did not answer within {timeout * 1000:.0f} ms; retry later") from None
@@ -387,7 +387,13 @@ async def _await_batch(model: ServedModel, futures):
 
 
 async def _predict(
-    server: Server, model: ServedModel, request: Request, mask: str, timeout: float, min_score: float = 0.3
+    server: Server,
+    model: ServedModel,
+    request: Request,
+    mask: str,
+    timeout: float,
+    min_score: float = 0.3,
+    agnostic: bool = False,
 ):
     if model.meta.task == TENSOR_TASK:
         raise HTTPError(
@@ -418,7 +424,7 @@ async def _predict(
         result = result_dict(model.meta, done.value, size, mask)
     else:  # masks resized and PNG-encoded, detection peaks decoded: off the event loop
         result = await loop.run_in_executor(
-            server.pool, result_dict, model.meta, done.value, size, mask, model.postprocess, min_score
+            server.pool, result_dict, model.meta, done.value, size, mask, model.postprocess, min_score, agnostic
         )
     return JSONResponse(result, headers=_batch_headers(done))
 

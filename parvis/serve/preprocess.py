@@ -66,9 +66,11 @@ def result_dict(
     mask_format: str = "png",
     postprocess=None,
     min_score: float = 0.3,
+    agnostic: bool = False,
 ) -> dict:
     """One image's JSON result from its raw output, through the shared result types. Detection needs
-    the model's `postprocess` (its decoding); boxes come back in the image's own pixels."""
+    the model's `postprocess` (its decoding); boxes come back in the image's own pixels. `agnostic`: class-agnostic
+    NMS over the kept boxes (Detections.agnostic_nms), for clients that want one box per object."""
     if meta.task not in ("classification", "segmentation", "detection"):
         raise ParvisError(f"serving {meta.task} models is not supported (classification, segmentation, detection are)")
     if meta.task == "detection":
@@ -77,9 +79,8 @@ def result_dict(
         # The detection preset resizes to a square: scale x and y back separately.
         height, width = size
         scale = torch.tensor([width, height, width, height], dtype=torch.float32) / meta.input_size
-        return Detections(
-            det.boxes[keep].float() * scale, det.scores[keep], det.labels[keep], meta.class_names
-        ).to_dict()
+        found = Detections(det.boxes[keep].float() * scale, det.scores[keep], det.labels[keep], meta.class_names)
+        return (found.agnostic_nms() if agnostic else found).to_dict()
     if meta.task == "classification":
         probs = logits.float().softmax(0)
         score, label = probs.max(0)

@@ -31,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.ops import nms
 
 from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image
@@ -40,7 +39,7 @@ from parvis.data.video_io import TruncatedVideoError, open_writer, probe, read_f
 from parvis.draw import annotate
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_text, publish
-from parvis.structures import Detections
+from parvis.structures import AGNOSTIC_NMS_IOU, Detections
 from parvis.video.mot import evaluate_mot, format_mot
 from parvis.video.muxer import Packet, StreamMuxer
 from parvis.video.tracker import ByteTracker
@@ -535,18 +534,16 @@ def _evaluate_tracks(summary: dict, out: Path) -> None:
                                "idf1_mean": float(np.mean([r.idf1 for r in results]))}  # fmt: skip
 
 
-def _to_frame(det, scale: float, score_threshold: float, nms_iou: float = 0.6):
+def _to_frame(det, scale: float, score_threshold: float, nms_iou: float = AGNOSTIC_NMS_IOU):
     """Model-pixel boxes -> frame pixels, low scores kept for the tracker's second stage.
 
     Class-agnostic NMS first: a detector unsure between two classes (ring or circle) puts a peak in
     both class maps at the same place, and a class-aware tracker would follow both as two objects
     (measured on the synthetic clips: most of the false positives, MOTA 0.71 -> see README)."""
     keep = det.scores >= min(score_threshold, 0.1)
-    boxes, scores, labels = det.boxes[keep].float(), det.scores[keep].float(), det.labels[keep]
-    if len(boxes) > 1:
-        kept = nms(boxes, scores, nms_iou)
-        boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
-    return Detections(boxes / scale, scores, labels, det.class_names)
+    found = Detections(det.boxes[keep].float(), det.scores[keep].float(), det.labels[keep], det.class_names)
+    found = found.agnostic_nms(nms_iou)
+    return Detections(found.boxes / scale, found.scores, found.labels, det.class_names)
 
 
 def _summary(states, mux, wall, busy, batches, out, write_video) -> dict:
