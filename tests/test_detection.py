@@ -225,3 +225,15 @@ def test_onnx_artifact_decodes_to_the_eager_detections(tmp_path, runtime_name):
         assert torch.equal(e.labels, g.labels)
         torch.testing.assert_close(g.scores, e.scores, atol=1e-4, rtol=0)
         torch.testing.assert_close(g.boxes, e.boxes, atol=1e-2, rtol=0)
+
+
+def test_agnostic_nms_keeps_the_best_of_overlapping_boxes_whatever_their_class():
+    from parvis.structures import Detections
+
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10.0]])
+    det = Detections(boxes, torch.tensor([0.5, 0.9, 0.4, 0.3]), torch.tensor([0, 1, 0, 0]), CLASSES,
+                     torch.tensor([7, 8, 9, 10]))  # fmt: skip
+    kept = det.agnostic_nms(0.6)
+    assert kept.boxes.tolist() == [[1, 0, 11, 10], [20, 20, 30, 30]]  # the 0.9 box of class 1 beat class 0's
+    assert kept.labels.tolist() == [1, 0] and kept.track_ids.tolist() == [8, 9]
+    assert len(det.agnostic_nms(0.95)) == 3  # only the identical pair overlaps that much

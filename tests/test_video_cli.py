@@ -133,3 +133,40 @@ def test_video_command_says_a_registered_name_runs_random_weights(setup, tmp_pat
     assert notice in capsys.readouterr().out
     assert main([*argv, str(setup / "det.pt")]) == 0  # a checkpoint: no such line
     assert "random initialization" not in capsys.readouterr().out
+
+
+def test_video_and_bench_video_run_an_int8_onnx_detector(setup, tmp_path, capsys):
+    """An INT8 (QDQ) detector runs the whole pipeline; bench video puts it next to the checkpoint (--versus)."""
+    import numpy as np
+    from PIL import Image
+
+    from parvis.engine.loading import load_model
+    from parvis.export import export_model
+    from parvis.quantize import quantize_onnx
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    export_model(load_model(str(setup / "det.pt")), tmp_path / "det.onnx", "onnx")
+    quantize_onnx(tmp_path / "det.onnx", tmp_path / "det-int8.onnx", calib, n=4)
+    clips = sorted(str(p) for p in (setup / "video" / "clips").glob("*.mp4"))
+    assert main(["video", *clips, "--model", str(tmp_path / "det-int8.onnx"), "--out", str(tmp_path / "v"),
+                 "--no-video"]) == 0  # fmt: skip
+    summary = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert summary["runtime"] == "onnxruntime" and summary["precision"] == "int8"
+    assert [s["frames"] for s in summary["streams"]] == [12, 12] and "mota" in summary["tracking"]
+    capsys.readouterr()
+    out = tmp_path / "bench.json"
+    code = main(["bench", "video", str(tmp_path / "det-int8.onnx"), "--versus", str(setup / "det.pt"),
+                 "--streams", "2", "--batch", "2", "--clips", str(setup / "video"), "--json", str(out)])  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["precision"] == "int8" and {"aggregate_fps", "ceiling_ratio", "mota"} <= result.keys()
+    assert result["aggregate_fps"] == result["rows"][0]["aggregate_fps"] > 0
+    (versus,) = result["versus"]
+    assert versus["source"] == str(setup / "det.pt") and versus["rows"][0]["aggregate_fps"] > 0
+    assert "mota" in versus["rows"][0]
+    text = capsys.readouterr().out
+    assert "det-int8.onnx (onnxruntime int8) vs det.pt (torch" in text and "MOTA" in text

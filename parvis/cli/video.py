@@ -81,7 +81,7 @@ def run(args) -> int:
             args.sources, model, args.out, batch=args.batch, live=True if args.live else None,
             push_timeout_ms=args.push_timeout_ms, queue_size=args.queue, write_video=not args.no_video,
             score_threshold=args.score_threshold, retries=args.retries, progress=progress,
-            track_threshold=args.track_threshold, mosaic=args.mosaic, precision=precision,
+            track_threshold=args.track_threshold, mosaic=args.mosaic, precision=precision, info=info,
         )  # fmt: skip
     finally:
         if live_view is not None:

@@ -397,11 +397,12 @@ def run_video(
     track_threshold: float = 0.4,
     mosaic: bool = False,
     precision: runtime.Precision | None = None,
+    info: dict | None = None,
 ) -> dict:
     """Run every source through `model` (a VisionModel, e.g. from open_predictor); write per-stream
     annotated MP4 and JSONL under `out` and return (and write) summary.json's content. `precision`
     (from runtime.resolve_precision) is the autocast the model runs under; summary["precision"]
-    names it (None: the model ran as given)."""
+    names it, else the precision `info` (open_predictor's) says the runtime runs, with summary["runtime"]."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = model.meta
@@ -467,7 +468,8 @@ def run_video(
         raise KeyboardInterrupt
     wall = time.perf_counter() - start
     summary = _summary(states, mux, wall, busy, infer.sizes, out, write_video)
-    summary["precision"] = precision.name if precision else None
+    summary["runtime"] = (info or {}).get("runtime")
+    summary["precision"] = precision.name if precision else (info or {}).get("precision")
     if meta.task == "detection":
         _evaluate_tracks(summary, out)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

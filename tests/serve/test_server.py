@@ -14,7 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from parvis.bench.serve import ServerProcess
 from tests.serve.conftest import CLASSES, jpeg, png_header
@@ -346,3 +348,11 @@ def test_detection_models_answer_with_boxes_in_image_pixels(tmp_path):
         strict = client.post("/v1/models/det/predict?min_score=0.99", content=body).json()
         assert strict["count"] <= out["count"]
         assert client.post("/v1/models/det/predict?min_score=2", content=body).status_code == 422
+        # Class-agnostic NMS: of boxes overlapping by more than 0.6 IoU, whatever their class, one stays.
+        agnostic = client.post("/v1/models/det/predict?min_score=0&agnostic=true", content=body).json()
+        assert 0 < agnostic["count"] < out["count"]  # random weights: peaks of several classes in one place
+        boxes = torch.tensor([d["box"] for d in agnostic["detections"]])
+        iou = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert float(iou.max()) <= 0.6 + 1e-6
+        kept = {tuple(d["box"]) for d in agnostic["detections"]} <= {tuple(d["box"]) for d in out["detections"]}
+        assert kept
