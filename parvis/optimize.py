@@ -694,5 +694,7 @@ def _mixed_search(
             probe.reason += f"; the most mixed model tried ({len(keep)} of {len(nodes)} nodes in float)"
         break
     record["seconds"] = round(time.perf_counter() - start, 1)
-    record["float_nodes"] = found[0].float_nodes if found and found[0].status == "ok" else None
+    within = bool(found) and found[0].status == "ok"
+    record["float_nodes"] = found[0].float_nodes if within else None
+    record["float_onnx_nodes"] = list(floating()) if within else None  # the graph's own names: to rebuild it
     return found, record
