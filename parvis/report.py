@@ -60,8 +60,8 @@ COLUMNS = {
         "vs_peer_time",
     ],
     "optimize": [
-        "chosen", "variant", "runtime", "precision", "batch", "threads", "img_s", "latency_ms_p50", "metric",
-        "metric_drop", "size_mb", "speedup_vs_eager_fp32", "status", "reason",
+        "chosen", "variant", "runtime", "precision", "int8_scheme", "float_layers", "batch", "threads", "img_s",
+        "latency_ms_p50", "metric", "metric_drop", "size_mb", "speedup_vs_eager_fp32", "status", "reason",
     ],
 }  # fmt: skip
 # Settings shown first in a section's header, when present; other scalar keys follow.
@@ -463,13 +463,16 @@ def _plot_data(section: Section):
     return fig
 
 
+LABEL_KEYS = ("variant", "runtime", "precision", "int8_scheme")
+
+
 def _plot_optimize(section: Section):
     rows = [r for r in section.rows if isinstance(r.get("speedup_vs_eager_fp32"), (int, float))]
     if not rows:
         return None
     colors = ["#55a868" if r.get("chosen") else ("#4c72b0" if r.get("status") == "ok" else "#c44e52") for r in rows]
     labels = [
-        " ".join(str(r[k]) for k in ("variant", "runtime", "precision") if r.get(k) not in (None, "", "base"))
+        " ".join(str(r[k]) for k in LABEL_KEYS if r.get(k) not in (None, "", "base", "qdq"))
         + f" b{r.get('batch')}"
         + (f" t{r['threads']}" if r.get("threads") else "")
         + f" [{r.get('status')}]"
