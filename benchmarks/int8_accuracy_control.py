@@ -41,7 +41,7 @@ from parvis.runtimes.timing import time_runtimes
 
 def qwac(src: Path, out: Path, feeds: list[dict], val, meta, metric: str, budget: float) -> float:
     """NNCF's accuracy-control quantization of the ONNX file `src` into `out`; returns its seconds."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    rt.quiet_cuda_home_notice()
     import nncf  # noqa: PLC0415 - the peer
 
     nncf.set_log_level(logging.ERROR)

@@ -332,6 +332,7 @@ def optimize(
     weights: str | None = None,
     given: Preprocess | None = None,
     metric: str = "auto",
+    int8_search: bool = True,
 ) -> dict:
     """Measure every candidate and write `out/optimize.json` plus the winner's artifact.
 
@@ -340,6 +341,7 @@ def optimize(
     `source`: a parvis checkpoint or a model name (registered or zoo, with `weights`).
     `metric`: labels (the task metric on `data`'s labelled split), agreement (with eager fp32's answers
     on the images under `data`, for data without labels the model knows), or auto (labels when there are).
+    `int8_search`: when full INT8 is over budget, search for the fewest parts to keep in float (_mixed_search).
     Returns the optimize.json content.
     """
     if objective not in OBJECTIVES:
@@ -456,7 +458,7 @@ def optimize(
         searches = {}
         for variant, int8 in int8_sources.items():
             plain = next((c for c in candidates if c.variant == variant and c.scheme == "qdq"), None)
-            if plain is None or plain.status != "over budget" or int8.quantizer is None:
+            if not int8_search or plain is None or plain.status != "over budget" or int8.quantizer is None:
                 continue
             scorer = None
             if mode == "labels":  # rank parts by the task metric on labelled training images, not val

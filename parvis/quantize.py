@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import torch
 
+from parvis import runtime as rt
 from parvis.artifact import META_KEY, TENSOR_TASK, Preprocess, graph_io, load_onnx, read_metadata
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
@@ -239,7 +240,7 @@ def nncf_available() -> bool:
 def quantize_nncf(src: str | Path, out: str | Path, feeds: list[dict], given: Preprocess | None = None) -> dict:
     """INT8 with NNCF (OpenVINO's quantization tool) on the ONNX file: its CPU quantization scheme and fast bias
     correction, written as a QDQ ONNX file that OpenVINO (and ONNX Runtime) run as INT8, carrying the metadata."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # nncf imports it: a CUDA_HOME line
+    rt.quiet_cuda_home_notice()  # nncf imports torch.utils.cpp_extension, which logs it on a GPU-less machine
     import nncf  # noqa: PLC0415 - optional heavy dependency (pip install nncf)
 
     nncf.set_log_level(logging.ERROR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import platform
 import random
@@ -684,3 +685,23 @@ def inference_runtimes() -> dict[str, dict]:
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class _NoCudaRuntimeNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." and nothing else.
+
+    Importing torch.utils.cpp_extension (Inductor does, to build its CPU kernels; so does NNCF) logs this
+    warning on a machine that has a CUDA toolkit folder but no GPU, which says nothing about CPU work.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_home_notice() -> None:
+    """Install the filter above on torch's cpp_extension logger (once; not with a GPU, where torch is silent)."""
+    if has_cuda():
+        return
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNotice) for f in log.filters):
+        log.addFilter(_NoCudaRuntimeNotice())

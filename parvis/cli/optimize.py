@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
     p.add_argument("--prune", type=float, default=None, metavar="RATIO", help="also try a channel-pruned variant")
     p.add_argument("--prune-epochs", type=int, default=2, help="fine-tune epochs of the pruned variant (default 2)")
     p.add_argument("--calib", type=int, default=128, help="INT8 calibration images (default 128)")
+    p.add_argument("--no-int8-search", action="store_true",
+                   help="when full INT8 is over budget, list it as such instead of searching for the layers to keep "
+                   "in float (the search costs about a minute per 30 quantized layers on 2 cores)")  # fmt: skip
     p.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds; the median counts (default 3)")
     p.add_argument("--device", default="auto")
     add_model_args(p)
@@ -98,6 +101,7 @@ def run(args) -> int:
         streams=_ints("--streams", args.streams),
         rounds=args.rounds,
         metric=args.metric,
+        int8_search=not args.no_int8_search,
         progress=lambda msg: con.print(f"[dim]{escape(msg)}[/dim]") if con.is_terminal else None,
     )
     name = result["metric_name"]

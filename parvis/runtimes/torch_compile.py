@@ -19,7 +19,6 @@ compiles, each done once.
 from __future__ import annotations
 
 import inspect
-import logging
 import time
 from collections.abc import Sequence
 
@@ -32,25 +31,6 @@ from parvis.runtimes.torch_eager import TorchRuntime
 # Every compile of the same model class shares one cache (keyed by forward's code object) and one
 # recompile limit, after which Dynamo silently runs eager; isolate each runtime's compiles (torch 2.14+).
 _ISOLATE = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
-
-
-class _NoCudaRuntimeNotice(logging.Filter):
-    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." and nothing else.
-
-    Inductor imports torch.utils.cpp_extension to build its CPU kernels; on a machine that has a CUDA
-    toolkit folder but no GPU, that import logs this warning, which says nothing about a CPU compile.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No CUDA runtime is found")
-
-
-def _quiet_cuda_home_notice() -> None:
-    if runtime.has_cuda():  # with a GPU torch does not log it; leave its logger alone
-        return
-    log = logging.getLogger("torch.utils.cpp_extension")
-    if not any(isinstance(f, _NoCudaRuntimeNotice) for f in log.filters):
-        log.addFilter(_NoCudaRuntimeNotice())
 
 
 class TorchCompileRuntime(TorchRuntime):
@@ -76,7 +56,7 @@ class TorchCompileRuntime(TorchRuntime):
                 "run exported artifacts with --runtime onnxruntime, openvino or torch"
             )
         super().__init__(source, threads, device, precision, channels_last, **load)
-        _quiet_cuda_home_notice()
+        runtime.quiet_cuda_home_notice()
         self.compiled = torch.compile(self.module, **_ISOLATE)
         t0 = time.perf_counter()
         size = self.meta.input_size
