@@ -161,3 +161,12 @@ def test_nncf_int8_runs_as_int8_and_follows_fp32(trained, tmp_path):
     feed = feeds[0]
     assert channel_snr_db(fp32.run(None, feed), int8.run(None, feed)) > 10
     assert read_metadata(tmp_path / "nncf.onnx").name == read_metadata(src).name  # metadata carried
+
+
+def test_the_search_can_be_turned_off(trained, tmp_path):
+    data, out = trained
+    make_fragile(out / "run" / "best.pt", tmp_path / "fragile.pt")
+    result = optimize(str(tmp_path / "fragile.pt"), str(data), tmp_path / "opt", budget=10.0, metric="agreement",
+                      pairs=[("torch", "fp32"), ("onnxruntime", "int8")], int8_search=False, **QUICK)  # fmt: skip
+    assert result["int8_search"] == {}
+    assert [(r["int8_scheme"], r["status"]) for r in result["candidates"]] == [(None, "ok"), ("qdq", "over budget")]
