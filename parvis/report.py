@@ -237,7 +237,7 @@ def build_sections(results: list[tuple[Path, str, dict]], plots: bool = True) ->
         notes = [str(n) for n in data.get("notes") or []]
         if kind == "optimize" and data.get("chosen"):
             c = data["chosen"]
-            what = " ".join(str(c[k]) for k in ("variant", "runtime", "precision") if c.get(k) not in (None, ""))
+            what = " ".join(str(c[k]) for k in LABEL_KEYS if c.get(k) not in (None, "", "qdq"))
             more = ", ".join(f"{k} {c[k]}" for k in ("batch", "threads") if c.get(k) is not None)
             notes.insert(0, f"chosen: {what}" + (f" ({more})" if more else ""))
         section = Section(path, kind, data, _title(kind, data), settings_of(data), rows, columns, extra, notes)
