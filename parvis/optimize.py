@@ -18,6 +18,7 @@ artifact is copied to the output folder next to `optimize.json`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -289,7 +290,7 @@ def _prepare_variant(
             if int8_error:
                 out[-1].status, out[-1].reason = "failed", int8_error
             if runtime_name == "openvino" and int8.nncf_path is not None:
-                error = int8.nncf_error or int8_error
+                error = int8.nncf_error
                 out.append(Candidate(variant, runtime_name, precision, None if error else str(int8.nncf_path),
                                      status="failed" if error else "ok", reason=error, scheme="nncf"))  # fmt: skip
         else:
@@ -413,7 +414,7 @@ def optimize(
             more = []
             for c in candidates:
                 if c.runtime == "openvino":
-                    more += [Candidate(c.variant, c.runtime, c.precision, c.artifact, c.status, c.reason, streams=n)
+                    more += [dataclasses.replace(c, streams=n, runtimes={}, float_nodes=list(c.float_nodes))
                              for n in streams if n > 1]  # fmt: skip
             candidates += more
         for path in extra:
@@ -665,6 +666,8 @@ def _mixed_search(
     while len(chosen) < len(parts):
         if len(chosen) < GREEDY_STEPS:
             rest = [p for p in parts if p not in chosen]
+            if not rest:
+                break
             gains = probe_runs.gains(rest, floating(), progress)
             ranked = sorted(rest, key=lambda p: gains[p.tensor], reverse=True)
             added = [ranked[0]]
@@ -672,6 +675,9 @@ def _mixed_search(
             step: dict = {"probe_metric_gain": round(metric_gain, 4) if scorer else None, "gain_db": round(db_gain, 3)}
         else:
             added = [p for p in ranked if p not in chosen][: max(1, len(chosen) // 2)]
+            step = {"probe_metric_gain": None, "gain_db": None}
+            if not added:
+                break
         chosen += added
         step["added"] = [{"tensor": p.tensor, "nodes": [labels.get(n, n) for n in p.nodes]} for p in added]
         keep = floating()

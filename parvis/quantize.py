@@ -206,7 +206,7 @@ def quantized_parts(model: onnx.ModelProto) -> list[QuantPart]:
         writer = producer.get(tensor)
         if writer is not None and writer.name in computing:
             users.insert(0, writer.name)
-        if users:
+        if users and all(users):  # an unnamed node cannot be excluded by name: such a tensor stays quantized
             parts.append(QuantPart(tensor, tuple(dict.fromkeys(users))))
     return parts
 

@@ -39,8 +39,7 @@ from parvis.data.maskfolder import (
 )
 from parvis.data.voc import SPLITS as VOC_SPLITS
 from parvis.data.voc import VocDetectionDataset
-from parvis.data.yolo import DATA_YAML, YoloDetectionDataset, label_path, load_yolo_config
-from parvis.data.yolo import SPLITS as YOLO_SPLITS
+from parvis.data.yolo import DATA_YAML, YoloDetectionDataset, is_split_key, label_path, load_yolo_config
 from parvis.errors import BadSampleError, ParvisError
 
 CONFIG_NAME = "dataset.yaml"
@@ -156,7 +155,7 @@ def detect_layouts(root: str | Path) -> list[Layout]:
         config = load_yolo_config(yolo)
         layouts += [Layout("detection", split, {"data": yolo}, config.names, format="yolo") for split in config.splits]
         claimed |= {"images", "labels"}
-    elif (root / "images").is_dir() and (root / "labels").is_dir():
+    elif not layouts and (root / "images").is_dir() and (root / "labels").is_dir():
         raise ParvisError(
             f"{root}: has images/ and labels/ (the YOLO layout) but no {DATA_YAML} naming the classes; write "
             f"{root / DATA_YAML} with 'names: [...]', 'train: images/train' and 'val: images/val'"
@@ -210,7 +209,7 @@ def _find_yolo_yaml(root: Path) -> Path | None:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
-        if isinstance(data, dict) and "names" in data and any(k in data for k in YOLO_SPLITS):
+        if isinstance(data, dict) and "names" in data and any(is_split_key(k) for k in data):
             found.append(path)
     return found[0] if len(found) == 1 else None
 

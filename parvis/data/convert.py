@@ -22,15 +22,22 @@ from rich.progress import track
 from parvis.data.check import Layout, find_layouts, open_layout
 from parvis.data.datasets import Annotation, DetectionDataset
 from parvis.data.decode import image_size, read_bytes
-from parvis.data.yolo import DATA_YAML
+from parvis.data.yolo import DATA_YAML, is_split_key
 from parvis.errors import BadSampleError, ParvisError
 
 TARGETS = ("coco", "yolo")
 SHOWN_PROBLEMS = 10
 
 
-def _split_name(layout: Layout) -> str:
-    return layout.split.replace("/", "-")  # VOCdevkit's VOC2007/train
+def _split_name(layout: Layout, to: str) -> str:
+    """The split's folder (and YOLO key) in the output: VOCdevkit's VOC2007/train becomes VOC2007-train, and for
+    YOLO, whose data.yaml keys are train/val/test, train-VOC2007."""
+    name = layout.split.replace("/", "-")
+    if to == "yolo" and not is_split_key(name):
+        year, _, split = name.rpartition("-")
+        if is_split_key(split):
+            return f"{split}-{year}"
+    return name
 
 
 def _read_split(dataset: DetectionDataset, progress: bool, label: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -49,6 +56,8 @@ def _read_split(dataset: DetectionDataset, progress: bool, label: str) -> tuple[
             problems.append(f"{exc.path}: {exc.reason}")
             continue
         name = dataset.relative_name(index)
+        if Path(name).is_absolute() or ".." in Path(name).parts:  # must stay inside images/<split>/
+            name = Path(name).name
         if name in names:  # two list entries with one file name in different folders
             name = f"{Path(name).stem}-{index}{Path(name).suffix}"
         names.add(name)
@@ -71,7 +80,9 @@ def _coco_json(records: list[dict[str, Any]], classes: list[str]) -> dict[str, A
     images, annotations = [], []
 
     def add(image_id: int, box: tuple[float, float, float, float], label: int, crowd: int) -> None:
-        x1, y1, x2, y2 = box
+        record = records[image_id - 1]  # clamped: VOC tolerates a pixel of overhang, COCO half of one
+        x1, x2 = (min(max(v, 0.0), float(record["width"])) for v in (box[0], box[2]))
+        y1, y2 = (min(max(v, 0.0), float(record["height"])) for v in (box[1], box[3]))
         w, h = x2 - x1, y2 - y1
         annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
                             "bbox": [round(x1, 2), round(y1, 2), round(w, 2), round(h, 2)],
@@ -129,7 +140,10 @@ def convert_detection(src: str | Path, to: str, out: str | Path, progress: bool 
         classes = list(dataset.classes)
         records, found = _read_split(dataset, progress, layout.name)
         problems += found
-        splits[_split_name(layout)] = records
+        key = _split_name(layout, to)
+        if key in splits:
+            raise ParvisError(f"{src}: two splits would both be written as {key!r}; convert them separately")
+        splits[key] = records
     if problems:
         shown = "; ".join(problems[:SHOWN_PROBLEMS])
         more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
@@ -142,7 +156,11 @@ def convert_detection(src: str | Path, to: str, out: str | Path, progress: bool 
     shutil.rmtree(tmp, ignore_errors=True)
     linked = images = boxes = dropped = 0
     try:
+        tmp.mkdir(parents=True)
         for split, records in splits.items():
+            (tmp / "images" / split).mkdir(parents=True, exist_ok=True)  # an empty split is still a split
+            if to == "yolo":
+                (tmp / "labels" / split).mkdir(parents=True, exist_ok=True)
             for record in records:
                 linked += _place(record["path"], tmp / "images" / split / record["name"])
                 images += 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,13 @@ from parvis.errors import BadSampleError
 
 DATA_YAML = "data.yaml"
 SPLITS = ("train", "val", "test", "trainval", "all")  # Ultralytics reads the first three
+
+
+def is_split_key(key: object) -> bool:
+    """A data.yaml key that names a split: train/val/test (also train2017, val2017, ...), trainval, all."""
+    return isinstance(key, str) and (key in SPLITS or re.fullmatch(r"(train|val|test)[\w-]*", key) is not None)
+
+
 # Exporters write 6 significant digits; a value a rounding step past 1 is still a normalized one.
 TOLERANCE = 1e-6
 
@@ -165,9 +173,9 @@ def load_yolo_config(path: str | Path) -> YoloConfig:
         if candidate.is_dir():
             root = candidate
     splits: dict[str, list[Path]] = {}
-    for split in SPLITS:
+    for split in [key for key in data if is_split_key(key)]:
         value = data.get(split)
-        if value is None:
+        if not value:  # Ultralytics leaves `test:` empty when there is none
             continue
         entries = value if isinstance(value, list) else [value]
         if not all(isinstance(e, str) for e in entries):
@@ -194,7 +202,11 @@ def split_images(sources: list[Path]) -> list[Path]:
         if source.is_dir():
             images += list_images(source)
             continue
-        for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            text = source.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LayoutError(source, f"cannot be read as a list of image paths ({exc}); fix the file") from None
+        for number, line in enumerate(text.splitlines(), start=1):
             line = line.strip()
             if not line:
                 continue

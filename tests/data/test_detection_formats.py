@@ -290,3 +290,28 @@ def test_cli_convert_and_check(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and not (tmp_path / "c").exists()
     assert done.stderr.strip().count("\n") == 0 and "c.txt:1: class 5 is out of range" in done.stderr
+
+
+def test_coco_with_an_ultralytics_labels_folder_and_yearly_split_names(tmp_path: Path) -> None:
+    """Ultralytics' COCO download has annotations/, images/ and labels/ side by side: COCO is read, no error;
+    split names like train2017 survive a conversion to YOLO and back."""
+    src = tmp_path / "coco"
+    write_image(src / "images" / "train2017" / "a.jpg", H, W)
+    coco_file(src / "annotations" / "instances_train2017.json", [{"id": 1, "file_name": "a.jpg", "width": W,
+              "height": H}], [ann(1, 1, 7, [0, 0, 10, 10])])  # fmt: skip
+    (src / "labels" / "train2017").mkdir(parents=True)
+    assert [layout.name for layout in find_layouts(src)] == ["detection/train2017"]
+    convert_detection(src, "yolo", tmp_path / "y")
+    config = load_yolo_config(tmp_path / "y" / "data.yaml")
+    assert list(config.splits) == ["train2017"]
+    assert open_dataset(tmp_path / "y", "detection", "train2017")[0][1]["boxes"].tolist() == [[0, 0, 10, 10]]
+
+
+def test_voc_overhang_is_clamped_in_coco_output_and_an_empty_test_key_is_no_split(tmp_path: Path) -> None:
+    root = write_voc(tmp_path / "voc", {"a": voc_object("dog", (0, 0, 80, 40))})  # 0-based corners: 1 px over
+    convert_detection(root, "coco", tmp_path / "coco")
+    assert check_dataset(tmp_path / "coco").ok  # COCO tolerates only half a pixel: the box was clamped
+    yolo = write_yolo(tmp_path / "y", {"a": "0 0.5 0.5 0.2 0.2\n"})
+    config = yaml.safe_load((yolo / "data.yaml").read_text())
+    (yolo / "data.yaml").write_text(yaml.safe_dump({**config, "test": None, "license": "CC BY 4.0"}))
+    assert [layout.name for layout in find_layouts(yolo)] == ["detection/train", "detection/val"]
