@@ -130,9 +130,7 @@ def run_convert(args) -> int:
         f"in {result['seconds']:.1f} s"
     )
     if result["dropped_ignored"]:
-        con.print(
-            f"left out {result['dropped_ignored']} crowd/difficult objects: YOLO labels have no 'ignore' flag"
-        )
+        con.print(f"left out {result['dropped_ignored']} crowd/difficult objects: YOLO labels have no 'ignore' flag")
     return 0
 
 
