@@ -386,6 +386,16 @@ def _track(results: Iterable[_Inspected], total: int) -> Iterator[_Inspected]:
     yield from track(results, total=total, description="checking files", console=Console(stderr=True), transient=True)
 
 
+def _box_stats(per_image: list[int], per_class: dict[str, int]) -> dict[str, Any]:
+    """The box counts every detection layout's summary shows."""
+    return {
+        "boxes": sum(per_image),
+        "boxes_per_class": per_class,
+        "boxes_per_image_mean": round(sum(per_image) / max(1, len(per_image)), 4),
+        "images_without_boxes": per_image.count(0),
+    }
+
+
 def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
     if not sizes:
         return {}
@@ -589,11 +599,8 @@ class _CocoCheck(_LayoutCheck):
             boxes_per_image.append(boxes)
         return {
             "images": len(dataset.ids),
-            "boxes": sum(boxes_per_image),
+            **_box_stats(boxes_per_image, {name: boxes_per_class[name] for name in coco.classes}),
             "crowd_annotations": crowd,
-            "boxes_per_class": {name: boxes_per_class[name] for name in coco.classes},
-            "boxes_per_image_mean": round(sum(boxes_per_image) / max(1, len(boxes_per_image)), 4),
-            "images_without_boxes": boxes_per_image.count(0),
             "size": _size_stats(sizes),
         }
 
@@ -631,10 +638,7 @@ class _YoloCheck(_LayoutCheck):
         per_class = Counter(o.label for parsed in self.labels for o in parsed.objects)
         return {
             "images": len(dataset),
-            "boxes": sum(per_image),
-            "boxes_per_class": {name: per_class[i] for i, name in enumerate(dataset.classes)},
-            "boxes_per_image_mean": round(sum(per_image) / max(1, len(per_image)), 4),
-            "images_without_boxes": per_image.count(0),
+            **_box_stats(per_image, {name: per_class[i] for i, name in enumerate(dataset.classes)}),
             "missing_label_files": sum(not parsed.exists for parsed in self.labels),
             "size": _size_stats(sizes),
         }
@@ -669,11 +673,8 @@ class _VocCheck(_LayoutCheck):
             per_class.update(o.name for o in parsed.objects if not o.difficult)
         return {
             "images": len(dataset),
-            "boxes": sum(per_image),
+            **_box_stats(per_image, {name: per_class[name] for name in dataset.classes}),
             "difficult_objects": difficult,
-            "boxes_per_class": {name: per_class[name] for name in dataset.classes},
-            "boxes_per_image_mean": round(sum(per_image) / max(1, len(per_image)), 4),
-            "images_without_boxes": per_image.count(0),
             "size": _size_stats(sizes),
         }
 

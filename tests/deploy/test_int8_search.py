@@ -7,13 +7,10 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from parvis.artifact import read_metadata
 from parvis.cli.main import main
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
-from parvis.engine.loading import load_model
-from parvis.export import export_model
 from parvis.optimize import optimize
 from parvis.quantize import (
     Int8Quantizer,
@@ -24,6 +21,8 @@ from parvis.quantize import (
     quantized_parts,
 )
 
+from .conftest import untrained_onnx_copy
+
 QUICK = {"rounds": 1, "iters": 1, "latency_iters": 3, "batches": (4,), "threads": (1,), "calib": 16}
 
 
@@ -31,14 +30,8 @@ QUICK = {"rounds": 1, "iters": 1, "latency_iters": 3, "batches": (4,), "threads"
 def untrained_detector_onnx(trained_detector, tmp_path_factory):
     """The trained detector's architecture and metadata with fresh weights: a deliberately over-budget candidate."""
     _, out = trained_detector
-    model = load_model(str(out / "run" / "best.pt"))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
     path = tmp_path_factory.mktemp("bad-det") / "untrained.onnx"
-    export_model(model, path, "onnx")
-    return path
+    return untrained_onnx_copy(out / "run" / "best.pt", path, seed=2)
 
 
 def test_optimize_takes_a_detector_budgeted_on_map50(trained_detector, untrained_detector_onnx, tmp_path):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from parvis.api import evaluate
 from parvis.cli.main import main
-from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
-from parvis.export import export_model
 from parvis.optimize import optimize
+
+from .conftest import untrained_onnx_copy
 
 QUICK = {"rounds": 1, "iters": 1, "latency_iters": 3, "batches": (4,), "threads": (1,), "calib": 8}
 PAIRS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
@@ -22,14 +21,7 @@ PAIRS = [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")]
 def untrained_onnx(trained, tmp_path_factory):
     """The same architecture and metadata with fresh random weights: a deliberately over-budget candidate."""
     _, out = trained
-    model = load_model(str(out / "run" / "best.pt"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-    path = tmp_path_factory.mktemp("bad") / "untrained.onnx"
-    export_model(model, path, "onnx")
-    return path
+    return untrained_onnx_copy(out / "run" / "best.pt", tmp_path_factory.mktemp("bad") / "untrained.onnx", seed=1)
 
 
 def test_optimize_picks_a_winner_within_budget_and_rejects_an_over_budget_candidate(trained, untrained_onnx, tmp_path):
