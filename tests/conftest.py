@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from parvis import runtime
@@ -26,6 +29,9 @@ def shapes_dir(tmp_path_factory):
     return out
 
 
+GLOO_ABORT = "terminate called without an active exception"
+
+
 @pytest.fixture
 def torchrun():
     """torchrun(script, *args): run `script` in 2 local gloo processes; fails the test with their stderr."""
@@ -45,7 +51,18 @@ def torchrun():
             *map(str, args),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
+        created = [Path(a) for a in args if isinstance(a, Path) and not a.exists()]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 and GLOO_ABORT in proc.stderr and "Traceback (most recent call last)" not in (
+            proc.stderr.split(GLOO_ABORT)[0]
+        ):
+            # A C++ abort with no Python error before it: gloo's worker threads torn down while still
+            # joinable (pytorch/pytorch#190489): failed CI once (FSDP job), never in 30 local runs of
+            # the same jobs. Run the job once more (from scratch: what the first run created is
+            # removed); a second failure fails the test.
+            for path in created:
+                shutil.rmtree(path, ignore_errors=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     return run
