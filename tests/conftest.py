@@ -53,8 +53,10 @@ def torchrun():
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: no oversubscription
         created = [Path(a) for a in args if isinstance(a, Path) and not a.exists()]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-        if proc.returncode != 0 and GLOO_ABORT in proc.stderr and "Traceback (most recent call last)" not in (
-            proc.stderr.split(GLOO_ABORT)[0]
+        if (
+            proc.returncode != 0
+            and GLOO_ABORT in proc.stderr
+            and "Traceback (most recent call last)" not in (proc.stderr.split(GLOO_ABORT)[0])
         ):
             # A C++ abort with no Python error before it: gloo's worker threads torn down while still
             # joinable (pytorch/pytorch#190489): failed CI once (FSDP job), never in 30 local runs of
