@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 import yaml
@@ -32,6 +33,20 @@ OPTIMIZE_RESULT = "optimize.json"
 SIDECAR_SUFFIX = ".parvis.yaml"
 # The task of a model that takes and returns plain tensors (a foreign ONNX file without preprocessing).
 TENSOR_TASK = "tensor"
+# A stereo model's ONNX graph takes the two views as two inputs; parvis's runtimes hold a pair as one
+# (N, 6, H, W) tensor (left RGB, right RGB) and split it here.
+STEREO_INPUTS = ("left", "right")
+
+
+def image_feeds(input_names, x) -> dict:
+    """The feed dict of an image model's graph for normalized images `x`: {name: x}, or for a stereo
+    graph {"left": x[:, :3], "right": x[:, 3:]}."""
+    names = tuple(input_names)
+    if names == STEREO_INPUTS:
+        return {names[0]: np.ascontiguousarray(x[:, :3]), names[1]: np.ascontiguousarray(x[:, 3:])}
+    return {names[0]: x}
+
+
 SIDECAR_KEYS = ("task", "size", "mean", "std", "labels", "crop_pct", "interpolation")
 
 _ONNX_DTYPES = {

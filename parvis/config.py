@@ -46,7 +46,7 @@ class ConfigValueError(ParvisError):
 class TrainConfig:
     """What a training run needs; each field is a key of the YAML recipes and of key=value overrides."""
 
-    task: Literal["classification", "segmentation", "detection"] = "classification"  # what the model predicts
+    task: Literal["classification", "segmentation", "detection", "stereo"] = "classification"  # what the model predicts
     model: str = "resnet18"  # registered model name, or torchvision:NAME / timm:NAME
     data: str = "data/shapes"  # dataset folder (a dataset.yaml layout, ImageFolder, or images + masks)
     epochs: int = 10  # passes over the training split

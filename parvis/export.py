@@ -23,7 +23,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from parvis.artifact import program_extra, stamp_onnx
+from parvis.artifact import STEREO_INPUTS, image_feeds, program_extra, stamp_onnx
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_bytes
 from parvis.models.base import ModelMeta, VisionModel
@@ -46,8 +46,15 @@ def export_model(model: VisionModel, out: str | Path, fmt: str = "onnx", opset: 
     meta: ModelMeta = model.meta
     gen = torch.Generator().manual_seed(0)
     size = meta.input_size
-    trace_x = torch.randn(TRACE_BATCH, 3, size, size, generator=gen)
-    check_x = torch.randn(CHECK_BATCH, 3, size, size, generator=gen)
+    stereo = meta.task == "stereo"
+    if stereo and fmt != "onnx":
+        raise ParvisError(f"{meta.name}: stereo models export to ONNX (--format onnx), with a left and a right input")
+    # Stereo: a (6, H, 2H) pair traced, any pair size served (the graph pads to a multiple of 8 itself).
+    shape = (6, size, 2 * size) if stereo else (3, size, size)
+    trace_x = torch.randn(TRACE_BATCH, *shape, generator=gen)
+    # Stereo graphs take any pair size: checked on one that is not the traced size nor a multiple of 8.
+    check_shape = (6, size + 4, 2 * size + 12) if stereo else shape
+    check_x = torch.randn(CHECK_BATCH, *check_shape, generator=gen)
     with torch.no_grad():
         reference = model(check_x).float()
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -60,12 +67,23 @@ def export_model(model: VisionModel, out: str | Path, fmt: str = "onnx", opset: 
         "path": str(out),
         "model": meta.name,
         "task": meta.task,
-        "input": [None, 3, size, size],
+        "input": [None, *shape] if not stereo else {name: [None, 3, "H", "W"] for name in STEREO_INPUTS},
         "parity_max_abs_err": err,
         "parity_batch": CHECK_BATCH,
         "size_mb": round(out.stat().st_size / 2**20, 2),
         **produced,
     }
+
+
+class TwoViews(torch.nn.Module):
+    """A stereo model as its ONNX graph takes it: forward(left, right), each (N, 3, H, W)."""
+
+    def __init__(self, model: VisionModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat([left, right], 1))
 
 
 def _check_parity(meta: ModelMeta, fmt: str, err: float, reference: torch.Tensor) -> None:
@@ -110,23 +128,29 @@ def _exporter_quiet():
 def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) -> tuple[dict, float]:
     import onnxruntime as ort  # noqa: PLC0415 - heavy, optional at export: only the parity check runs it
 
+    inputs, names, dynamic = (trace_x,), ["images"], ({0: batch},)
+    if meta.task == "stereo":
+        model = TwoViews(model)
+        height, width = torch.export.Dim("height", min=8, max=8192), torch.export.Dim("width", min=8, max=8192)
+        inputs, names = (trace_x[:, :3], trace_x[:, 3:]), list(STEREO_INPUTS)
+        dynamic = ({0: batch, 2: height, 3: width},) * 2
     try:
         with _exporter_quiet():
             program = torch.onnx.export(
                 model,
-                (trace_x,),
+                inputs,
                 dynamo=True,
                 opset_version=opset,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes=({0: batch},),
+                input_names=names,
+                output_names=["disparity" if meta.task == "stereo" else "logits"],
+                dynamic_shapes=dynamic,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the user needs the operator
         raise ParvisError(f"cannot export {meta.name} to ONNX: {_failing_operator(exc)}") from exc
     proto = program.model_proto
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"images": check_x.numpy()})[0])
+    got = torch.from_numpy(session.run(None, image_feeds(names, check_x.numpy()))[0])
     err = float((got - reference).abs().max())
     _check_parity(meta, "ONNX", err, reference)
     stamp_onnx(proto, meta, err)

@@ -61,14 +61,32 @@ from parvis.runtimes.timing import time_runtimes
 OBJECTIVES = ("throughput", "latency")
 # auto/labels: the task's label metric (LABEL_METRICS); agreement: with eager fp32's answers; a metric name
 # of the model's task (detection: map50 or map, COCO's IoU 0.5:0.95) budgets that one on the labels.
-METRICS = ("auto", "labels", "agreement", "top1", "miou", "map50", "map")
-TASK_METRICS = {"classification": ("top1",), "segmentation": ("miou",), "detection": ("map50", "map")}
+METRICS = ("auto", "labels", "agreement", "top1", "miou", "map50", "map", "epe", "bad3", "d1")
+TASK_METRICS = {
+    "classification": ("top1",),
+    "segmentation": ("miou",),
+    "detection": ("map50", "map"),
+    "stereo": ("epe", "bad3", "d1"),
+}
 # The metric each task is budgeted on: against labels, or (no labels the model knows) against fp32's answers.
-LABEL_METRICS = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
+LABEL_METRICS = {"classification": "top1", "segmentation": "miou", "detection": "map50", "stereo": "epe"}
+# Error metrics (lower is better) already in the budget's unit: EPE in pixels, bad-3 and D1 in % of pixels.
+# Their drop is the increase, as is; the others are fractions in [0, 1] whose drop counts in points (x 100).
+ERROR_METRICS = ("epe", "bad3", "d1")
+
+
+def metric_drop(name: str, baseline: float, value: float) -> float:
+    """How much worse `value` is than `baseline`, in the budget's unit (points, or px for EPE)."""
+    if name in ERROR_METRICS:
+        return round(value - baseline, 4)
+    return round((baseline - value) * 100, 4)
+
+
 AGREEMENT_METRICS = {
     "classification": "top1_agreement",  # share of images whose top-1 class equals eager fp32's
     "segmentation": "mask_iou_agreement",  # mean IoU between the candidate's and fp32's masks
     "detection": "box_f1_agreement",  # F1 of boxes matched to fp32's (same class, IoU >= 0.5, score >= 0.3)
+    "stereo": "disparity_agreement",  # share of pixels whose disparity is within 1 px of fp32's
 }
 
 
@@ -194,6 +212,8 @@ def agreement(meta, raw: torch.Tensor, reference: torch.Tensor, postprocess) -> 
     """How closely `raw` answers like `reference` (eager fp32's raw outputs), in [0, 1]."""
     if meta.task == "classification":
         return float((raw.argmax(1) == reference.argmax(1)).float().mean())
+    if meta.task == "stereo":
+        return float(((raw.float() - reference.float()).abs() <= 1.0).float().mean())
     if meta.task == "segmentation":
         ious = []
         for a, b in zip(raw.argmax(1), reference.argmax(1), strict=True):
@@ -444,10 +464,11 @@ def optimize(
 
         def judge(c: Candidate) -> None:
             if c.status == "ok":
-                drop = round((baseline.metric - c.metric) * 100, 4)  # as the row's metric_drop, so both print alike
+                drop = metric_drop(metric_name, baseline.metric, c.metric)  # as the row's metric_drop
                 if drop > budget:
                     c.status = "over budget"
-                    c.reason = f"{metric_name} drop {drop:.2f} points > budget {budget:g}"
+                    unit = "px" if metric_name == "epe" else "points"
+                    c.reason = f"{metric_name} worse by {drop:.2f} {unit} > budget {budget:g}"
 
         for c in candidates:
             score_candidate(c)
@@ -471,7 +492,8 @@ def optimize(
 
                     def scorer(path: Path, probe_set=probe_set) -> float:
                         opened = open_runtime(str(path), "onnxruntime", precision="int8", threads=threads[0])
-                        return float(score(opened, probe_set, meta)[metric_name])
+                        value = float(score(opened, probe_set, meta)[metric_name])
+                        return -value if metric_name in ERROR_METRICS else value  # the probe ranks higher first
 
             found, searches[variant] = _mixed_search(
                 variant, int8, plain, data, work, score_candidate, judge, pairs, progress, given, scorer
@@ -482,7 +504,7 @@ def optimize(
         for row in rows:
             row["metric_name"] = metric_name
             if row["metric"] is not None:
-                row["metric_drop"] = round((baseline.metric - row["metric"]) * 100, 4)
+                row["metric_drop"] = metric_drop(metric_name, baseline.metric, row["metric"])
             base = next(
                 r
                 for r in rows

@@ -27,7 +27,7 @@ import onnx
 import torch
 
 from parvis import runtime as rt
-from parvis.artifact import META_KEY, TENSOR_TASK, Preprocess, graph_io, load_onnx, read_metadata
+from parvis.artifact import META_KEY, TENSOR_TASK, Preprocess, graph_io, image_feeds, load_onnx, read_metadata
 from parvis.data.check import open_dataset
 from parvis.data.decode import read_image, to_tensor
 from parvis.engine.predict import expand_inputs
@@ -52,8 +52,8 @@ def calibration_batches(meta, data: str | Path, n: int, batch: int = 8, seed: in
     if not load:
         raise ParvisError(f"{data}: no images to calibrate with")
     order = torch.randperm(len(load), generator=torch.Generator().manual_seed(seed))[: min(n, len(load))].tolist()
-    mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std).view(1, 3, 1, 1)
+    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std).view(1, -1, 1, 1)
     out = []
     for i in range(0, len(order), batch):
         images = torch.stack([load[j]() for j in order[i : i + batch]])
@@ -342,14 +342,14 @@ def calibration_feeds(
     src: Path, meta, data: str | Path | None, n: int, calib_data: str | Path | None = None
 ) -> tuple[list[dict], str]:
     """The calibration inputs of `src` (feed dicts by input name) and where they came from."""
-    input_name = graph_io(load_onnx(src))[0][0]["name"]
+    input_names = [i["name"] for i in graph_io(load_onnx(src))[0]]
     if meta.task == TENSOR_TASK:
         return tensor_calibration(meta, n, calib_data), str(
             calib_data
         ) if calib_data else "random (seeded standard normal)"
     if data is None:
         raise ParvisError(f"{src}: quantizing an image model needs --data DIR with images to calibrate on")
-    return [{input_name: b} for b in calibration_batches(meta, data, n)], str(data)
+    return [image_feeds(input_names, b) for b in calibration_batches(meta, data, n)], str(data)
 
 
 def channel_snr_db(reference: list[np.ndarray], got: list[np.ndarray]) -> float:

@@ -118,3 +118,41 @@ class Detections:
                 item["track_id"] = int(tracks[i])
             detections.append(item)
         return {"count": len(detections), "detections": detections}
+
+
+@dataclass
+class Disparity:
+    """One left view's disparity in pixels, (H, W) float. With the camera's focal length x baseline
+    (pixels x metres) known, depth = focal_baseline / disparity."""
+
+    disparity: torch.Tensor
+    focal_baseline: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.disparity.ndim != 2:
+            raise ValueError(f"disparity must be (H, W), got shape {tuple(self.disparity.shape)}")
+
+    def depth(self) -> torch.Tensor:
+        """Depth in metres (inf where disparity is 0); needs focal_baseline."""
+        if not self.focal_baseline:
+            raise ValueError("depth needs the camera's focal length x baseline (focal_baseline)")
+        return self.focal_baseline / self.disparity.clamp(min=0)
+
+    def closer_than(self, plane: float) -> torch.Tensor:
+        """(H, W) bool: pixels closer than the plane at `plane` px disparity (disparity > plane)."""
+        return self.disparity > plane
+
+    def to_dict(self) -> dict:
+        d = self.disparity.detach().float().cpu()
+        height, width = d.shape
+        out = {
+            "height": int(height),
+            "width": int(width),
+            "disparity_min": float(d.min()) if d.numel() else 0.0,
+            "disparity_max": float(d.max()) if d.numel() else 0.0,
+            "disparity_mean": float(d.mean()) if d.numel() else 0.0,
+        }
+        if self.focal_baseline:
+            out["focal_baseline"] = float(self.focal_baseline)
+            out["nearest_m"] = float(self.focal_baseline / max(out["disparity_max"], 1e-6))
+        return out

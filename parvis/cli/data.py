@@ -1,4 +1,5 @@
-"""`parvis data synth` (shapes images, video clips), `data check` (find every bad file), `data convert` (detection)."""
+"""`parvis data synth` (shapes images, video clips, stereo pairs), `data check` (find every bad file),
+`data convert` (detection)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,26 @@ def add_parser(sub) -> None:
     dsub.required = True
 
     s = dsub.add_parser(
-        "synth", help="generate the shapes dataset (classification, segmentation, detection) or video clips"
+        "synth",
+        help="generate the shapes dataset (classification, segmentation, detection), video clips or stereo pairs",
     )
     s.add_argument(
         "--task",
-        choices=("image", "video"),
+        choices=("image", "video", "stereo"),
         default="image",
-        help="image: the shapes scenes (default); video: MP4 clips with MOTChallenge ground-truth tracks",
+        help="image: the shapes scenes (default); video: MP4 clips with MOTChallenge ground-truth tracks; "
+        "stereo: rectified left/right pairs with disparity ground truth",
     )
     s.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    s.add_argument("--n", type=int, default=None, help="number of scenes (default 1000) or video clips (default 4)")
-    s.add_argument("--size", default=None, help="image side in pixels (default 128); video: WxH (default 320x240)")
+    s.add_argument(
+        "--n", type=int, default=None, help="number of scenes (default 1000), video clips (4) or stereo pairs (400)"
+    )
+    s.add_argument(
+        "--size",
+        default=None,
+        help="image side in pixels (default 128); video: WxH (default 320x240); stereo: WxH (default 256x128)",
+    )
+    s.add_argument("--max-disp", type=int, default=None, help="stereo: largest disparity in pixels (default 48)")
     s.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files")
     s.add_argument("--val-fraction", type=float, default=None, help="share of scenes in the val split (default 0.2)")
     s.add_argument("--frames", type=int, default=None, help="video: frames per clip (default 150)")
@@ -30,7 +40,9 @@ def add_parser(sub) -> None:
     s.set_defaults(func=run_synth, torch_free=True)
 
     c = dsub.add_parser("check", help="decode every file and report each problem by file name")
-    c.add_argument("path", metavar="DIR", help="a dataset folder (dataset.yaml, ImageFolder, images+masks, COCO)")
+    c.add_argument(
+        "path", metavar="DIR", help="a dataset folder (dataset.yaml, ImageFolder, images+masks, COCO, stereo)"
+    )
     c.add_argument("--workers", type=int, default=None, help="processes (default: all usable cores)")
     c.add_argument("--json", metavar="OUT", default=None, help="also write the summary and problems as JSON")
     c.set_defaults(func=run_check)
@@ -43,14 +55,19 @@ def add_parser(sub) -> None:
 
 
 def run_synth(args) -> int:
-    if args.task == "video":
-        return run_synth_video(args)
-    from parvis.data.synth import synthesize
     from parvis.errors import ParvisError
 
+    if args.max_disp is not None and args.task != "stereo":
+        raise ParvisError("--max-disp applies to --task stereo only")
+    if args.task == "video":
+        return run_synth_video(args)
     for flag, value in (("--frames", args.frames), ("--fps", args.fps)):
         if value is not None:
             raise ParvisError(f"{flag} applies to --task video only")
+    if args.task == "stereo":
+        return run_synth_stereo(args)
+    from parvis.data.synth import synthesize
+
     size = 128
     if args.size is not None:
         try:
@@ -104,6 +121,38 @@ def run_synth_video(args) -> int:
     con.print(
         f"wrote {result['clips']} clips x {result['frames']} frames at {width}x{height}, {result['fps']:g} fps "
         f"({result['codec']}) to {args.out} in {result['seconds']:.1f} s ({result['frames_per_s']:.0f} frames/s)"
+    )
+    return 0
+
+
+def run_synth_stereo(args) -> int:
+    import re
+
+    from parvis.data.stereo_synth import synthesize_stereo
+    from parvis.errors import ParvisError
+
+    size = (256, 128)
+    if args.size is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", args.size)
+        if not match:
+            raise ParvisError(f"--size for stereo must be WIDTHxHEIGHT in pixels, like 256x128; got {args.size!r}")
+        size = (int(match[1]), int(match[2]))
+    con = console()
+    result = synthesize_stereo(
+        args.out,
+        n=400 if args.n is None else args.n,
+        size=size,
+        max_disp=48 if args.max_disp is None else args.max_disp,
+        seed=args.seed,
+        workers=args.workers,
+        progress=con.is_terminal,
+        val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+    )
+    splits = ", ".join(f"{k} {v}" for k, v in result["splits"].items())
+    con.print(
+        f"wrote {result['n']} stereo pairs ({splits}) at {size[0]}x{size[1]}, disparity up to {result['max_disp']} px "
+        f"({result['valid_fraction']:.0%} of pixels with ground truth) to {args.out} in {result['seconds']:.1f} s "
+        f"({result['pairs_per_s']:.0f} pairs/s)"
     )
     return 0
 

@@ -38,13 +38,16 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", metavar="MODEL", help="a checkpoint written by parvis train, or a model name "
                    "(registered, torchvision:NAME, timm:NAME) with --weights")  # fmt: skip
     p.add_argument(
-        "--metric", default="auto", choices=("auto", "labels", "agreement", "top1", "miou", "map50", "map"),
-        help="labels: the task metric on --data's labelled val split (top1, miou, detection map50); a metric name: "
-        "that one (detection: map = COCO mAP@0.5:0.95); agreement: agreement with eager fp32 on the images under "
+        "--metric", default="auto",
+        choices=("auto", "labels", "agreement", "top1", "miou", "map50", "map", "epe", "bad3", "d1"),
+        help="labels: the task metric on --data's labelled val split (top1, miou, detection map50, stereo epe); a "
+        "metric name: that one (detection: map = COCO mAP@0.5:0.95; stereo: epe in px, bad3 or d1 in %%); "
+        "agreement: agreement with eager fp32 on the images under "
         "--data (for data without labels the model knows); auto: labels when there are",
     )  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder: validation split scores, train split calibrates")
-    p.add_argument("--budget", type=float, default=1.0, help="allowed metric drop in points vs eager fp32 (default 1)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="allowed metric drop vs eager fp32, in points (stereo epe: in px; default 1)")  # fmt: skip
     p.add_argument("--out", default="runs/optimize", help="output folder (default runs/optimize)")
     p.add_argument("--batch", default="32", help="batch sizes for throughput, e.g. 1,8,32 (default 32)")
     p.add_argument("--threads", default=None, help="thread counts to try, e.g. 1,2 (default: usable cores)")
@@ -108,7 +111,8 @@ def run(args) -> int:
     scored_on = "val images" if result["metric_mode"] == "labels" else f"images, agreement with {result['baseline']}"
     table = Table(
         title=f"optimize {result['model']}, {result['input_size']} px, {result['device']}, "
-        f"budget {result['budget_points']:g} {name} points, {result['validation_images']} {scored_on}"
+        f"budget {result['budget_points']:g} {name} {'px' if name == 'epe' else 'points'}, "
+        f"{result['validation_images']} {scored_on}"
     )
     for col in (
         "variant",
@@ -153,7 +157,7 @@ def run(args) -> int:
         f"chosen: {c['runtime']}{streams} {precision_label(c)} ({c['variant']}) at batch {c['batch']}, "
         f"{c['threads']} thread(s): "
         f"{c['img_s']:,.1f} img/s, {c['speedup_vs_eager_fp32']:.2f}x {result['baseline']}, {name} {c['metric']:.4f} "
-        f"({c['metric_drop']:+.2f} points) -> {escape(c['artifact'])}"
+        f"({c['metric_drop']:+.2f} {'px' if name == 'epe' else 'points'} worse) -> {escape(c['artifact'])}"
     )
     con.print(f"wrote {escape(str(Path(args.out) / 'optimize.json'))}")
     return 0

@@ -6,6 +6,8 @@ output folder (its chosen artifact, runtime, precision and threads)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from parvis.cli.model_args import MODEL_HELP, add_model_args, preprocess_from
 from parvis.cli.output import console
 
@@ -13,7 +15,9 @@ from parvis.cli.output import console
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or an optimized artifact")
     p.add_argument("checkpoint", metavar="MODEL", help=MODEL_HELP)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns (stereo: LEFT RIGHT)"
+    )
     p.add_argument("--out", required=True, help="output folder (results.json, masks/, overlays/)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="auto: the device's best for checkpoints, the file's own")
@@ -23,6 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--decode-threads", type=int, default=1, help="threads decoding ahead of the model (default 1)")
     p.add_argument("--no-overlays", action="store_true", help="write results.json (and masks) only")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a checkpoint")
+    p.add_argument("--planes", default=None, help="stereo: 'closer than' masks at these disparities (px), e.g. 8,16,32")
+    p.add_argument("--depths", default=None, help="stereo: 'closer than' masks at these depths, e.g. 2m,5m")
+    p.add_argument(
+        "--focal-baseline", dest="focal_baseline", type=float, default=None,
+        help="stereo: the camera's focal length (px) x baseline (m), for --depths and depth in metres",
+    )  # fmt: skip
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -31,13 +41,15 @@ def run(args) -> int:
     from parvis.api import load
     from parvis.engine.predict import expand_inputs
 
-    expand_inputs(args.inputs)  # a wrong path fails before the model loads
     model = load(
         args.checkpoint, weights=args.weights, device=args.device, runtime=args.runtime, precision=args.precision,
         threads=args.threads, ema=args.ema, given=preprocess_from(args),
     )  # fmt: skip
     info = model.info
     con = console()
+    if model.meta.task == "stereo":
+        return run_stereo(args, model, con)
+    expand_inputs(args.inputs)
     if info.get("weights") == "random":
         con.print(f"{args.checkpoint}: a model name without --weights: random initialization, predictions mean nothing")
     what_runs = f"{info['runtime']} {info['precision']}"
@@ -64,3 +76,29 @@ def run(args) -> int:
         + (f"; {len(errors)} unreadable: " + ", ".join(r["file"] for r in errors) if errors else "")
     )
     return 1 if errors else 0
+
+
+def run_stereo(args, model, con) -> int:
+    from parvis.engine.predict_stereo import parse_planes, predict_pairs, stereo_pairs
+    from parvis.errors import ParvisError
+
+    if len(args.inputs) != 2:
+        raise ParvisError(f"a stereo model takes LEFT RIGHT (two images or two folders), got {len(args.inputs)} inputs")
+    focal_baseline = args.focal_baseline or model.meta.extra.get("focal_baseline")
+    planes = parse_planes(args.planes, args.depths, focal_baseline)
+    pairs = stereo_pairs(*args.inputs)
+    opened, info = model._open()
+    if focal_baseline:
+        opened.meta.extra["focal_baseline"] = focal_baseline
+    results = predict_pairs(opened, pairs, args.out, model.device, planes)
+    for r in results[:5]:
+        line = f"{Path(r['left']).name}: disparity {r['disparity_min']:.1f}..{r['disparity_max']:.1f} px"
+        if "nearest_m" in r:
+            line += f", nearest {r['nearest_m']:.2f} m"
+        for plane, p in r.get("planes", {}).items():
+            line += f"; closer than {plane} px: {p['closer_share']:.1%}"
+        con.print(line + (f" ({r['planes_from']})" if r.get("planes") else ""))
+    ms = sum(r["ms"] for r in results) / len(results)
+    con.print(f"predicted {len(results)} pair(s) with {info['runtime']} {info['precision']}, {ms:.1f} ms/pair -> "
+              f"{args.out}/results.json (disparity/ 16-bit PNG = px x 256, color/, planes/)")  # fmt: skip
+    return 0

@@ -34,10 +34,12 @@ FLAG_KEYS = (
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model (classification, segmentation or detection)")
+    p = sub.add_parser("train", help="train a model (classification, segmentation, detection or stereo)")
     p.add_argument("--config", default=None, help="YAML recipe (e.g. configs/segmentation.yaml)")
-    p.add_argument("--task", choices=("classification", "segmentation", "detection"), default=None)
-    p.add_argument("--model", default=None, help="registered model name (parvis models lists them)")
+    p.add_argument("--task", choices=("classification", "segmentation", "detection", "stereo"), default=None)
+    p.add_argument(
+        "--model", default=None, help="registered model name (parvis models lists them; default: the task's own)"
+    )
     p.add_argument("--data", default=None, help="dataset folder")
     p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: recipe=auto chooses)")
     p.add_argument("--time", default=None, help="wall-clock budget, e.g. 90s, 5m, 1h: epochs are planned to fit it")
@@ -118,7 +120,9 @@ def run(args) -> int:
 
     record = train(cfg, resume=args.resume, quiet=args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
-        keys = [k for k in ("val_top1", "val_top5", "val_miou", "val_pixel_acc", "val_map50", "val_map") if k in record]
+        names = ("val_top1", "val_top5", "val_miou", "val_pixel_acc", "val_map50", "val_map", "val_epe", "val_bad3",
+                 "val_d1", "val_plane_acc")  # fmt: skip
+        keys = [k for k in names if k in record]
         summary = ", ".join(f"{k[4:]} {record[k]:.4f}" for k in keys)
         print(f"done: {summary}; checkpoints in {cfg.out} (last.pt, best.pt)")
     return 0

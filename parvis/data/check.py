@@ -37,6 +37,17 @@ from parvis.data.maskfolder import (
     size_mismatch_message,
     unexpected_ids,
 )
+from parvis.data.stereo import (
+    DISPARITY_DIR,
+    SIDES,
+    DisparityStats,
+    StereoDataset,
+    disparity_size_message,
+    disparity_stats,
+    negative_message,
+    pair_size_message,
+    read_disparity,
+)
 from parvis.data.voc import SPLITS as VOC_SPLITS
 from parvis.data.voc import VocDetectionDataset
 from parvis.data.yolo import DATA_YAML, YoloDetectionDataset, is_split_key, label_path, load_yolo_config
@@ -44,9 +55,10 @@ from parvis.errors import BadSampleError, ParvisError
 
 CONFIG_NAME = "dataset.yaml"
 # Each task's default format first.
-FORMATS = {"classification": ("imagefolder",), "segmentation": ("masks",), "detection": ("coco", "yolo", "voc")}
+FORMATS = {"classification": ("imagefolder",), "segmentation": ("masks",), "detection": ("coco", "yolo", "voc"),
+           "stereo": ("stereo",)}  # fmt: skip
 TASK_FORMATS = {task: formats[0] for task, formats in FORMATS.items()}
-# The paths a split of each format needs in dataset.yaml (imagefolder: the split's value is its folder),
+# The paths a split of each format needs in dataset.yaml (imagefolder, stereo: the split's value is its folder),
 # and those it may add.
 SPLIT_PATHS = {"masks": ("images", "masks"), "coco": ("images", "annotations"), "yolo": ("images",),
                "voc": ("images", "annotations")}  # fmt: skip
@@ -56,7 +68,8 @@ TASK_SETTINGS = ("format", "classes", "ignore_index")
 VOC_FOLDERS = {"Annotations", "JPEGImages", "ImageSets", "VOCdevkit", "SegmentationClass", "SegmentationObject"}
 RECOGNIZED = (
     "COCO (annotations/*.json with images/), YOLO (data.yaml with images/ + labels/), Pascal VOC (Annotations/ + "
-    "JPEGImages/), mask folders (images/ + masks/), ImageFolder (<class>/<image> or <split>/<class>/<image>)"
+    "JPEGImages/), mask folders (images/ + masks/), stereo (left/ + right/ [+ disparity/], or <split>/left + "
+    "right), ImageFolder (<class>/<image> or <split>/<class>/<image>)"
 )
 
 
@@ -130,6 +143,8 @@ def config_layouts(root: str | Path, config: dict[str, Any]) -> list[Layout]:
                 optional = [k for k in OPTIONAL_PATHS.get(fmt, ()) if isinstance(value.get(k), str)]
                 paths = {k: root / value[k] for k in (*keys, *optional)}
             layouts.append(Layout(task, str(split), paths, classes, ignore_index, fmt))
+    if config.get("task") == "stereo" and not any(layout.task == "stereo" for layout in layouts):
+        layouts += _stereo_layouts(root)  # "task: stereo" alone: the splits are the folders found
     if not layouts:
         raise ParvisError(f"{where}: lists no splits under {', '.join(TASK_FORMATS)}; add at least one")
     return layouts
@@ -160,6 +175,10 @@ def detect_layouts(root: str | Path) -> list[Layout]:
             f"{root}: has images/ and labels/ (the YOLO layout) but no {DATA_YAML} naming the classes; write "
             f"{root / DATA_YAML} with 'names: [...]', 'train: images/train' and 'val: images/val'"
         )
+    stereo = _stereo_layouts(root)
+    layouts += stereo
+    for layout in stereo:  # left/ and right/ hold images, which ImageFolder detection would take for classes
+        claimed |= {*SIDES, DISPARITY_DIR} if layout.split == "all" else {layout.split}
     for base in [root, *sorted(root.glob("VOCdevkit/VOC*"))]:
         if (base / "Annotations").is_dir() and (base / "JPEGImages").is_dir():
             layouts += _voc_layouts(root, base)
@@ -195,6 +214,17 @@ def find_layouts(root: str | Path) -> list[Layout]:
         raise ParvisError(f"{root}: no such dataset folder; check the path")
     config = load_config(root)
     return config_layouts(root, config) if config is not None else detect_layouts(root)
+
+
+def _stereo_layouts(root: Path) -> list[Layout]:
+    """ROOT/left + ROOT/right as split "all", else one split per ROOT/<split> that has left/ and right/."""
+    if all((root / side).is_dir() for side in SIDES):
+        return [Layout("stereo", "all", {"root": root})]
+    return [
+        Layout("stereo", folder.name, {"root": folder})
+        for folder in _subdirs(root)
+        if all((folder / side).is_dir() for side in SIDES)
+    ]
 
 
 def _find_yolo_yaml(root: Path) -> Path | None:
@@ -266,6 +296,8 @@ def open_layout(layout: Layout, **kwargs: Any) -> FileDataset:
             classes=layout.classes,
             **kwargs,
         )
+    if layout.task == "stereo":
+        return StereoDataset(layout.paths["root"], **kwargs)
     if layout.format == "yolo":
         if "data" in layout.paths:
             config = load_yolo_config(layout.paths["data"])
@@ -327,12 +359,14 @@ class CheckReport:
 
 
 class _Inspected(NamedTuple):
-    """What a worker learned about one file: its size, a mask's label histogram, or what is wrong."""
+    """What a worker learned about one file: its size, a mask's label histogram, a disparity map's
+    statistics, or what is wrong."""
 
     height: int = 0
     width: int = 0
     histogram: np.ndarray | None = None
     error: str | None = None
+    disparity: DisparityStats | None = None
 
 
 def _inspect(job: tuple[str, str, int]) -> _Inspected:
@@ -341,6 +375,9 @@ def _inspect(job: tuple[str, str, int]) -> _Inspected:
         if kind == "mask":
             mask = read_mask(path, max_pixels=max_pixels)
             return _Inspected(mask.shape[0], mask.shape[1], histogram=label_histogram(mask))
+        if kind == "disparity":
+            disparity = read_disparity(path, max_pixels=max_pixels)
+            return _Inspected(disparity.shape[0], disparity.shape[1], disparity=disparity_stats(disparity))
         image = read_image(path, max_pixels=max_pixels)
         return _Inspected(image.shape[0], image.shape[1])
     except BadSampleError as exc:
@@ -679,8 +716,68 @@ class _VocCheck(_LayoutCheck):
         }
 
 
+class _StereoCheck(_LayoutCheck):
+    def plan_files(self, files: _Files) -> None:
+        dataset: StereoDataset = self.dataset
+        self.keys = []
+        for name, (left, right, disparity) in zip(dataset.names, dataset.samples, strict=True):
+            if right is None:
+                self.problem(left, f"no right image right/{name}.*; add it or remove the left image")
+            if dataset.has_disparity and disparity is None:
+                self.problem(left, f"no disparity map {DISPARITY_DIR}/{name}.png or .pfm; add it")
+            self.keys.append(
+                (
+                    files.add("image", left),
+                    files.add("image", right) if right is not None else None,
+                    files.add("disparity", disparity) if disparity is not None else None,
+                )
+            )
+        for path, folder in dataset.unmatched:
+            what = "right image" if folder == "right" else "disparity map"
+            self.problem(path, f"{what} without a left image left/{path.stem}.*; add the left image or remove it")
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        dataset: StereoDataset = self.dataset
+        sizes: list[tuple[int, int]] = []
+        pixels = valid = maps = 0
+        low, high = float("inf"), 0.0
+        for (left, right, disparity), keys in zip(dataset.samples, self.keys, strict=True):
+            left_key, right_key, disparity_key = keys
+            image = results[left_key]
+            left_ok = self.image_result(left, image, sizes)
+            if right_key is not None:
+                other = results[right_key]
+                if other.error:
+                    self.problem(right, other.error)
+                elif left_ok and (other.height, other.width) != (image.height, image.width):
+                    message = pair_size_message((other.height, other.width), left.name, (image.height, image.width))
+                    self.problem(right, message)
+            if disparity_key is None:
+                continue
+            found = results[disparity_key]
+            if found.error:
+                self.problem(disparity, found.error)
+                continue
+            maps += 1
+            if left_ok and (found.height, found.width) != (image.height, image.width):
+                shape = (found.height, found.width)
+                self.problem(disparity, disparity_size_message(shape, left.name, image.height, image.width))
+            stats = found.disparity
+            if stats.negative:
+                self.problem(disparity, negative_message(stats))
+            pixels, valid = pixels + stats.pixels, valid + stats.valid
+            if stats.valid:
+                low, high = min(low, stats.low), max(high, stats.high)
+        summary: dict[str, Any] = {"pairs": len(dataset), "disparity_maps": maps}
+        if maps:
+            summary["valid_pixels"] = round(valid / max(1, pixels), 4)
+            summary["disparity"] = {"min": round(low, 3), "max": round(high, 3)} if valid else {}
+        summary["size"] = _size_stats(sizes)
+        return summary
+
+
 CHECKS = {"imagefolder": _ImageFolderCheck, "masks": _MaskFolderCheck, "coco": _CocoCheck, "yolo": _YoloCheck,
-          "voc": _VocCheck}  # fmt: skip
+          "voc": _VocCheck, "stereo": _StereoCheck}  # fmt: skip
 
 
 def check_dataset(

@@ -19,7 +19,7 @@ from parvis.errors import ParvisError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TASKS = ("classification", "segmentation", "detection")
+TASKS = ("classification", "segmentation", "detection", "stereo")
 # Eval resize before the center crop, as torchvision/timm's reference recipes do (224 <- 256).
 CROP_PCT = 0.875
 
@@ -121,7 +121,66 @@ def detection_eval(size: int) -> v2.Transform:
     return v2.Resize((size, size), antialias=True)
 
 
+class StereoCrop(torch.nn.Module):
+    """Training preset for stereo pairs (image (6, H, W): left RGB, right RGB; target (H, W) disparity).
+
+    The same random `size` x `2 size` window of both views and the disparity (pairs smaller than
+    that are padded with invalid pixels), a vertical flip of both half of the time (rectification
+    keeps rows, so disparity is unchanged), and brightness, contrast and gamma jittered separately
+    per view (cameras differ). No horizontal flip: mirrored views would need swapping and their
+    disparity would be the right view's, which the data does not have.
+    """
+
+    def __init__(self, size: int, jitter: float = 0.2):
+        super().__init__()
+        self.height, self.width, self.jitter = size, 2 * size, jitter
+
+    def forward(self, image, target):
+        image = image.as_subclass(torch.Tensor)
+        _, h, w = image.shape
+        if target is None:
+            target = torch.zeros(h, w)
+        ph, pw = max(0, self.height - h), max(0, self.width - w)
+        if ph or pw:
+            image = torch.nn.functional.pad(image, (0, pw, 0, ph))
+            target = torch.nn.functional.pad(target, (0, pw, 0, ph))
+            h, w = image.shape[-2:]
+        top = int(torch.randint(0, h - self.height + 1, ()))
+        left = int(torch.randint(0, w - self.width + 1, ()))
+        image = image[:, top : top + self.height, left : left + self.width]
+        target = target[top : top + self.height, left : left + self.width]
+        if torch.rand(()) < 0.5:
+            image, target = image.flip(-2), target.flip(-2)
+        views = []
+        for view in (image[:3], image[3:]):
+            x = view.float() / 255
+            gain = 1 + (torch.rand(()) * 2 - 1) * self.jitter
+            mean = x.mean()
+            contrast = 1 + (torch.rand(()) * 2 - 1) * self.jitter
+            gamma = 1 + (torch.rand(()) * 2 - 1) * self.jitter / 2
+            x = ((x - mean) * contrast + mean) * gain
+            views.append((x.clamp(0, 1) ** gamma * 255).round().to(torch.uint8))
+        out = torch.cat(views).permute(1, 2, 0).contiguous().permute(2, 0, 1)  # channels-last, as decoders give
+        return tv_tensors.Image(out), target.contiguous()
+
+
+class StereoEval(torch.nn.Module):
+    """Eval preset for stereo pairs: the full pair at its own resolution (disparity is in its pixels)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+
+    def forward(self, image, target):
+        return image, target
+
+
+def stereo_train(size: int, hflip: bool = False) -> StereoCrop:
+    return StereoCrop(size)
+
+
 _PRESETS = {
+    ("stereo", True): stereo_train,
+    ("stereo", False): StereoEval,
     ("classification", True): classification_train,
     ("classification", False): classification_eval,
     ("segmentation", True): segmentation_train,

@@ -12,6 +12,7 @@ from parvis import runtime
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader
 from parvis.engine.loading import load_trained
+from parvis.engine.stereo_metrics import StereoMetric, eval_planes
 from parvis.errors import ParvisError
 from parvis.models import eval_transform
 
@@ -30,6 +31,8 @@ def make_metrics(task: str, num_classes: int, class_names: list[str], ignore_ind
 
     if task == "detection":
         return detection_metric().to(device)
+    if task == "stereo":
+        return StereoMetric().to(device)
     if task == "classification":
         metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes <= PER_CLASS_MAX:  # per class (recall); not a thousand keys for an ImageNet model
@@ -102,7 +105,8 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     Keys: classification -> top1 (and top5 when there are more than 5 classes) and acc_<class> (the
     share of each class's images predicted right, up to 100 classes); segmentation ->
     miou, pixel_acc and iou_<class> per class; detection -> map (COCO, IoU 0.5:0.95), map50, map75,
-    mar100 and ap50_<class> per class; always loss, images, images_per_s, data_wait.
+    mar100 and ap50_<class> per class; stereo -> epe, bad1/2/3, d1 (see stereo_metrics) and, for a
+    model with a plane head, plane_acc / plane_iou; always loss, images, images_per_s, data_wait.
     """
     was_training = model.training
     model.eval()
@@ -111,6 +115,11 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     count = torch.zeros((), device=device, dtype=torch.float64)
     loss_fn = _unwrap(model).loss
     detection = meta.task == "detection"
+    stereo = meta.task == "stereo"
+    planes_of = getattr(_unwrap(model), "forward_planes", None) if stereo else None
+    if planes_of is not None:
+        metrics.planes = eval_planes(meta.extra.get("max_disp", 48))
+        metrics.reset()
     start = time.perf_counter()
     for batch in batches:
         if batch.images.numel() == 0:
@@ -121,6 +130,12 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
         count += len(batch.images)
         if detection:
             _detection_update(metrics, _unwrap(model).postprocess(raw), batch.targets)
+        elif stereo:
+            probs = None
+            if planes_of is not None:
+                with runtime.autocast(precision):
+                    probs = planes_of(batch.images, metrics.planes).float().sigmoid()
+            metrics.update(raw.float(), batch.targets, probs)
         else:
             metrics.update(raw.float(), batch.targets)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -131,6 +146,8 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     out: dict[str, float] = {}
     if detection:
         out.update(_detection_values(values, meta.class_names))
+    elif stereo:
+        out.update(values)
     else:
         for key, value in values.items():
             if value.numel() == 1:

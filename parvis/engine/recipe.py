@@ -98,11 +98,13 @@ class DataSurvey:
 def _image_paths(dataset) -> list[Path]:
     if isinstance(dataset, DetectionDataset):
         return [dataset.image_path(i) for i in range(len(dataset))]
+    if hasattr(dataset, "pair_paths"):  # stereo: the left views
+        return [dataset.pair_paths(i)[0] for i in range(len(dataset))]
     return [Path(sample[0]) for sample in dataset.samples]
 
 
 def _class_counts(dataset) -> dict[str, int]:
-    classes = list(dataset.classes or [])
+    classes = list(getattr(dataset, "classes", None) or [])
     if hasattr(dataset, "targets"):  # ImageFolder: one label per image
         counts = Counter(dataset.targets)
         return {name: counts.get(i, 0) for i, name in enumerate(classes)}
@@ -195,6 +197,9 @@ def choose(
 
     def now(key: str) -> Any:
         return values.get(key, getattr(cfg, key))
+
+    if task == "stereo":
+        return _choose_stereo(cfg, survey, cpu, pick, now, values, choices)
 
     # --- input size
     cap = 128 if cpu else (224 if task == "classification" else 512)
@@ -319,6 +324,29 @@ def choose(
     if survey.imbalance >= 3:
         choices.append(Choice("class balance", f"{survey.imbalance:.1f}:1", "imbalanced; top-1 is reported with "
                               "per-class accuracy in parvis eval"))  # fmt: skip
+    return dataclasses.replace(cfg, **values), choices
+
+
+def _choose_stereo(cfg, survey, cpu, pick, now, values, choices):
+    """Stereo: crops of the pairs at their own scale (resizing would rescale disparity), AdamW."""
+    size = min(64 if cpu else 128, _round8(survey.side))
+    pick("size", size, f"crops of {size} x {2 * size} px from {survey.side} px pairs (no resize: disparity keeps "
+         f"its pixels){'; small crops keep a CPU epoch short' if cpu else ''}; --size to change")  # fmt: skip
+    pick("batch", 8 if cpu else 32, f"{now('size')} x {2 * now('size')} px crops on the {'cpu' if cpu else 'gpu'}")
+    n = max(1, survey.n_train)
+    epochs = min(60, max(8, math.ceil(12000 / n)))
+    if cfg.time is not None and "epochs" not in given_keys(cfg):
+        pick("epochs", epochs, f"provisional: the trainer measures its first steps and plans for time={cfg.time}")
+    else:
+        pick("epochs", epochs, f"~12k training crops over {survey.n_train} pairs")
+    pick("optimizer", "adamw", "reaches a good accuracy fastest in short schedules")
+    pick("lr", 2e-3, "AdamW at 2e-3 (StereoNet-class networks train at 1e-3..4e-3)")
+    pick("weight_decay", 1e-4, "dense heads: light decay")
+    pick("clip_grad", None, "none: the smooth-L1 disparity loss is bounded per pixel")
+    pick("warmup_epochs", round(min(1.0, 0.05 * now("epochs")), 3), "5% of the run, at most one epoch")
+    pick("hflip", False, "no horizontal flips: a mirrored pair would need its views swapped and the right view's "
+         "disparity; vertical flips and per-view photometric jitter instead")  # fmt: skip
+    pick("cache", "none", "pairs are decoded every epoch (the cache keeps single images)")
     return dataclasses.replace(cfg, **values), choices
 
 

@@ -31,7 +31,7 @@ from parvis.data.check import load_config as load_data_config
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader, set_epoch
 from parvis.data.stream import ShapesStream
-from parvis.data.transforms import build_transform
+from parvis.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
 from parvis.engine.checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
 from parvis.engine.evaluate import _unwrap, evaluate
 from parvis.engine.hooks import (
@@ -49,8 +49,16 @@ from parvis.errors import ParvisError
 from parvis.models import VisionModel
 from parvis.models import build_model as build_named_model
 
-# The validation metric that picks best.pt, per task (higher is better for each).
-MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50"}
+# The validation metric that picks best.pt, per task: higher is better, except the tasks in LOWER_IS_BETTER.
+MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50", "stereo": "epe"}
+LOWER_IS_BETTER = {"stereo"}
+# The model a task trains when the user names none (TrainConfig's written default is the classifier's).
+TASK_MODELS = {
+    "classification": "resnet18",
+    "segmentation": "unet_small",
+    "detection": "centernet_small",
+    "stereo": "stereonet_small",
+}
 
 
 class NonFiniteLoss(ParvisError):
@@ -172,6 +180,8 @@ def build_loaders(cfg: TrainConfig, dist: runtime.DistInfo) -> Loaders:
         train_set = DecodedCache(train_set, cache_side(task, size))
     val_set = open_dataset(cfg.data, task, "val", transform=build_transform(task, False, size), **kw)
     loader_kw = {"device": dist.device, "workers": cfg.workers, "dist": dist, "seed": cfg.seed}
+    if task == "stereo":  # (6, H, W) pairs: both views normalized like the models' meta (make_meta)
+        loader_kw["mean"], loader_kw["std"] = IMAGENET_MEAN * 2, IMAGENET_STD * 2
     if cfg.deterministic:
         # Persistent workers keep their RNG across epochs, so a resumed run would augment differently.
         loader_kw["persistent"] = False
@@ -188,6 +198,10 @@ def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo
     """`cfg.model` (registered or zoo name) for `class_names`, from `cfg.weights` when given."""
     # Fine-tuning: a pretrained classifier whose head does not fit these classes gets a new one.
     options = {}
+    if cfg.task == "stereo":  # the cost volume spans the data's disparity range
+        max_disp = (load_data_config(cfg.data) or {}).get("max_disp")
+        if max_disp:
+            options["max_disp"] = int(max_disp)
     if cfg.stem != "imagenet":
         if not supports_small_stem(cfg.model):
             raise ParvisError(
@@ -354,7 +368,9 @@ class Trainer:
             )
         self.epoch, self.step = 0, 0
         self.monitor = MONITOR[self.meta.task]
-        self.checkpoints = CheckpointManager(self.out, monitor=self.monitor, mode="max")
+        self.checkpoints = CheckpointManager(
+            self.out, monitor=self.monitor, mode="min" if self.meta.task in LOWER_IS_BETTER else "max"
+        )
         self.history: list[dict] = []
         if resume:
             self._resume(resume if isinstance(resume, dict) else None)
@@ -529,6 +545,10 @@ def build_trainer(
             print(f"resumed from {Path(cfg.out) / 'last.pt'}: epoch {state['epoch']} of {cfg.epochs} done, "
                   f"step {state['step']}; continuing with epoch {state['epoch'] + 1}", flush=True)  # fmt: skip
     elif model is None:
+        if "model" not in given_keys(cfg) and cfg.model != TASK_MODELS[cfg.task]:
+            given = given_keys(cfg)
+            cfg = dataclasses.replace(cfg, model=TASK_MODELS[cfg.task])
+            object.__setattr__(cfg, "_given", given)
         check_model_task(cfg)
         cfg, choices = resolve_recipe(cfg, dist.device)
     # Every rank initializes the model from the same seed: FSDP shards each rank's own copy

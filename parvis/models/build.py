@@ -46,8 +46,12 @@ def make_meta(
         raise ParvisError(
             f"{len(class_names)} class names given for {num_classes} classes; pass --num-classes {len(class_names)}"
         )
+    if task == "stereo" and len(mean) == len(std) == 6:  # a stereo model's own meta (left, right)
+        mean, std = tuple(mean[:3]), tuple(std[:3])
     if len(mean) != 3 or len(std) != 3:
         raise ParvisError(f"mean and std need 3 values (RGB), got mean={list(mean)} std={list(std)}")
+    if task == "stereo":  # one (B, 6, H, W) input: left RGB then right RGB, normalized alike
+        mean, std = tuple(mean) * 2, tuple(std) * 2
     return ModelMeta(
         name=name,
         task=task,

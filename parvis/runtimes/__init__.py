@@ -21,6 +21,7 @@ from parvis.artifact import TENSOR_TASK, Preprocess, chosen_config, is_optimize_
 from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
 from parvis.models.base import ClassificationModel, DetectionModel, SegmentationModel, VisionModel
+from parvis.models.stereo import StereoModel
 from parvis.runtimes.base import Runtime
 from parvis.runtimes.onnxruntime import OnnxRuntime
 from parvis.runtimes.openvino import OpenVinoRuntime
@@ -59,7 +60,12 @@ def as_model(runtime: Runtime) -> VisionModel:
     """The runtime as a VisionModel (forward, loss, postprocess), so evaluation and prediction code
     written for PyTorch models runs artifacts unchanged. The runtime applies its own precision and
     threads inside forward: callers never wrap it in autocast."""
-    bases = {"classification": ClassificationModel, "segmentation": SegmentationModel, "detection": DetectionModel}
+    bases = {
+        "classification": ClassificationModel,
+        "segmentation": SegmentationModel,
+        "detection": DetectionModel,
+        "stereo": StereoModel,
+    }
     base = bases.get(runtime.meta.task, VisionModel)
 
     class RuntimeModel(base):
@@ -71,6 +77,11 @@ def as_model(runtime: Runtime) -> VisionModel:
             if hasattr(self.runtime, "run_tensor"):  # PyTorch runtimes: stay on the device, no numpy copy
                 return self.runtime.run_tensor(images).to(images.device)
             return torch.from_numpy(self.runtime.run(images.detach().float().cpu())).to(images.device)
+
+        def plane_logits(self, images, planes):
+            """Stereo: the plane head's logits when the runtime runs a model that has one, else None."""
+            run_planes = getattr(self.runtime, "run_planes", None)
+            return None if run_planes is None else run_planes(images, planes)
 
     return RuntimeModel().eval()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from parvis.artifact import Preprocess, read_metadata
+from parvis.artifact import Preprocess, image_feeds, read_metadata
 from parvis.errors import ParvisError
 from parvis.runtimes.base import Runtime
 
@@ -45,7 +45,8 @@ class OnnxRuntime(Runtime):
             self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as exc:
             raise ParvisError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images) -> np.ndarray:
@@ -53,7 +54,7 @@ class OnnxRuntime(Runtime):
         if isinstance(images, dict):
             return next(iter(self.run_tensors(images).values()))
         x = images.numpy() if hasattr(images, "numpy") else np.asarray(images)
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, image_feeds(self.input_names, np.ascontiguousarray(x, dtype=np.float32)))[0]
 
     def run_tensors(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Every named input in, every named output out (raw-tensor models with several of each)."""

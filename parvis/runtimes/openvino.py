@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 from parvis import runtime as rt
-from parvis.artifact import Preprocess, read_metadata
+from parvis.artifact import Preprocess, image_feeds, read_metadata
 from parvis.errors import ParvisError
 from parvis.runtimes.base import Runtime
 
@@ -124,10 +124,15 @@ class OpenVinoRuntime(Runtime):
                 "precision bf16: this CPU has no native BF16 (AVX512-BF16, AMX or Arm BF16), OpenVINO would "
                 "emulate it slower than fp32; use fp32 (or int8 with a quantized model)"
             )
-        shape = model.inputs[0].get_partial_shape()
-        if shape.rank.is_static and not shape[0].is_dynamic:  # batch 1 and N must both run
-            shape[0] = ov.Dimension.dynamic()
-            model.reshape({model.inputs[0]: shape})
+        shapes = {}
+        for port in model.inputs:  # one image input, or a stereo graph's left and right
+            shape = port.get_partial_shape()
+            if shape.rank.is_static and not shape[0].is_dynamic:  # batch 1 and N must both run
+                shape[0] = ov.Dimension.dynamic()
+                shapes[port] = shape
+        if shapes:
+            model.reshape(shapes)
+        self.input_names = [port.get_any_name() for port in model.inputs]
         config = {
             # int8: the layers left in float run fp32, like ONNX Runtime's INT8 row
             hints.inference_precision: ov.Type.bf16 if precision == "bf16" else ov.Type.f32,
@@ -159,16 +164,19 @@ class OpenVinoRuntime(Runtime):
     def _run(self, x: np.ndarray) -> np.ndarray:
         if len(self.requests) == 1 or len(x) == 1:
             request = self.requests[0]
-            request.infer({0: x})
+            request.infer(self._feeds(x))
             return request.get_output_tensor(0).data.copy()  # the request reuses its output buffer
         slices = [s for s in np.array_split(x, len(self.requests)) if len(s)]
         for request, part in zip(self.requests, slices, strict=False):
-            request.start_async({0: np.ascontiguousarray(part)})
+            request.start_async(self._feeds(np.ascontiguousarray(part)))
         outs = []
         for request in self.requests[: len(slices)]:
             request.wait()
             outs.append(request.get_output_tensor(0).data.copy())
         return np.concatenate(outs)
+
+    def _feeds(self, x: np.ndarray) -> dict:
+        return {i: v for i, v in enumerate(image_feeds(self.input_names, x).values())}
 
     def _int8_layers(self) -> str:
         """'quantized/total' conv and matmul layers in the compiled graph: proof that INT8 really runs."""

@@ -82,6 +82,19 @@ class TorchRuntime(Runtime):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
 
+    @torch.inference_mode()
+    def run_planes(self, images: torch.Tensor, planes: list[float]) -> torch.Tensor | None:
+        """A stereo model's plane head ("closer than plane" logits, (B, P, H, W)) at this runtime's
+        precision and threads; None for a model without one."""
+        planes_of = getattr(self.module, "forward_planes", None)
+        if planes_of is None:
+            return None
+        x = images.to(self.device, torch.float32)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _threads(self.threads), rt.autocast(self.precision):
+            return planes_of(x, planes).float()
+
     def info(self) -> dict:
         return {
             "runtime": self.name,

@@ -288,6 +288,25 @@ async def image_from_multipart(request: Request, body: bytes) -> bytes:
     raise HTTPError(422, "multipart body has no file part; send the image as a file field (e.g. -F image=@x.jpg)")
 
 
+async def pair_from_multipart(request: Request, body: bytes) -> tuple[bytes, bytes]:
+    """A stereo pair from a multipart body: the file fields `left` and `right`, else the first two files."""
+
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=2, max_fields=16)
+    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for malformed bodies
+        raise HTTPError(400, f"malformed multipart body ({exc}); send -F left=@L.png -F right=@R.png") from None
+    files = {key: value for key, value in form.multi_items() if isinstance(value, UploadFile)}
+    parts = [files[k] for k in ("left", "right") if k in files] if {"left", "right"} <= files.keys() else []
+    parts = parts or list(files.values())
+    if len(parts) != 2:
+        raise HTTPError(422, f"a stereo model takes two images, got {len(parts)} file part(s); send "
+                        "-F left=@L.png -F right=@R.png")  # fmt: skip
+    return await parts[0].read(), await parts[1].read()
+
+
 def create_app(server: Server) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -336,15 +355,24 @@ def create_app(server: Server) -> FastAPI:
         return server.models[name].describe()
 
     @app.post("/v1/models/{name}/predict")
-    async def predict(name: str, request: Request, mask: str = "png", min_score: float = 0.3, agnostic: bool = False):
+    async def predict(
+        name: str, request: Request, mask: str = "png", min_score: float = 0.3, agnostic: bool = False,
+        planes: str = "",
+    ):  # fmt: skip
         model = server.model(name)
+        try:
+            plane_values = tuple(float(p) for p in planes.split(",") if p.strip())
+        except ValueError:
+            raise HTTPError(422, f"planes={planes!r}: expected disparities in pixels, e.g. planes=8,16") from None
         if mask not in MASK_FORMATS:
             raise HTTPError(422, f"mask={mask!r} is unknown; choose one of {', '.join(MASK_FORMATS)}")
         if not 0.0 <= min_score <= 1.0:
             raise HTTPError(422, f"min_score={min_score} is outside 0..1")
         timeout = model.spec.config.timeout_ms / 1000.0
         try:
-            return await asyncio.wait_for(_predict(server, model, request, mask, timeout, min_score, agnostic), timeout)
+            return await asyncio.wait_for(
+                _predict(server, model, request, mask, timeout, min_score, agnostic, plane_values), timeout
+            )
         except asyncio.TimeoutError:
             server.metrics.rejected.labels(name, "timeout").inc()
             raise HTTPError(504, f"model {name!r} did not answer within {timeout * 1000:.0f} ms; retry later") from None
@@ -394,6 +422,7 @@ async def _predict(
     timeout: float,
     min_score: float = 0.3,
     agnostic: bool = False,
+    planes: tuple[float, ...] = (),
 ):
     if model.meta.task == TENSOR_TASK:
         raise HTTPError(
@@ -408,9 +437,14 @@ async def _predict(
     loop = asyncio.get_running_loop()
     with _reserve(server, model) as slot:
         body = await read_body(request, server.config.max_body_bytes)
-        if ctype == "multipart/form-data":
+        stereo = model.meta.task == "stereo"
+        if stereo and ctype != "multipart/form-data":
+            raise HTTPError(415, "a stereo model takes a pair: send multipart with -F left=@L.png -F right=@R.png")
+        if stereo:
+            body = await pair_from_multipart(request, body)
+        elif ctype == "multipart/form-data":
             body = await image_from_multipart(request, body)
-        if not body:
+        if not body or (stereo and not all(body)):
             raise HTTPError(400, "empty body; send the image bytes as the request body")
         start = time.perf_counter()
         try:
@@ -424,8 +458,9 @@ async def _predict(
         result = result_dict(model.meta, done.value, size, mask)
     else:  # masks resized and PNG-encoded, detection peaks decoded: off the event loop
         result = await loop.run_in_executor(
-            server.pool, result_dict, model.meta, done.value, size, mask, model.postprocess, min_score, agnostic
-        )
+            server.pool, result_dict, model.meta, done.value, size, mask, model.postprocess, min_score, agnostic,
+            planes,
+        )  # fmt: skip
     return JSONResponse(result, headers=_batch_headers(done))
 
 
@@ -439,24 +474,44 @@ def _batch_headers(done) -> dict:
 
 
 def parse_v2_input(payload, meta, max_items: int) -> np.ndarray:
-    """The one FP32 (N, 3, S, S) tensor of a KServe v2 inference request; HTTPError 422 names the problem."""
+    """The one FP32 (N, 3, S, S) tensor of a KServe v2 inference request (a stereo model: the inputs `left`
+    and `right`, each (N, 3, H, W), joined into (N, 6, H, W)); HTTPError 422 names the problem."""
+    if meta.task == "stereo":
+        return _parse_v2_pair(payload, max_items)
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list) or len(payload["inputs"]) != 1:
         raise HTTPError(422, 'expected {"inputs": [{"name", "shape", "datatype", "data"}]} with exactly one input')
-    tensor = payload["inputs"][0]
+    size = meta.input_size
+    return _v2_image_tensor(payload["inputs"][0], max_items, lambda shape: shape[1:] == [3, size, size],
+                            f"[N, 3, {size}, {size}]")  # fmt: skip
+
+
+def _parse_v2_pair(payload, max_items: int) -> np.ndarray:
+    inputs = payload.get("inputs") if isinstance(payload, dict) else None
+    names = [t.get("name") for t in inputs if isinstance(t, dict)] if isinstance(inputs, list) else []
+    if sorted(names) != ["left", "right"] or len(inputs) != 2:
+        raise HTTPError(422, 'a stereo model takes {"inputs": [{"name": "left", ...}, {"name": "right", ...}]}, '
+                        "each FP32 [N, 3, H, W]")  # fmt: skip
+    views = {t["name"]: _v2_image_tensor(t, max_items, lambda shape: shape[1] == 3, "[N, 3, H, W]") for t in inputs}
+    if views["left"].shape != views["right"].shape:
+        raise HTTPError(422, f"left {list(views['left'].shape)} and right {list(views['right'].shape)} differ; "
+                        "send a rectified pair of one shape")  # fmt: skip
+    return np.concatenate([views["left"], views["right"]], axis=1)
+
+
+def _v2_image_tensor(tensor, max_items: int, shape_ok, expected: str) -> np.ndarray:
     if not isinstance(tensor, dict) or not {"shape", "datatype", "data"} <= tensor.keys():
         raise HTTPError(422, "input needs 'shape', 'datatype' and 'data'")
     if tensor["datatype"] != "FP32":
         raise HTTPError(422, f"datatype {tensor['datatype']!r} is not accepted; send FP32 (normalized NCHW floats)")
-    size = meta.input_size
     shape = tensor["shape"]
     if (
         not isinstance(shape, list)
         or len(shape) != 4
-        or not all(isinstance(d, int) for d in shape)
-        or shape[1:] != [3, size, size]
+        or not all(isinstance(d, int) and d > 0 for d in shape)
+        or not shape_ok(shape)
         or not 1 <= shape[0] <= max_items
     ):
-        raise HTTPError(422, f"shape {shape} is not accepted; send [N, 3, {size}, {size}] with 1 <= N <= {max_items}")
+        raise HTTPError(422, f"shape {shape} is not accepted; send {expected} with 1 <= N <= {max_items}")
     try:
         data = np.asarray(tensor["data"], dtype=np.float32).reshape(-1)
     except (ValueError, TypeError):

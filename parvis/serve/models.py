@@ -35,7 +35,7 @@ from parvis.serve.batching import DynamicBatcher
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 MODEL_CONFIG = "model.yaml"
-SERVED_TASKS = ("classification", "segmentation", "detection", TENSOR_TASK)
+SERVED_TASKS = ("classification", "segmentation", "detection", "stereo", TENSOR_TASK)
 
 
 @dataclass
@@ -220,7 +220,9 @@ class ServedModel:
             sample = _zero_sample(self.meta)
         else:
             fns = [_batch_fn(m) for m in models]
-            sample = torch.zeros(3, self.meta.input_size, self.meta.input_size)
+            size = self.meta.input_size  # stereo: a pair of (input_size, 2 x input_size) views
+            channels, width = (6, 2 * size) if self.meta.task == "stereo" else (3, size)
+            sample = torch.zeros(channels, size, width)
         self.max_batch_size = max_batch
         for fn in fns:
             for n in sorted({1, max_batch}):
@@ -286,7 +288,16 @@ def _batch_fn(model):
 
     @torch.inference_mode()
     def run(items: list[torch.Tensor]) -> list[torch.Tensor]:
-        return list(model(torch.stack(items)).float().cpu().unbind(0))
+        if all(item.shape == items[0].shape for item in items):
+            return list(model(torch.stack(items)).float().cpu().unbind(0))
+        # Stereo pairs keep their own size (disparity is in their pixels): one stacked run per size.
+        out: list[torch.Tensor | None] = [None] * len(items)
+        for shape in {item.shape for item in items}:
+            index = [i for i, item in enumerate(items) if item.shape == shape]
+            results = model(torch.stack([items[i] for i in index])).float().cpu().unbind(0)
+            for i, result in zip(index, results, strict=True):
+                out[i] = result
+        return out
 
     return run
 

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png
-from parvis.data.transforms import EvalPreprocess, decode_min_size
+from parvis.data.transforms import EvalPreprocess, Normalize, decode_min_size
 from parvis.draw import mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.models.base import ModelMeta
-from parvis.structures import Classification, Detections, SegmentationMask
+from parvis.structures import Classification, Detections, Disparity, SegmentationMask
 
 # Formats the server decodes. Anything else Pillow could open (EPS through Ghostscript, PSD, ICO, ...)
 # is refused with 415: fewer decoders reachable from the network, and none that shells out.
@@ -34,14 +34,31 @@ class Preprocessor:
     def __init__(self, meta: ModelMeta, max_pixels: int = MAX_IMAGE_PIXELS):
         self.meta = meta
         self.max_pixels = max_pixels
-        self.min_size = decode_min_size(meta.task, False, meta.input_size)
-        self.prepare = EvalPreprocess.for_model(meta)
+        self.stereo = meta.task == "stereo"
+        self.min_size = None if self.stereo else decode_min_size(meta.task, False, meta.input_size)
+        self.prepare = Normalize(meta.mean, meta.std) if self.stereo else EvalPreprocess.for_model(meta)
 
-    def __call__(self, data: bytes, name: str = "request body") -> tuple[torch.Tensor, tuple[int, int]]:
+    def __call__(self, data, name: str = "request body") -> tuple[torch.Tensor, tuple[int, int]]:
+        """`data`: image bytes, or for a stereo model the (left, right) bytes of one rectified pair."""
+        if self.stereo:
+            return self.pair(*data)
         check_format(data, name)
         height, width = image_size(data, name)
         array = decode(data, min_size=self.min_size, name=name, max_pixels=self.max_pixels)
         return self.prepare(array), (height, width)
+
+    def pair(self, left: bytes, right: bytes) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(6, H, W) normalized left RGB then right RGB, at the pair's own size (disparity is in its pixels)."""
+        views = []
+        for data, name in ((left, "left image"), (right, "right image")):
+            check_format(data, name)
+            views.append(decode(data, name=name, max_pixels=self.max_pixels))
+        if views[0].shape != views[1].shape:
+            (h, w), (rh, rw) = views[0].shape[:2], views[1].shape[:2]
+            raise BadSampleError("right image", f"{rw}x{rh} px but the left one is {w}x{h}; send a rectified pair "
+                                 "of one size", kind="format")  # fmt: skip
+        pair = torch.from_numpy(np.concatenate(views, axis=2)).permute(2, 0, 1)[None]
+        return self.prepare(pair)[0].contiguous(), views[0].shape[:2]
 
 
 def check_format(data: bytes, name: str) -> None:
@@ -67,12 +84,16 @@ def result_dict(
     postprocess=None,
     min_score: float = 0.3,
     agnostic: bool = False,
+    planes: tuple[float, ...] = (),
 ) -> dict:
     """One image's JSON result from its raw output, through the shared result types. Detection needs
     the model's `postprocess` (its decoding); boxes come back in the image's own pixels. `agnostic`: class-agnostic
     NMS over the kept boxes (Detections.agnostic_nms), for clients that want one box per object."""
-    if meta.task not in ("classification", "segmentation", "detection"):
-        raise ParvisError(f"serving {meta.task} models is not supported (classification, segmentation, detection are)")
+    if meta.task not in ("classification", "segmentation", "detection", "stereo"):
+        raise ParvisError(f"serving {meta.task} models is not supported (classification, segmentation, detection, "
+                          "stereo are)")  # fmt: skip
+    if meta.task == "stereo":
+        return disparity_result(meta, logits, planes)
     if meta.task == "detection":
         det = postprocess(logits.float()[None])[0]
         keep = det.scores >= min_score
@@ -93,6 +114,28 @@ def result_dict(
         out["mask_png"] = base64.b64encode(mask_png(mask.numpy())).decode("ascii")
     elif mask_format == "rle":
         out["mask_rle"] = rle(mask.numpy())
+    return out
+
+
+def disparity_result(meta: ModelMeta, raw: torch.Tensor, planes: tuple[float, ...] = ()) -> dict:
+    """A stereo pair's JSON: disparity statistics, the disparity as a base64 16-bit PNG (KITTI: value / 256
+    = pixels), and per plane asked the share of pixels closer than it with its mask as a PNG."""
+    disparity = raw.float().reshape(raw.shape[-2:])
+    result = Disparity(disparity, meta.extra.get("focal_baseline"))
+    out = result.to_dict()
+    values = np.clip(np.round(disparity.numpy() * 256), 0, 65535).astype(np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    out["disparity_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    if planes:
+        out["planes_from"] = "dense disparity"
+        out["planes"] = {}
+        for plane in planes:
+            closer = result.closer_than(plane).numpy()
+            out["planes"][f"{plane:g}"] = {
+                "closer_share": float(closer.mean()),
+                "mask_png": base64.b64encode(mask_png(closer.astype(np.uint8))).decode("ascii"),  # 1 = closer
+            }
     return out
 
 
