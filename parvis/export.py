@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -116,11 +117,14 @@ def _failing_operator(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _exporter_quiet():
     """The exporters print a whole graph and their guard logs when tracing fails; the user gets the one
-    line ParvisError instead (rerun with --debug for the traceback)."""
+    line ParvisError instead (rerun with --debug for the traceback). Their warnings (axis renaming, ...)
+    are about the exporter's internals, not the user's model: silenced too."""
     logging.disable(logging.CRITICAL)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
     finally:
         logging.disable(logging.NOTSET)
 
@@ -130,7 +134,7 @@ def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) ->
 
     inputs, names, dynamic = (trace_x,), ["images"], ({0: batch},)
     if meta.task == "stereo":
-        model = TwoViews(model)
+        model = TwoViews(model).eval()
         height, width = torch.export.Dim("height", min=8, max=8192), torch.export.Dim("width", min=8, max=8192)
         inputs, names = (trace_x[:, :3], trace_x[:, 3:]), list(STEREO_INPUTS)
         dynamic = ({0: batch, 2: height, 3: width},) * 2

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     )
     s.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     s.add_argument(
-        "--n", type=int, default=None, help="number of scenes (default 1000), video clips (4) or stereo pairs (400)"
+        "--n", type=int, default=None, help="number of scenes (default 1000), video clips (4) or stereo pairs (2000)"
     )
     s.add_argument(
         "--size",
@@ -140,7 +140,7 @@ def run_synth_stereo(args) -> int:
     con = console()
     result = synthesize_stereo(
         args.out,
-        n=400 if args.n is None else args.n,
+        n=2000 if args.n is None else args.n,
         size=size,
         max_disp=48 if args.max_disp is None else args.max_disp,
         seed=args.seed,

@@ -39,14 +39,17 @@ def run(args) -> int:
     if args.scales:
         result["scales"] = [float(s) for s in args.scales.split(",")]
     con = console()
-    main_keys = {"classification": ("top1", "top5"), "detection": ("map50", "map", "map75")}.get(
-        meta.task, ("miou", "pixel_acc")
-    )
+    main_keys = {
+        "classification": ("top1", "top5"),
+        "detection": ("map50", "map", "map75"),
+        "stereo": ("epe", "bad1", "bad3", "d1", "plane_acc"),
+    }.get(meta.task, ("miou", "pixel_acc"))
     con.print(
         f"{meta.name} on {escape(args.data)} \\[{args.split}], {metrics['images']} images, "
         f"{metrics['runtime']} {precision_name} on {device}: "
         + ", ".join(f"{k} {metrics[k]:.4f}" for k in main_keys if k in metrics)
         + f", loss {metrics['loss']:.4f}, {metrics['images_per_s']:,.0f} img/s"
+        + (" (epe in px; bad, d1 in % of pixels with ground truth)" if meta.task == "stereo" else "")
     )
     for prefix, label in (("iou_", "IoU"), ("acc_", "accuracy"), ("ap50_", "AP@0.5")):
         per_class = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}

@@ -219,8 +219,8 @@ class DevicePrefetcher:
         targets = batch.targets
         if isinstance(targets, torch.Tensor):
             targets = targets.to(self.device, non_blocking=nb)
-            if targets.dim() == 3:  # masks: uint8 on the wire, int64 for the loss's ignore_index
-                targets = targets.to(self.mask_dtype)
+            if targets.dim() == 3 and not targets.is_floating_point():  # masks: uint8 -> int64 (ignore_index)
+                targets = targets.to(self.mask_dtype)  # (stereo disparity maps stay float)
         elif isinstance(targets, list):
             targets = [
                 {k: v.to(self.device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in t.items()}

@@ -369,7 +369,7 @@ def check_args(
 
 def synthesize_stereo(
     out: str | Path,
-    n: int = 400,
+    n: int = 2000,
     size: tuple[int, int] = (256, 128),
     max_disp: int = 48,
     seed: int = 0,

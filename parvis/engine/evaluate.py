@@ -116,7 +116,9 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     loss_fn = _unwrap(model).loss
     detection = meta.task == "detection"
     stereo = meta.task == "stereo"
-    planes_of = getattr(_unwrap(model), "forward_planes", None) if stereo else None
+    # The plane head: a PyTorch model's forward_planes, or a runtime's plane_logits (None without one)
+    inner = _unwrap(model)
+    planes_of = (getattr(inner, "forward_planes", None) or getattr(inner, "plane_logits", None)) if stereo else None
     if planes_of is not None:
         metrics.planes = eval_planes(meta.extra.get("max_disp", 48))
         metrics.reset()
@@ -134,7 +136,8 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
             probs = None
             if planes_of is not None:
                 with runtime.autocast(precision):
-                    probs = planes_of(batch.images, metrics.planes).float().sigmoid()
+                    logits = planes_of(batch.images, metrics.planes)
+                probs = None if logits is None else logits.float().sigmoid()
             metrics.update(raw.float(), batch.targets, probs)
         else:
             metrics.update(raw.float(), batch.targets)

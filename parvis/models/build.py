@@ -109,8 +109,8 @@ def build_model(
 
 
 # Builder options a model records in meta.extra, so a checkpoint rebuilds the same layers:
-# HMSA's trained scale list, a resnet's small-input stem.
-BUILD_OPTIONS = ("scales", "stem")
+# HMSA's trained scale list, a resnet's small-input stem, a stereo network's disparity range.
+BUILD_OPTIONS = ("scales", "stem", "max_disp")
 
 
 def build_options(meta: ModelMeta) -> dict:

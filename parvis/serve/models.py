@@ -260,7 +260,8 @@ class ServedModel:
                 task=self.meta.task,
                 architecture=self.meta.name,
                 input={
-                    "shape": [3, size, size],
+                    # stereo: a pair (left, right) of any size, as two images or KServe inputs left and right
+                    "shape": [6, "H", "W"] if self.meta.task == "stereo" else [3, size, size],
                     "datatype": "FP32",
                     "mean": list(self.meta.mean),
                     "std": list(self.meta.std),

@@ -24,15 +24,16 @@ def tiny_checkpoint(path, name: str, classes: list[str], size: int = 32) -> None
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory):
     """models/clf (resnet18, 32 px, max batch 4 from its model.yaml), models/seg (unet_small, 32 px),
-    models/slow (the classifier again, with a timeout no request can meet)."""
+    models/slow (the classifier again, with a timeout no request can meet), models/stereo (stereonet_small)."""
     root = tmp_path_factory.mktemp("serve") / "models"
-    for sub in ("clf", "seg", "slow"):
+    for sub in ("clf", "seg", "slow", "stereo"):
         (root / sub).mkdir(parents=True)
     tiny_checkpoint(root / "clf" / "best.pt", "resnet18", CLASSES)
     (root / "clf" / "model.yaml").write_text("max_batch_size: 4\nmax_queue_delay_ms: 2\n")
     tiny_checkpoint(root / "seg" / "best.pt", "unet_small", ["background", *CLASSES])
     tiny_checkpoint(root / "slow" / "model.pt", "resnet18", CLASSES)
     (root / "slow" / "model.yaml").write_text("timeout_ms: 0.001\n")
+    tiny_checkpoint(root / "stereo" / "best.pt", "stereonet_small", ["disparity"])
     return root
 
 

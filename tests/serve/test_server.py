@@ -111,6 +111,35 @@ def test_infer_kserve_v2(server):
     assert np.allclose(single, out["outputs"][0]["data"][5:10], atol=2e-2)
 
 
+def test_predict_stereo_pair_multipart_and_v2(server):
+    left, right = jpeg(72, 40, seed=1), jpeg(72, 40, seed=2)
+    files = {"left": ("l.jpg", left, "image/jpeg"), "right": ("r.jpg", right, "image/jpeg")}
+    r = server.post("/v1/models/stereo/predict?planes=4,8", files=files)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    disparity = np.array(Image.open(io.BytesIO(base64.b64decode(out["disparity_png"]))))
+    assert disparity.dtype == np.uint16 and disparity.shape == (40, 72)  # the pair's own size
+    assert out["disparity_max"] == pytest.approx(disparity.max() / 256, abs=1 / 256)
+    assert set(out["planes"]) == {"4", "8"} and out["planes_from"] == "dense disparity"
+    closer = np.array(Image.open(io.BytesIO(base64.b64decode(out["planes"]["4"]["mask_png"]))))
+    assert closer.mean() == pytest.approx(((disparity / 256) > 4).mean(), abs=0.01)
+    # One image, two sizes, or raw bytes: a clear 4xx
+    one = server.post("/v1/models/stereo/predict", files={"left": ("l.jpg", left, "image/jpeg")})
+    assert one.status_code == 422 and "two images" in one.json()["detail"]
+    files["right"] = ("r.jpg", jpeg(64, 40, seed=2), "image/jpeg")
+    assert "one size" in server.post("/v1/models/stereo/predict", files=files).json()["detail"]
+    assert server.post("/v1/models/stereo/predict", content=left).status_code == 415
+    # KServe v2: the two views as inputs `left` and `right`
+    x = np.random.default_rng(0).standard_normal((1, 3, 40, 72)).astype(np.float32)
+    views = [{"name": n, "shape": [1, 3, 40, 72], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+             for n in ("left", "right")]  # fmt: skip
+    v2 = server.post("/v1/models/stereo/infer", json={"inputs": views})
+    assert v2.status_code == 200, v2.text
+    assert v2.json()["outputs"][0]["shape"] == [1, 1, 40, 72]
+    bad = server.post("/v1/models/stereo/infer", json={"inputs": views[:1]})
+    assert bad.status_code == 422 and "left" in bad.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("tensor", "status", "message"),
     [
