@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stereo benchmarks of the stereo issue, on this machine, written to benchmarks/results/:
 #   1. the synthetic stereo set (2000 pairs at 256x128, max disparity 48) and its data check
-#   2. parvis train --task stereo with recipe=auto and a 9 minute budget (the default model, stereonet_small)
+#   2. parvis train --task stereo with recipe=auto and a 10 minute budget (the default model, stereonet_small)
 #   3. parvis bench stereo: OpenCV StereoSGBM vs the trained model on the whole val split (EPE, bad-3, D1,
 #      ms per pair, and ms per proximity plane of the plane head), same pairs, resolution and threads
 #   4. parvis optimize with an EPE budget of 0.1 px, and the chosen artifact served over HTTP on one pair
@@ -14,7 +14,7 @@ if [ ! -f "$DATA/dataset.yaml" ]; then
 fi
 $PY -m parvis data check "$DATA" > /dev/null
 if [ ! -f "$RUN/best.pt" ]; then
-    $PY -m parvis train --task stereo --data "$DATA" --time 9m --out "$RUN" | tee "$RES/train-stereo-$TAG.txt"
+    $PY -m parvis train --task stereo --data "$DATA" --time 10m --out "$RUN" | tee "$RES/train-stereo-$TAG.txt"
 fi
 $PY -m parvis bench stereo "$RUN/best.pt" --data "$DATA" --json "$RES/bench-stereo-$TAG.json" \
     | tee "$RES/bench-stereo-$TAG.txt"

@@ -123,21 +123,25 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
         metrics.planes = eval_planes(meta.extra.get("max_disp", 48))
         metrics.reset()
     start = time.perf_counter()
+    both = getattr(inner, "disparity_and_planes", None) if planes_of is not None else None
     for batch in batches:
         if batch.images.numel() == 0:
             continue
+        plane_logits = None
         with runtime.autocast(precision):
-            raw = model(batch.images)
+            if both is not None:  # a stereo model's features once for its disparity and its planes
+                raw, plane_logits = both(batch.images, metrics.planes)
+            else:
+                raw = model(batch.images)
         loss_sum += loss_fn(raw, batch.targets).double() * len(batch.images)
         count += len(batch.images)
         if detection:
             _detection_update(metrics, _unwrap(model).postprocess(raw), batch.targets)
         elif stereo:
-            probs = None
-            if planes_of is not None:
+            if plane_logits is None and planes_of is not None:
                 with runtime.autocast(precision):
-                    logits = planes_of(batch.images, metrics.planes)
-                probs = None if logits is None else logits.float().sigmoid()
+                    plane_logits = planes_of(batch.images, metrics.planes)
+            probs = None if plane_logits is None else plane_logits.float().sigmoid()
             metrics.update(raw.float(), batch.targets, probs)
         else:
             metrics.update(raw.float(), batch.targets)

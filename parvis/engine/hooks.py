@@ -122,7 +122,7 @@ class ProgressHook(Hook):
         cfg = trainer.cfg
         self.console = Console(stderr=False)
         print(
-            f"train {cfg.model} ({trainer.meta.task}, {trainer.meta.num_classes} classes) on {trainer.device} "
+            f"train {cfg.model} ({_what(trainer.meta)}) on {trainer.device} "
             f"x{trainer.dist.world_size}: precision {trainer.precision.name} ({trainer.precision.reason}), "
             f"{'channels-last' if trainer.memory_format == torch.channels_last else 'contiguous'}, "
             f"batch {cfg.batch}x{cfg.grad_accum}, {getattr(trainer.train_loader, 'num_workers', 0)} loader workers, "
@@ -365,3 +365,10 @@ class MLflowHook(Hook):
             self.mlflow.set_tag("checkpoint", str(trainer.out / "best.pt"))
             self.mlflow.end_run()
             self.active = False
+
+
+def _what(meta) -> str:
+    """'classification, 5 classes' or, for stereo, its disparity range."""
+    if meta.task == "stereo":
+        return f"stereo, disparity 0..{meta.extra.get('max_disp', '?')} px"
+    return f"{meta.task}, {meta.num_classes} classes"

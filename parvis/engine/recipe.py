@@ -340,13 +340,13 @@ def _choose_stereo(cfg, survey, cpu, pick, now, values, choices):
     else:
         pick("epochs", epochs, f"~12k training crops over {survey.n_train} pairs")
     pick("optimizer", "adamw", "reaches a good accuracy fastest in short schedules")
-    pick("lr", 2e-3, "AdamW at 2e-3 (StereoNet-class networks train at 1e-3..4e-3)")
+    pick("lr", 2e-3, "AdamW at 2e-3; StereoNet-class networks train at 1e-3..4e-3")
     pick("weight_decay", 1e-4, "dense heads: light decay")
     pick("clip_grad", None, "none: the smooth-L1 disparity loss is bounded per pixel")
     pick("warmup_epochs", round(min(1.0, 0.05 * now("epochs")), 3), "5% of the run, at most one epoch")
     pick("hflip", False, "no horizontal flips: a mirrored pair would need its views swapped and the right view's "
          "disparity; vertical flips and per-view photometric jitter instead")  # fmt: skip
-    pick("cache", "none", "pairs are decoded every epoch (the cache keeps single images)")
+    pick("cache", "none", "pairs are decoded every epoch; the RAM cache holds single images")
     return dataclasses.replace(cfg, **values), choices
 
 

@@ -248,6 +248,17 @@ class StereoNetSmall(StereoModel):
             out.append(F.interpolate(logit, size=images.shape[-2:], mode="bilinear", align_corners=False))
         return torch.cat(out, 1)
 
+    def disparity_and_planes(self, images: Tensor, planes: Tensor | list[float]) -> tuple[Tensor, Tensor]:
+        """(disparity (B, 1, H, W), plane logits (B, P, H, W)) with the features computed once: what
+        evaluation and predict use when they want both."""
+        padded, h, w = self._pad(images)
+        left, right = self.encode(padded)
+        disparity = self.dense(left, right)[0][..., :h, :w]
+        planes = torch.as_tensor(planes, device=images.device, dtype=left.dtype)
+        if planes.dim() == 1:
+            planes = planes.expand(images.shape[0], -1)
+        return disparity, self._planes(padded, left, right, planes)[..., :h, :w]
+
     def forward_planes(self, images: Tensor, planes: Tensor | list[float]) -> Tensor:
         """(B, P, H, W) logits of "closer than plane" (disparity > plane) for the given planes (pixels)."""
         padded, h, w = self._pad(images)

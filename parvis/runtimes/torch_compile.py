@@ -60,8 +60,11 @@ class TorchCompileRuntime(TorchRuntime):
         self.compiled = torch.compile(self.module, **_ISOLATE)
         t0 = time.perf_counter()
         size = self.meta.input_size
+        self.stereo = self.meta.task == "stereo"
+        # A stereo pair (6 channels) has any size: its height and width are marked dynamic as well
+        shape = (6, size, 2 * size) if self.stereo else (3, size, size)
         for n in warmup_batches:
-            self.run(torch.zeros(n, 3, size, size))
+            self.run(torch.zeros(n, *shape))
         self.warmup_batches = list(warmup_batches)
         self.warmup_s = round(time.perf_counter() - t0, 1)
 
@@ -70,6 +73,9 @@ class TorchCompileRuntime(TorchRuntime):
 
         if len(x) > 1:
             torch._dynamo.mark_dynamic(x, 0)
+        if self.stereo:  # one graph for every pair size, not a recompile per size
+            torch._dynamo.mark_dynamic(x, 2)
+            torch._dynamo.mark_dynamic(x, 3)
         with inductor_config.patch(freezing=True):
             try:
                 return self.compiled(x)
