@@ -468,7 +468,7 @@ def optimize(
                 if drop > budget:
                     c.status = "over budget"
                     unit = "px" if metric_name == "epe" else "points"
-                    c.reason = f"{metric_name} worse by {drop:.2f} {unit} > budget {budget:g}"
+                    c.reason = f"{metric_name} drop {drop:.2f} {unit} > budget {budget:g}"  # epe: px worse
 
         for c in candidates:
             score_candidate(c)

@@ -159,6 +159,10 @@ def test_stereo_from_the_cli(stereo_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--depths", "2m"]) != 0  # no focal length x baseline known: one line, no output
     assert "--depths needs the camera's focal length x baseline" in capsys.readouterr().err
+    assert main([*args, "--depths", "2m", "--focal-baseline", "16"]) == 0  # 16 px m / 2 m = a plane at 8 px
+    (record,) = json.loads((out / "results.json").read_text())
+    assert set(record["planes"]) == {"8"} and record["planes"]["8"]["depth_m"] == pytest.approx(2.0)
+    assert record["nearest_m"] == pytest.approx(16 / max(record["disparity_max"], 1e-6))
 
     bench_json = tmp_path / "bench.json"
     if pytest.importorskip("cv2"):

@@ -157,7 +157,7 @@ def run(args) -> int:
         f"chosen: {c['runtime']}{streams} {precision_label(c)} ({c['variant']}) at batch {c['batch']}, "
         f"{c['threads']} thread(s): "
         f"{c['img_s']:,.1f} img/s, {c['speedup_vs_eager_fp32']:.2f}x {result['baseline']}, {name} {c['metric']:.4f} "
-        f"({c['metric_drop']:+.2f} {'px' if name == 'epe' else 'points'} worse) -> {escape(c['artifact'])}"
+        f"({c['metric_drop']:+.2f} {'px' if name == 'epe' else 'points'}) -> {escape(c['artifact'])}"
     )
     con.print(f"wrote {escape(str(Path(args.out) / 'optimize.json'))}")
     return 0

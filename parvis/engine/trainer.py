@@ -216,6 +216,9 @@ def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo
     if replaced and dist.rank == 0:
         print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
               f"classes; replaced it with a new one (random init) for {class_names}", flush=True)  # fmt: skip
+    focal_baseline = (load_data_config(cfg.data) or {}).get("focal_baseline") if cfg.task == "stereo" else None
+    if focal_baseline:  # the camera's focal length (px) x baseline (m): depth in metres downstream
+        model.meta.extra["focal_baseline"] = float(focal_baseline)
     if cfg.model.startswith("hmsa_"):
         model.set_scales(cfg.scales)
     # The trained model is evaluated as training validated it (the task's eval preset at cfg.size),
@@ -269,7 +272,9 @@ def fsdp_units(model: VisionModel, device: torch.device, min_fraction: float = 0
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            # a stereo model takes a pair: 6 channels, twice as wide
+            shape = (6, size, 2 * size) if model.meta.task == "stereo" else (3, size, size)
+            model(torch.zeros(1, *shape, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -25,6 +25,9 @@ SIZE = 64
 
 
 def batch_for(task: str, num_classes: int, g: torch.Generator):
+    if task == "stereo":  # a pair as 6 channels, disparity in pixels (0: no ground truth)
+        disparity = torch.rand(4, SIZE, 2 * SIZE, generator=g) * 40
+        return torch.randn(4, 6, SIZE, 2 * SIZE, generator=g), disparity * (disparity > 2)
     images = torch.randn(4, 3, SIZE, SIZE, generator=g)
     if task == "classification":
         return images, torch.randint(0, num_classes, (4,), generator=g)
