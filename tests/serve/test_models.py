@@ -13,7 +13,7 @@ from parvis.serve.models import ModelConfig, resolve_specs
 
 def test_repository_specs_take_model_yaml_over_flag_defaults(repository):
     specs = {s.name: s.config for s in resolve_specs([str(repository)], ModelConfig(max_batch_size=8, instances=2))}
-    assert set(specs) == {"clf", "seg", "slow"}
+    assert set(specs) == {"clf", "seg", "slow", "stereo"}
     assert specs["clf"].max_batch_size == 4 and specs["clf"].max_queue_delay_ms == 2.0  # from its model.yaml
     assert specs["clf"].instances == 2  # not in the file: the flag's value
     assert specs["seg"].max_batch_size == 8

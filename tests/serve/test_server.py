@@ -55,7 +55,7 @@ def test_every_other_endpoint_needs_the_key(server):
 
 def test_model_list_has_metadata_and_batching_settings(server):
     models = {m["name"]: m for m in server.get("/v1/models").json()["models"]}
-    assert set(models) == {"clf", "seg", "slow"}
+    assert set(models) == {"clf", "seg", "slow", "stereo"}
     clf = models["clf"]
     assert clf["task"] == "classification" and clf["classes"] == CLASSES
     assert clf["input"]["shape"] == [3, 32, 32]
