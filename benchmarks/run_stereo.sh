@@ -16,8 +16,8 @@ $PY -m parvis data check "$DATA" > /dev/null
 if [ ! -f "$RUN/best.pt" ]; then
     $PY -m parvis train --task stereo --data "$DATA" --time 10m --out "$RUN" | tee "$RES/train-stereo-$TAG.txt"
 fi
-$PY -m parvis bench stereo "$RUN/best.pt" --data "$DATA" --json "$RES/bench-stereo-$TAG.json" \
-    | tee "$RES/bench-stereo-$TAG.txt"
+$PY -m parvis bench stereo "$RUN/best.pt" --data "$DATA" --json "$RES/stereo-bench-$TAG.json" \
+    | tee "$RES/stereo-bench-$TAG.txt"
 rm -rf "$RUN-optimize"
 $PY -m parvis optimize "$RUN/best.pt" --data "$DATA" --budget 0.1 --batch 1 --out "$RUN-optimize" \
     | tee "$RES/optimize-stereo-$TAG.txt"
