@@ -130,12 +130,12 @@ def test_predict_stereo_pair_multipart_and_v2(server):
     assert "one size" in server.post("/v1/models/stereo/predict", files=files).json()["detail"]
     assert server.post("/v1/models/stereo/predict", content=left).status_code == 415
     # KServe v2: the two views as inputs `left` and `right`
-    x = np.random.default_rng(0).standard_normal((1, 3, 40, 72)).astype(np.float32)
-    views = [{"name": n, "shape": [1, 3, 40, 72], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 24)).astype(np.float32)  # the server takes <= 200 KB
+    views = [{"name": n, "shape": [1, 3, 16, 24], "datatype": "FP32", "data": x.reshape(-1).tolist()}
              for n in ("left", "right")]  # fmt: skip
     v2 = server.post("/v1/models/stereo/infer", json={"inputs": views})
     assert v2.status_code == 200, v2.text
-    assert v2.json()["outputs"][0]["shape"] == [1, 1, 40, 72]
+    assert v2.json()["outputs"][0]["shape"] == [1, 1, 16, 24]
     bad = server.post("/v1/models/stereo/infer", json={"inputs": views[:1]})
     assert bad.status_code == 422 and "left" in bad.json()["detail"]
 
