@@ -77,28 +77,19 @@ class Features(nn.Module):
 
 
 def correlation_volume(left: Tensor, right: Tensor, levels: int) -> Tensor:
-    """(B, levels, h, w): mean over channels of left(x) * right(x - d) for d = 0..levels-1 (0 where x < d)."""
-    volume = []
-    for d in range(levels):
-        if d == 0:
-            volume.append((left * right).mean(1, keepdim=True))
-        else:
-            shifted = F.pad(right[..., :-d], (d, 0))
-            volume.append((left * shifted).mean(1, keepdim=True))
-    return torch.cat(volume, 1)
+    """(B, levels, h, w): mean over channels of left(x) * right(x - d) for d = 0..levels-1 (0 where x < d,
+    also when d exceeds the width: padding then cropping keeps every level w wide)."""
+    w = left.shape[-1]
+    return torch.cat([(left * F.pad(right, (d, 0))[..., :w]).mean(1, keepdim=True) for d in range(levels)], 1)
 
 
 def correlation_offsets(left: Tensor, right: Tensor, offsets: tuple[int, ...]) -> Tensor:
     """(B, len(offsets), H, W): mean over channels of left(x) * right(x - o) for each integer offset o
     (zeros where x - o leaves the image)."""
+    w = left.shape[-1]
     out = []
     for o in offsets:
-        if o > 0:
-            moved = F.pad(right[..., :-o], (o, 0))
-        elif o < 0:
-            moved = F.pad(right[..., -o:], (0, -o))
-        else:
-            moved = right
+        moved = F.pad(right, (o, 0))[..., :w] if o >= 0 else F.pad(right, (0, -o))[..., -o:]
         out.append((left * moved).mean(1, keepdim=True))
     return torch.cat(out, 1)
 
