@@ -272,16 +272,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def image_from_multipart(request: Request, body: bytes) -> bytes:
-    """The first file part of a multipart/form-data body (already read and size-checked)."""
+async def _form(request: Request, body: bytes, max_files: int, hint: str):
+    """The multipart form of a body already read and size-checked; 400 naming `hint` when malformed."""
 
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
     try:
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
+        return await Request(request.scope, replay).form(max_files=max_files, max_fields=16)
     except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for malformed bodies
-        raise HTTPError(400, f"malformed multipart body ({exc}); send one image as a file part") from None
+        raise HTTPError(400, f"malformed multipart body ({exc}); {hint}") from None
+
+
+async def image_from_multipart(request: Request, body: bytes) -> bytes:
+    """The first file part of a multipart/form-data body (already read and size-checked)."""
+    form = await _form(request, body, 1, "send one image as a file part")
     for value in form.values():
         if isinstance(value, UploadFile):
             return await value.read()
@@ -290,14 +295,7 @@ async def image_from_multipart(request: Request, body: bytes) -> bytes:
 
 async def pair_from_multipart(request: Request, body: bytes) -> tuple[bytes, bytes]:
     """A stereo pair from a multipart body: the file fields `left` and `right`, else the first two files."""
-
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, replay).form(max_files=2, max_fields=16)
-    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types for malformed bodies
-        raise HTTPError(400, f"malformed multipart body ({exc}); send -F left=@L.png -F right=@R.png") from None
+    form = await _form(request, body, 2, "send -F left=@L.png -F right=@R.png")
     files = {key: value for key, value in form.multi_items() if isinstance(value, UploadFile)}
     parts = [files[k] for k in ("left", "right") if k in files] if {"left", "right"} <= files.keys() else []
     parts = parts or list(files.values())
