@@ -93,6 +93,13 @@ def _synthetic(task: str, num_classes: int, batch: int, size: int, device: torch
     images = torch.randn(batch, 3, size, size, generator=g).to(device)
     if task == "classification":
         targets = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    elif task == "detection":  # three boxes per image, 8-50% of the side, as the loader gives them
+        targets = []
+        for _ in range(batch):
+            xy = torch.rand(3, 2, generator=g) * size * 0.5
+            wh = (0.08 + 0.42 * torch.rand(3, 2, generator=g)) * size
+            boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
+            targets.append({"boxes": boxes.to(device), "labels": torch.randint(0, num_classes, (3,), generator=g).to(device)})
     else:
         targets = torch.randint(0, num_classes, (batch, size, size), generator=g).to(device)
     return images, targets

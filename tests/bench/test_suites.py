@@ -15,6 +15,7 @@ from parvis.bench.partition import bench_partition, gpu_plan
 from parvis.bench.roofline import bench_roofline
 from parvis.bench.scaling import bench_scaling, thread_counts
 from parvis.bench.suites import bench_batch, bench_precision
+from parvis.bench.train import bench_train
 from parvis.cli.main import main
 from parvis.errors import ParvisError
 from parvis.report import write_report
@@ -170,3 +171,12 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("model", ["convnet_small", "unet_small", "centernet_small"])
+def test_bench_train_runs_each_task(model):
+    """`parvis bench train` steps a classifier, a segmenter and a detector on synthetic batches of their
+    own target kinds (the detector's boxes once crashed the center-target encoder)."""
+    result = bench_train(model, size=32, batch=2, steps=1, warmup=0, rounds=1, only=("auto",))
+    assert [r["config"] for r in result["rows"]] == ["fp32/contiguous", "auto"]
+    assert all(positive(r["img_s"]) for r in result["rows"])
