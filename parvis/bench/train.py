@@ -99,7 +99,8 @@ def _synthetic(task: str, num_classes: int, batch: int, size: int, device: torch
             xy = torch.rand(3, 2, generator=g) * size * 0.5
             wh = (0.08 + 0.42 * torch.rand(3, 2, generator=g)) * size
             boxes = torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1)
-            targets.append({"boxes": boxes.to(device), "labels": torch.randint(0, num_classes, (3,), generator=g).to(device)})
+            labels = torch.randint(0, num_classes, (3,), generator=g)
+            targets.append({"boxes": boxes.to(device), "labels": labels.to(device)})
     else:
         targets = torch.randint(0, num_classes, (batch, size, size), generator=g).to(device)
     return images, targets
