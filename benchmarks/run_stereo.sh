@@ -14,7 +14,9 @@ if [ ! -f "$DATA/dataset.yaml" ]; then
 fi
 $PY -m parvis data check "$DATA" > /dev/null
 if [ ! -f "$RUN/best.pt" ]; then
+    start=$SECONDS
     $PY -m parvis train --task stereo --data "$DATA" --time 10m --out "$RUN" | tee "$RES/train-stereo-$TAG.txt"
+    echo "train wall time (process start to exit): $((SECONDS - start)) s" | tee -a "$RES/train-stereo-$TAG.txt"
 fi
 $PY -m parvis bench stereo "$RUN/best.pt" --data "$DATA" --json "$RES/stereo-bench-$TAG.json" \
     | tee "$RES/stereo-bench-$TAG.txt"

@@ -28,7 +28,9 @@ from parvis.data.datasets import BadSampleError
 def cache_side(task: str, size: int, image_side: int | None = None) -> int:
     """The short side cached images keep for training at `size` px, at most the images' own: 2 x size for
     the crops of classification and segmentation, `size` for detection (its preset resizes to size x
-    size before any random step)."""
+    size before any random step), the pairs' own for stereo (resizing would rescale the disparities)."""
+    if task == "stereo":
+        return int(image_side) if image_side is not None else 1 << 30
     side = int(size) if task == "detection" else 2 * int(size)
     return side if image_side is None else min(int(image_side), side)
 

@@ -204,9 +204,10 @@ class TimeBudgetHook(Hook):
 
     After the first `probe` optimizer steps (the first two, which pay for worker start-up, are not
     timed) it sets the epochs from seconds per step plus an evaluation estimate; after the first epoch
-    it re-plans once from that epoch's wall time (training, evaluation, checkpoint). An epoch longer
+    it re-plans once from that epoch's wall time (training, evaluation, checkpoint), and after later
+    epochs it drops epochs when the machine has slowed so that the rest no longer fits. An epoch longer
     than the whole budget becomes a step limit instead. Either way the cosine horizon follows, and
-    each plan is printed as an `auto: epochs` line.
+    each plan is printed as an `auto: epochs` line. Under torchrun rank 0's clock decides for every rank.
     """
 
     def __init__(self, budget_s: float, quiet: bool = False, probe: int = 20):
@@ -218,13 +219,23 @@ class TimeBudgetHook(Hook):
         self.t_probe = None
         self.replanned = False
 
-    def _say(self, trainer, epochs: int, reason: str) -> None:
-        line = f"auto: epochs {epochs} ({reason}; fits time={trainer.cfg.time})"
+    def _apply(self, trainer, plan: tuple[int, int | None, str] | None) -> None:
+        """Rank 0's plan (epochs, step limit or None, reason) on every rank: a rank with a plan of its own
+        would run a different number of collective steps and hang the others."""
+        if trainer.dist.world_size > 1 and torch.distributed.is_initialized():
+            box = [plan]
+            torch.distributed.broadcast_object_list(box, src=0)
+            plan = box[0]
+        if plan is None:
+            return
+        epochs, max_steps, reason = plan
+        if max_steps is not None:
+            trainer.cfg = dataclasses.replace(trainer.cfg, max_steps=max_steps)
         trainer.choices = [c for c in trainer.choices if c.key != "epochs"]
         trainer.choices.append(_Choice("epochs", epochs, reason + f"; fits time={trainer.cfg.time}"))
         trainer.set_epochs(epochs)
         if not self.quiet:
-            print(line, flush=True)
+            print(f"auto: epochs {epochs} ({reason}; fits time={trainer.cfg.time})", flush=True)
 
     def on_step_end(self, trainer, loss, images) -> None:
         self.t_step = time.perf_counter()
@@ -236,29 +247,60 @@ class TimeBudgetHook(Hook):
         per_step = (now - self.t_probe) / (self.probe - 2)
         self.per_step = per_step
         val_batches = len(trainer.val_loader) if trainer.val_loader is not None else 0
-        eval_s = val_batches * per_step * 0.4  # a forward pass is about a third of a training step
-        epoch_s = trainer.steps_per_epoch * per_step + eval_s
-        remaining = self.budget_s - (now - self.t0)
-        rest_of_first = (trainer.steps_per_epoch - trainer.step) * per_step + eval_s
+        self.eval_s = eval_s = val_batches * per_step * 0.4  # a forward pass is about a third of a training step
+        # Evaluation every `eval_every` epochs and always after the last: its share per epoch, plus one
+        # held back for the end when epochs without it exist.
+        every = max(1, int(trainer.cfg.eval_every))
+        epoch_s = trainer.steps_per_epoch * per_step + eval_s / every
+        remaining = self.budget_s - (now - self.t0) - (eval_s if every > 1 else 0)
+        first_eval = eval_s if every == 1 else 0.0
+        rest_of_first = (trainer.steps_per_epoch - trainer.step) * per_step + first_eval
         if rest_of_first > remaining:  # not even one epoch fits: stop after the steps that do
             steps = trainer.step + max(1, int((remaining - eval_s) / per_step))
-            trainer.cfg = dataclasses.replace(trainer.cfg, max_steps=steps)
-            self._say(trainer, 1, f"{per_step:.2f} s per step measured: {steps} steps, less than one epoch")
-            return
-        epochs = 1 + int((remaining - rest_of_first) / epoch_s)
-        self._say(trainer, epochs, f"{epoch_s:.1f} s per epoch measured over steps 3-{self.probe}")
+            plan = (1, steps, f"{per_step:.2f} s per step measured: {steps} steps, less than one epoch")
+        else:
+            epochs = 1 + int((remaining - rest_of_first) / epoch_s)
+            plan = (epochs, None, f"{epoch_s:.1f} s per epoch measured over steps 3-{self.probe}")
+        self._apply(trainer, plan)
 
     def on_epoch_end(self, trainer) -> None:
-        if self.replanned or trainer.epoch != 1 or trainer.cfg.max_steps or not hasattr(self, "per_step"):
+        if trainer.cfg.max_steps or not hasattr(self, "per_step"):
+            return
+        if self.replanned:
+            self._apply(trainer, self._shorten_if_late(trainer))
+            return
+        if trainer.epoch != 1:
             return
         self.replanned = True
         now = time.perf_counter()
+        self.t_epoch1 = now
         # An epoch from here on: its steps at the measured pace, plus what this one spent after its last
-        # step (evaluation, checkpoint); the first epoch's worker start-up is not repeated.
+        # step (evaluation, checkpoint); the first epoch's worker start-up is not repeated. When epoch 1
+        # did not evaluate, evaluation's share per epoch and one final evaluation are added.
+        every = max(1, int(trainer.cfg.eval_every))
         epoch_s = trainer.steps_per_epoch * self.per_step + (now - self.t_step)
-        epochs = 1 + max(0, int((self.budget_s - (now - self.t0)) / epoch_s))
-        if epochs != trainer.cfg.epochs:
-            self._say(trainer, epochs, f"re-planned after epoch 1: {epoch_s:.1f} s per epoch with evaluation")
+        remaining = self.budget_s - (now - self.t0)
+        if every > 1:
+            epoch_s += self.eval_s / every
+            remaining -= self.eval_s
+        epochs = 1 + max(0, int(remaining / epoch_s))
+        reason = f"re-planned after epoch 1: {epoch_s:.1f} s per epoch with evaluation"
+        self._apply(trainer, (epochs, None, reason) if epochs != trainer.cfg.epochs else None)
+
+    def _shorten_if_late(self, trainer) -> tuple[int, None, str] | None:
+        """A machine that slows down mid-run (shared cores) would overrun the plan: from the epochs since the
+        first one, when the rest no longer fits, drop epochs (at least one more is kept, which evaluates)."""
+        done, left = trainer.epoch - 1, trainer.cfg.epochs - trainer.epoch
+        if done < 1 or left < 2:
+            return None
+        now = time.perf_counter()
+        per_epoch = (now - self.t_epoch1) / done
+        remaining = self.budget_s - (now - self.t0)
+        if left * per_epoch <= remaining * 1.02:
+            return None
+        epochs = trainer.epoch + max(1, int(remaining / per_epoch))
+        reason = f"re-planned after epoch {trainer.epoch}: {per_epoch:.1f} s per epoch lately"
+        return (epochs, None, reason) if epochs < trainer.cfg.epochs else None
 
 
 LOGGERS = ("files", "tensorboard", "mlflow")

@@ -88,6 +88,7 @@ class DataSurvey:
     side: int  # median short side of a sample of training images, px
     grey: bool  # every sampled image is single-channel
     generator: str | None = None  # "shapes" when parvis's generator wrote the data (it can stream)
+    pixels: int = 0  # median width x height of the sampled images (0: not measured)
 
     @property
     def imbalance(self) -> float:
@@ -123,11 +124,12 @@ def survey_data(cfg: TrainConfig) -> DataSurvey:
         n_val = 0
     paths = _image_paths(train)
     step = max(1, len(paths) // SURVEY_SAMPLE)
-    sides, grey = [], []
+    sides, grey, pixels = [], [], []
     for path in paths[::step][:SURVEY_SAMPLE]:
         try:
             with Image.open(path) as im:
                 sides.append(min(im.size))
+                pixels.append(im.size[0] * im.size[1])
                 grey.append(im.mode in ("1", "L", "LA", "I", "I;16", "F"))
         except OSError:
             continue  # a broken file is for the loader's on_bad_sample to report
@@ -141,6 +143,7 @@ def survey_data(cfg: TrainConfig) -> DataSurvey:
         side=int(statistics.median(sides)) if sides else 224,
         grey=bool(grey) and all(grey),
         generator=generator,
+        pixels=int(statistics.median(pixels)) if pixels else 0,
     )
 
 
@@ -339,6 +342,9 @@ def _choose_stereo(cfg, survey, cpu, pick, now, values, choices):
         pick("epochs", epochs, f"provisional: the trainer measures its first steps and plans for time={cfg.time}")
     else:
         pick("epochs", epochs, f"~12k training crops over {survey.n_train} pairs")
+    if cpu:
+        pick("eval_every", 4, "every 4th epoch and the last: scoring the val pairs at full resolution costs a "
+             "quarter of a CPU epoch")  # fmt: skip
     pick("optimizer", "adamw", "reaches a good accuracy fastest in short schedules")
     pick("lr", 2e-3, "AdamW at 2e-3; StereoNet-class networks train at 1e-3..4e-3")
     pick("weight_decay", 1e-4, "dense heads: light decay")
@@ -346,7 +352,19 @@ def _choose_stereo(cfg, survey, cpu, pick, now, values, choices):
     pick("warmup_epochs", round(min(1.0, 0.05 * now("epochs")), 3), "5% of the run, at most one epoch")
     pick("hflip", False, "no horizontal flips: a mirrored pair would need its views swapped and the right view's "
          "disparity; vertical flips and per-view photometric jitter instead")  # fmt: skip
-    pick("cache", "none", "pairs are decoded every epoch; the RAM cache holds single images")
+    # A decoded pair is both views (uint8) and its disparity (float32): 10 bytes per pixel, at full size.
+    need = survey.n_train * (survey.pixels or 2 * survey.side**2) * 10
+    budget = min(CACHE_MAX_BYTES, available_ram() // 4 // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    if need <= budget:
+        pick(
+            "cache",
+            "ram",
+            f"{survey.n_train:,} pairs decoded once ({need / 2**20:,.0f} MB of "
+            f"{budget / 2**20:,.0f} MB allowed): three PNGs a pair every epoch take a core from the model",
+        )
+    else:
+        pick("cache", "none", f"{survey.n_train:,} pairs need {need / 2**30:.1f} GB decoded, over "
+             f"{budget / 2**30:.1f} GB (a quarter of free RAM per node, at most 4 GB): decoded each epoch")  # fmt: skip
     return dataclasses.replace(cfg, **values), choices
 
 

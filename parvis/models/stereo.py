@@ -4,20 +4,22 @@ Input: a rectified pair as one (B, 6, H, W) tensor (left RGB, then right RGB, ea
 the meta's mean/std), so that the loader, the prefetcher, batching in serve and every runtime see
 one image tensor as for the other tasks. Disparity is in pixels of the input, on the left view.
 
-Shared features: both views through one encoder at 1/4 resolution: a 4x4 space-to-depth of the
-pixels (nothing a match needs is lost to strided convolutions), a 1x1 projection, residual blocks.
+Shared features: both views through one encoder at 1/4 resolution: a 4x4 stride-4 convolution (a
+space-to-depth of the pixels and a 1x1 projection in one: nothing a match needs is lost to strided
+pooling) and two residual blocks.
 
 Dense head (StereoNet-class): a correlation cost volume at 1/4 over max_disp / 4 + 1 disparities,
-a 2D aggregation network on the volume plus the left features (2D instead of StereoNet's 3D convs:
-a CPU trains it in minutes), soft-argmin to a sub-pixel disparity, and RAFT's convex upsampling to
-full resolution (each pixel a learned mix of its 3x3 coarse neighbours: sharp object edges).
+a 2D aggregation network (dilations 1, 2, 4) on the volume plus the left features (2D instead of
+StereoNet's 3D convs: a CPU trains it in minutes), soft-argmin to a sub-pixel disparity, RAFT's
+convex upsampling to full resolution (each pixel a learned mix of its 3x3 coarse neighbours), and
+StereoNet's colour-guided refinement (a residual from the left image, computed at 1/2 resolution).
 
 Plane head (Bi3D, Badki et al. 2020): for a plane at disparity D it shifts the right features by
 D / 4 and correlates them with the left ones at 9 offsets around the plane (PLANE_OFFSETS); a small
-2D network on those and the left features answers per pixel "closer than D?" (disparity > D) as a
-logit, upsampled to full resolution. One plane costs the shared
-features plus this head, a fraction of the dense head; N planes give quantized depth, and the
-plane's disparity is an input, so any set of planes can be asked.
+two-level 2D network (1/4 and 1/8) on those and the left features answers per pixel "closer than
+D?" (disparity > D) as a logit, upsampled to full resolution. One plane costs the shared features
+plus this head, about a third of a dense inference; N planes give quantized depth, and the plane's
+disparity is an input, so any set of planes can be asked.
 """
 
 from __future__ import annotations
@@ -62,13 +64,11 @@ class ResBlock(nn.Module):
 class Features(nn.Module):
     """(N, 3, H, W) -> (N, C, H/4, W/4): space-to-depth, a 1x1 projection, residual blocks."""
 
-    def __init__(self, channels: int = 32):
+    def __init__(self, channels: int = 32, blocks: int = 2):
         super().__init__()
         self.net = nn.Sequential(
-            nn.PixelUnshuffle(DOWN),
-            nn.Conv2d(3 * DOWN * DOWN, channels, 1),
-            ResBlock(channels),
-            ResBlock(channels),
+            nn.Conv2d(3, channels, DOWN, stride=DOWN),  # = space-to-depth then 1x1, without the copy
+            *[ResBlock(channels) for _ in range(blocks)],
             nn.Conv2d(channels, channels, 3, padding=1),
         )
 
@@ -79,19 +79,16 @@ class Features(nn.Module):
 def correlation_volume(left: Tensor, right: Tensor, levels: int) -> Tensor:
     """(B, levels, h, w): mean over channels of left(x) * right(x - d) for d = 0..levels-1 (0 where x < d,
     also when d exceeds the width: padding then cropping keeps every level w wide)."""
-    w = left.shape[-1]
-    return torch.cat([(left * F.pad(right, (d, 0))[..., :w]).mean(1, keepdim=True) for d in range(levels)], 1)
+    return correlation_offsets(left, right, tuple(range(levels)))
 
 
 def correlation_offsets(left: Tensor, right: Tensor, offsets: tuple[int, ...]) -> Tensor:
     """(B, len(offsets), H, W): mean over channels of left(x) * right(x - o) for each integer offset o
-    (zeros where x - o leaves the image)."""
+    (zeros where x - o leaves the image). One padded copy of `right`, then a slice per offset."""
     w = left.shape[-1]
-    out = []
-    for o in offsets:
-        moved = F.pad(right, (o, 0))[..., :w] if o >= 0 else F.pad(right, (0, -o))[..., -o:]
-        out.append((left * moved).mean(1, keepdim=True))
-    return torch.cat(out, 1)
+    lo, hi = max(max(offsets), 0), max(-min(offsets), 0)
+    padded = F.pad(right, (lo, hi))
+    return torch.cat([(left * padded[..., lo - o : lo - o + w]).mean(1, keepdim=True) for o in offsets], 1)
 
 
 def shift_right_view(right: Tensor, shift: Tensor) -> Tensor:
@@ -116,6 +113,47 @@ def convex_upsample(coarse: Tensor, mask: Tensor, down: int) -> Tensor:
     return up.permute(0, 1, 4, 2, 5, 3).reshape(b, 1, h * down, w * down)
 
 
+class PlaneHead(nn.Module):
+    """ "Closer than the plane?" logits at 1/4 from the plane's correlations and the left features: a 1x1
+    mix at 1/4 plus a branch at 1/8 whose receptive field spans textureless regions that the
+    correlations alone cannot decide. Widths are multiples of 16 (what the CPU's conv kernels block by)."""
+
+    def __init__(self, cin: int, width: int = 32):
+        super().__init__()
+        self.inp = nn.Sequential(nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, True))
+        self.down = nn.Sequential(conv(width, width, stride=2), conv(width, width))
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.inp(x)
+        b = F.interpolate(self.down(a), size=a.shape[-2:], mode="bilinear", align_corners=False)
+        return self.out(a + b)
+
+
+class Refine(nn.Module):
+    """StereoNet's colour-guided refinement: a residual for the upsampled disparity from it and the left
+    image, computed at 1/2 resolution (space-to-depth in, depth-to-space out) with dilated convolutions,
+    so object edges follow the image's edges."""
+
+    def __init__(self, width: int = 32, max_disp: int = 48):
+        super().__init__()
+        self.scale = float(max_disp)
+        self.net = nn.Sequential(
+            nn.PixelUnshuffle(2),
+            conv(16, width),
+            conv(width, width, dilation=2),
+            conv(width, width, dilation=4),
+            nn.Conv2d(width, 4, 3, padding=1),
+            nn.PixelShuffle(2),
+        )
+        nn.init.zeros_(self.net[-2].weight)  # starts as the identity: no noise on top of a learning volume
+        nn.init.zeros_(self.net[-2].bias)
+
+    def forward(self, disparity: Tensor, left_image: Tensor) -> Tensor:
+        x = torch.cat([disparity / self.scale, left_image], 1)
+        return (disparity + self.net(x) * self.scale).clamp(min=0)
+
+
 class StereoModel(VisionModel):
     """raw: (B, 1, H, W) disparity in pixels (eval); training adds the coarse disparity and plane logits."""
 
@@ -132,8 +170,9 @@ def stereo_loss(raw, targets: Tensor) -> Tensor:
     valid = targets > 0
     if isinstance(raw, Tensor):  # eval: the disparity only
         return _masked_mean(F.smooth_l1_loss(raw[:, 0].float(), targets, reduction="none"), valid)
-    disparity, plane_logits, planes, volume = raw
+    disparity, plane_logits, planes, volume, unrefined = raw
     loss = _masked_mean(F.smooth_l1_loss(disparity[:, 0].float(), targets, reduction="none"), valid)
+    loss = loss + 0.5 * _masked_mean(F.smooth_l1_loss(unrefined[:, 0].float(), targets, reduction="none"), valid)
     loss = loss + volume_loss(volume, targets)
     closer = (targets[:, None] > planes.view(-1, planes.shape[-1], 1, 1)).float()
     bce = F.binary_cross_entropy_with_logits(plane_logits.float(), closer, reduction="none")
@@ -170,24 +209,23 @@ class StereoNetSmall(StereoModel):
         aggregation: int = 64,
         plane_channels: int = 32,
         train_planes: int = 2,
+        feature_blocks: int = 2,
     ):
         super().__init__(meta)
         self.max_disp = int(meta.extra.setdefault("max_disp", max_disp))
         self.levels = -(-self.max_disp // DOWN) + 1
         self.train_planes = train_planes
-        self.features = Features(channels)
+        self.features = Features(channels, feature_blocks)
         self.aggregate = nn.Sequential(
             conv(self.levels + channels, aggregation),
             conv(aggregation, aggregation, dilation=2),
+            conv(aggregation, aggregation, dilation=4),
             conv(aggregation, aggregation),
             nn.Conv2d(aggregation, self.levels, 3, padding=1),
         )
         self.upmask = nn.Sequential(conv(channels, 64), nn.Conv2d(64, 9 * DOWN * DOWN, 1))
-        self.plane_head = nn.Sequential(
-            conv(len(PLANE_OFFSETS) + channels, plane_channels),
-            conv(plane_channels, plane_channels),
-            nn.Conv2d(plane_channels, 1, 3, padding=1),
-        )
+        self.plane_head = PlaneHead(len(PLANE_OFFSETS) + channels, plane_channels)
+        self.refine = Refine(max_disp=self.max_disp)
 
     # ------------------------------------------------------------------ shared
     def _pad(self, images: Tensor) -> tuple[Tensor, int, int]:
@@ -206,19 +244,21 @@ class StereoNetSmall(StereoModel):
         return feats[:b], feats[b:]
 
     # ------------------------------------------------------------------ dense
-    def dense(self, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
-        """(full-resolution disparity, cost-volume logits at 1/4) from the two views' features."""
+    def dense(self, left: Tensor, right: Tensor, left_image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(refined full-resolution disparity, cost-volume logits at 1/4, the disparity before refinement)
+        from the two views' features and the (normalized) left image."""
         volume = correlation_volume(left, right, self.levels)
         logits = self.aggregate(torch.cat([volume, left], 1))
         probs = logits.softmax(1)
         candidates = torch.arange(self.levels, device=probs.device, dtype=probs.dtype).view(1, -1, 1, 1)
         coarse = (probs * candidates).sum(1, keepdim=True) * DOWN
-        return convex_upsample(coarse, self.upmask(left), DOWN), logits
+        upsampled = convex_upsample(coarse, self.upmask(left), DOWN)
+        return self.refine(upsampled, left_image), logits, upsampled
 
     def forward(self, images: Tensor):
         padded, h, w = self._pad(images)
         left, right = self.encode(padded)
-        disparity, volume = self.dense(left, right)
+        disparity, volume, unrefined = self.dense(left, right, padded[:, :3])
         disparity = disparity[..., :h, :w]
         if not self.training:
             return disparity
@@ -226,7 +266,7 @@ class StereoNetSmall(StereoModel):
         planes = torch.rand(images.shape[0], self.train_planes, device=images.device) * (self.max_disp - 2) + 1
         logits = self._planes(padded, left, right, planes)[..., :h, :w]
         volume = volume[..., : -(-h // DOWN), : -(-w // DOWN)]  # the padding's cells have no truth
-        return disparity, logits, planes, volume
+        return disparity, logits, planes, volume, unrefined[..., :h, :w]
 
     # ------------------------------------------------------------------ planes
     def _planes(self, images: Tensor, left: Tensor, right: Tensor, planes: Tensor) -> Tensor:
@@ -244,7 +284,7 @@ class StereoNetSmall(StereoModel):
         evaluation and predict use when they want both."""
         padded, h, w = self._pad(images)
         left, right = self.encode(padded)
-        disparity = self.dense(left, right)[0][..., :h, :w]
+        disparity = self.dense(left, right, padded[:, :3])[0][..., :h, :w]
         planes = torch.as_tensor(planes, device=images.device, dtype=left.dtype)
         if planes.dim() == 1:
             planes = planes.expand(images.shape[0], -1)

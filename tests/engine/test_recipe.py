@@ -144,7 +144,7 @@ def test_a_time_budget_plans_whole_epochs_from_the_measured_pace(monkeypatch):
     monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock["t"])
     planned = []
     trainer = SimpleNamespace(cfg=TrainConfig(time="200s", epochs=9), steps_per_epoch=50, step=0, epoch=0,
-                              val_loader=[0] * 10, choices=[])  # fmt: skip
+                              val_loader=[0] * 10, choices=[], dist=SimpleNamespace(world_size=1))  # fmt: skip
 
     def set_epochs(n):
         planned.append(n)
@@ -194,3 +194,56 @@ def test_local_processes_share_the_cache_budget(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four copies of 800 MB do not fit in 1 GB
     shared, _ = _choices(TrainConfig(), _survey(n=4000, side=256, task="segmentation"))
     assert alone.cache == "ram" and shared.cache == "none"
+
+
+def test_stereo_pairs_are_cached_whole_when_they_fit_and_evaluated_every_4th_cpu_epoch(monkeypatch):
+    import parvis.engine.recipe as recipe
+    from parvis.data.cache import cache_side
+
+    monkeypatch.setattr(recipe, "available_ram", lambda: 8 << 30)
+    pairs = DataSurvey("stereo", 1600, 400, {"disparity": 1600}, 128, False, None, pixels=256 * 128)
+    cfg, c = _choices(TrainConfig(task="stereo"), pairs)
+    assert cfg.cache == "ram" and "500 MB" in c["cache"].reason  # 1600 x 32768 px x 10 bytes
+    assert cfg.eval_every == 4 and cfg.hflip is False
+    kitti = DataSurvey("stereo", 200_000, 400, {"disparity": 1}, 375, False, None, pixels=1242 * 375)
+    big, c = _choices(TrainConfig(task="stereo"), kitti)
+    assert big.cache == "none" and "GB" in c["cache"].reason
+    gpu, _ = _choices(TrainConfig(task="stereo"), pairs, GPU)
+    assert gpu.eval_every == 1
+    assert cache_side("stereo", 64, 128) == 128 and cache_side("stereo", 64) > 10**6  # never resized
+
+
+def test_a_time_budget_counts_evaluation_every_nth_epoch_and_one_at_the_end(monkeypatch):
+    """As above with eval_every=4 and 40 s of evaluation: the plan charges 10 s of it per epoch and holds
+    one evaluation back for the end, so epoch 1 (not evaluated) re-plans with the same shares."""
+    from types import SimpleNamespace
+
+    from parvis.engine import hooks
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock["t"])
+    cfg = TrainConfig(time="400s", epochs=9, eval_every=4)
+    trainer = SimpleNamespace(cfg=cfg, steps_per_epoch=50, step=0, epoch=0, val_loader=[0] * 100, choices=[],
+                              dist=SimpleNamespace(world_size=1))  # fmt: skip
+    trainer.set_epochs = lambda n: setattr(trainer, "cfg", dataclasses.replace(trainer.cfg, epochs=n))
+    hook = hooks.TimeBudgetHook(400.0, quiet=True)
+    hook.on_train_start(trainer)
+    for step in range(1, 51):
+        clock["t"] += 1.0
+        trainer.step = step
+        hook.on_step_end(trainer, None, 32)
+    # probe at step 20: eval 100 x 1 x 0.4 = 40 s; 60 s per epoch; 380 - 40 = 340 s left, 30 s to finish
+    # epoch 1 -> 1 + int(310 / 60) = 6
+    assert trainer.cfg.epochs == 6
+    clock["t"] += 1.0  # checkpoint only: epoch 1 is not evaluated
+    trainer.epoch = 1
+    hook.on_epoch_end(trainer)
+    # re-plan: 51 + 10 = 61 s per epoch; 400 - 51 - 40 = 309 s left -> 1 + 5 = 6
+    assert trainer.cfg.epochs == 6
+    # The machine slows down: epoch 2 takes 100 s instead of 61; 400 - 151 = 249 s are left for 4 planned
+    # epochs, so the plan drops to 2 + int(249 / 100) = 4; after epoch 3 one epoch is left, kept as planned.
+    for epoch in (2, 3):
+        clock["t"] += 100.0
+        trainer.epoch = epoch
+        hook.on_epoch_end(trainer)
+        assert trainer.cfg.epochs == 4 and "after epoch 2: 100.0 s per epoch" in trainer.choices[-1].reason
