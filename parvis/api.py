@@ -36,6 +36,9 @@ from parvis.export import export_model
 from parvis.models import eval_transform
 from parvis.optimize import optimize as optimize_model
 from parvis.runtimes import ARTIFACT_SUFFIXES, open_predictor, require_images
+from parvis.scale.ray_engine import run_ray
+from parvis.scale.shards import require_single_images
+from parvis.scale.torchrun_engine import run_torchrun
 
 __all__ = ["Model", "evaluate", "load", "train"]
 
@@ -140,6 +143,39 @@ def load(source: str | Path, weights: str | Path | None = None, **options) -> Mo
     `size`, `mean`, `std`, `labels` for image commands) or a `parvis optimize` folder.
     Options: device, runtime, precision, threads, ema, task, size, mean, std, labels, crop_pct, interpolation."""
     return Model(source, weights, **options)
+
+
+def predict_at_scale(
+    model: Model,
+    inputs: list[str],
+    out: str | Path,
+    engine: str,
+    address: str | None = None,
+    actors: int | None = None,
+    batch: int = 16,
+    overlays: bool = False,
+    shard_size: int = 1000,
+    decode_threads: int = 1,
+    progress=None,
+) -> dict | None:
+    """`parvis predict --engine ray|torchrun`: results as Parquet parts under `out`/results/ (one row per
+    image: path, label, score, result JSON, error, model, node), resumable by shard; returns the summary
+    (None on torchrun ranks other than 0). The model is opened here once, for its metadata and to fail
+    early on a bad source; every actor or rank opens its own copy."""
+    if engine not in ("ray", "torchrun"):
+        raise ParvisError(f"--engine {engine}: use local, ray or torchrun")
+    files = expand_inputs(inputs)
+    options = {"device": str(model.device), "runtime": model.runtime_name, "precision": model.precision,
+               "threads": model.threads, "weights": model.weights, "given": model.given}  # fmt: skip
+    model_id = model.source if model.weights is None else f"{model.source}+{model.weights}"
+    if engine == "torchrun":  # each rank opens the model on its own device
+        return run_torchrun(model.source, files, out, model_id, options, batch, overlays, shard_size, decode_threads,
+                            progress)  # fmt: skip
+    predictor, _ = model._open()
+    require_images(predictor.meta, model.source)
+    require_single_images(predictor.meta, model.source)
+    return run_ray(model.source, files, out, predictor.meta, model_id, options, address, actors, batch, overlays,
+                   shard_size, progress)  # fmt: skip
 
 
 def evaluate(model: Model | str | Path, data, split: str = "val", batch: int = 64, workers: int | None = None,

@@ -21,7 +21,7 @@ STAGES: list[tuple[str, ...]] = [
     ("parvis.engine",),
     ("parvis.export", "parvis.quantize", "parvis.prune"),
     ("parvis.runtimes",),
-    ("parvis.optimize", "parvis.serve", "parvis.video", "parvis.describe"),
+    ("parvis.optimize", "parvis.serve", "parvis.video", "parvis.describe", "parvis.scale"),
     ("parvis.bench", "parvis.report", "parvis.demo"),
     ("parvis.api",),
     ("parvis.cli", "parvis.__main__"),

@@ -68,6 +68,7 @@ def add_parser(sub) -> None:
     add_video_parser(bsub)
     add_learn_parser(bsub)
     add_stereo_parser(bsub)
+    add_scale_out_parser(bsub)
 
 
 def run_data(args) -> int:
@@ -790,6 +791,50 @@ def run_learn(args) -> int:
     lines = [f"parvis {p['epoch']} epochs" for p in result["parvis"]["curve"][-1:]]
     lines.append("auto: " + "; ".join(line[6:].split(" (")[0] for line in result["parvis"]["auto"]))
     return _finish(con, args, result, table, lines=tuple(lines))
+
+
+# --------------------------------------------------------------------------- scale-out
+
+
+def add_scale_out_parser(bsub) -> None:
+    p = bsub.add_parser("scale-out", help="one predict job on every engine: single process, Ray actors, torchrun ranks")
+    p.add_argument("model", metavar="MODEL", help="anything parvis predict loads")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("--actors", default="1,2", help="Ray actor counts to run (default 1,2)")
+    p.add_argument("--ranks", default="1,2", help="torchrun process counts to run (default 1,2)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--size", type=int, default=None, help="input size for a model name without metadata")
+    p.add_argument("--weights", default=None, metavar="FILE", help="weights for a model name")
+    p.add_argument("--json", metavar="OUT", default=None)
+    p.set_defaults(func=run_scale_out)
+
+
+def run_scale_out(args) -> int:
+    from parvis.bench.scale_out import bench_scale_out
+
+    extra = (["--size", str(args.size)] if args.size else []) + (["--weights", args.weights] if args.weights else [])
+    con = console()
+    with con.status("bench scale-out...") as status:
+        result = bench_scale_out(args.model, args.inputs, _int_list(args.actors), _int_list(args.ranks), args.batch,
+                                 extra, progress=lambda m: status.update(f"bench scale-out: {m}"))  # fmt: skip
+    table = _table(
+        f"scale-out: {result['images']:,} images, {args.model}, batch {args.batch}",
+        ["engine", "workers", "ok", "img/s", "img/s wall", "vs 1 process", "overhead ms/img", "peak RSS MB"],
+    )
+    for r in result["rows"]:
+        table.add_row(r["engine"], str(r["workers"]), "yes" if r["ok"] else "NO", _num(r["img_s"], ".1f"),
+                      _num(r["img_s_wall"], ".1f"), _num(r.get("vs_single_process"), ".2f"),
+                      _num(r.get("overhead_ms"), ".2f"), _num(r["peak_rss_mb"], ".0f"))  # fmt: skip
+    con.print(table)
+    for r in result["rows"]:
+        if not r["ok"]:
+            con.print(
+                f"{r['engine']} x{r['workers']} failed (exit {r['exit_code']}): {r.get('stderr_tail', '')[-300:]}"
+            )
+    if args.json:
+        write_json(args.json, result)
+        con.print(f"wrote {args.json}")
+    return 0 if all(r["ok"] for r in result["rows"]) else 1
 
 
 # --------------------------------------------------------------------------- stereo

@@ -6,10 +6,16 @@ output folder (its chosen artifact, runtime, precision and threads)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
+from parvis.cli.launch import add_launcher_args, relaunch_under_torchrun
 from parvis.cli.model_args import MODEL_HELP, add_model_args, preprocess_from
 from parvis.cli.output import console
+from parvis.errors import ParvisError
+from parvis.io import atomic_write_text
 
 
 def add_parser(sub) -> None:
@@ -33,6 +39,22 @@ def add_parser(sub) -> None:
         "--focal-baseline", dest="focal_baseline", type=float, default=None,
         help="stereo: the camera's focal length (px) x baseline (m), for --depths and depth in metres",
     )  # fmt: skip
+    p.add_argument(
+        "--engine", choices=("local", "ray", "torchrun"), default="local",
+        help="local (this process), ray (Ray Data: decode tasks, an actor pool, Parquet parts; resumable) or "
+        "torchrun (one shard of the inputs per process; --nproc N)",
+    )  # fmt: skip
+    p.add_argument("--address", default=None, help="ray: the cluster to join (default: a local instance on 127.0.0.1)")
+    p.add_argument("--actors", type=int, default=None, help="ray: model actors (default: from the cluster's resources)")
+    p.add_argument(
+        "--shard-size",
+        dest="shard_size",
+        type=int,
+        default=1000,
+        help="ray/torchrun: images per Parquet part, the unit a rerun skips when done (default 1000)",
+    )
+    p.add_argument("--overlays", action="store_true", help="ray/torchrun: also write overlays (off at scale)")
+    add_launcher_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
 
@@ -40,6 +62,13 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from parvis.api import load
     from parvis.engine.predict import expand_inputs
+
+    if args.engine == "torchrun" and "LOCAL_RANK" not in os.environ:
+        if args.nproc < 1:
+            raise ParvisError(f"--nproc {args.nproc} must be at least 1")
+        return relaunch_under_torchrun(args, args.argv)
+    if args.engine != "local":
+        return run_at_scale(args, load)
 
     model = load(
         args.checkpoint, weights=args.weights, device=args.device, runtime=args.runtime, precision=args.precision,
@@ -70,12 +99,56 @@ def run(args) -> int:
                 if v > 0.005 and k != r.get("background", "background")
             )  # fmt: skip
         con.print(f"{r['file']}: {what or 'background only'}")
+    summary = {"engine": "local", "model": args.checkpoint, "images": len(results), "errors": len(errors),
+               "seconds": round(stats["wall_s"], 3), "img_s": round(stats["images_per_s"], 2)}  # fmt: skip
+    atomic_write_text(os.path.join(args.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
     con.print(
         f"predicted {len(results) - len(errors)} image(s) with {what_runs}"
         f" in {stats['wall_s']:.2f} s ({stats['images_per_s']:,.1f} img/s) -> {args.out}/results.json"
         + (f"; {len(errors)} unreadable: " + ", ".join(r["file"] for r in errors) if errors else "")
     )
     return 1 if errors else 0
+
+
+def run_at_scale(args, load) -> int:
+    from parvis.api import predict_at_scale
+
+    con = console()
+    if args.actors is not None and args.actors < 1:
+        raise ParvisError(f"--actors {args.actors}: must be at least 1")
+    model = load(
+        args.checkpoint, weights=args.weights, device=args.device, runtime=args.runtime, precision=args.precision,
+        threads=args.threads, ema=args.ema, given=preprocess_from(args),
+    )  # fmt: skip
+    if args.engine == "ray" and model.info.get("weights") == "random":
+        con.print(f"{args.checkpoint}: a model name without --weights: random initialization, predictions mean nothing")
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int, img_s: float, what: str = "images") -> None:
+        now = time.perf_counter()
+        if done < total and now - last[0] < 2:
+            return
+        last[0] = now
+        eta = (total - done) / img_s if img_s > 0 else 0
+        con.print(f"[{now - t0:5.0f} s] {done:,}/{total:,} {what}, {img_s:,.1f} img/s, ETA {eta:,.0f} s")
+
+    summary = predict_at_scale(
+        model, args.inputs, args.out, args.engine, address=args.address, actors=args.actors, batch=args.batch,
+        overlays=args.overlays, shard_size=args.shard_size, decode_threads=args.decode_threads, progress=progress,
+    )  # fmt: skip
+    if summary is None:  # a torchrun rank other than 0
+        return 0
+    skipped = summary.get("skipped_shards", 0)
+    con.print(
+        f"{args.engine}: {summary['processed_this_run']:,} image(s) in {summary['seconds']:.1f} s "
+        f"({summary['img_s']:,.1f} img/s)"
+        + (f", {skipped} finished shard(s) skipped" if skipped else "")
+        + f"; {summary['rows']:,} rows for {summary['images']:,} images, {summary['errors']} error(s), "
+        f"{summary['duplicates']} duplicate(s), {summary['missing']} missing -> {args.out}/results/ "
+        f"(per node: {', '.join(f'{k}: {v:,}' for k, v in sorted(summary['rows_per_node'].items()))})"
+    )
+    return 1 if summary["duplicates"] or summary["missing"] else 0
 
 
 def run_stereo(args, model, con) -> int:

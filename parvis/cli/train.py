@@ -7,9 +7,8 @@ default, `--strategy fsdp` for FSDP2); `torchrun ... -m parvis train ...` works 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
+from parvis.cli.launch import add_launcher_args, relaunch_under_torchrun
 from parvis.errors import ParvisError
 
 # Flags that map 1:1 onto TrainConfig keys; only the ones the user gives override the YAML.
@@ -62,43 +61,11 @@ def add_parser(sub) -> None:
     p.add_argument("--strategy", default=None, help="ddp|fsdp under torchrun (default ddp)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--nproc", type=int, default=1, help="local processes (launches torch.distributed.run)")
-    p.add_argument("--nnodes", default=None, help="nodes for a multi-node run (torchrun's --nnodes)")
-    p.add_argument("--node-rank", dest="node_rank", type=int, default=None, help="this node's rank")
-    p.add_argument("--rdzv-endpoint", dest="rdzv_endpoint", default=None, help="host:port of the rendezvous")
+    add_launcher_args(p)
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="any TrainConfig key, e.g. ema=true clip_grad=none"
     )
     p.set_defaults(func=run)
-
-
-def _launch(args, argv: list[str]) -> int:
-    """Re-run this command under torch.distributed.run, minus the launcher flags."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc)]
-    if args.nnodes or args.rdzv_endpoint:
-        if not args.rdzv_endpoint:
-            raise ParvisError("--nnodes needs --rdzv-endpoint HOST:PORT (the same on every node)")
-        cmd += ["--nnodes", str(args.nnodes or 1), "--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint]
-        if args.node_rank is not None:
-            cmd += ["--node-rank", str(args.node_rank)]
-    else:
-        cmd += ["--standalone"]
-    cmd += ["-m", "parvis", *_without_launcher_flags(argv)]
-    return subprocess.call(cmd)
-
-
-def _without_launcher_flags(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        name = a.split("=", 1)[0]
-        if name in ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint"):
-            skip = "=" not in a
-            continue
-        out.append(a)
-    return out
 
 
 def run(args) -> int:
@@ -108,7 +75,7 @@ def run(args) -> int:
         raise ParvisError(f"--nproc {args.nproc} must be at least 1")
     under_torchrun = "LOCAL_RANK" in os.environ
     if not under_torchrun and (args.nproc > 1 or args.nnodes or args.rdzv_endpoint):
-        return _launch(args, args.argv)
+        return relaunch_under_torchrun(args, args.argv)
     values = {k: getattr(args, k) for k in FLAG_KEYS if getattr(args, k) is not None}
     files = [args.config] if args.config else []
     if args.recipe in ("auto", "off"):

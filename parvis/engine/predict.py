@@ -97,8 +97,10 @@ def predict_files(
     decode_threads: int = 1,
     overlays: bool = True,
     stats: dict | None = None,
+    write_results: bool = True,
 ) -> list[dict]:
-    """Predict every file; write results.json (detection: boxes in the file's pixels), masks/*.png for
+    """Predict every file; write results.json (detection: boxes in the file's pixels; not with
+    `write_results` false, as scale-out writes Parquet parts instead), masks/*.png for
     segmentation, and overlays/*.jpg (masks blended, boxes or the class drawn).
 
     Three stages overlap over bounded queues: `decode_threads` threads decode and resize batch k+1
@@ -150,7 +152,8 @@ def predict_files(
         finally:
             stop.set()
     wall = time.perf_counter() - start
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    if write_results:
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     if stats is not None:
         stats.update(busy, wall_s=wall, images=len(files), images_per_s=len(files) / wall if wall > 0 else 0.0)
     return results

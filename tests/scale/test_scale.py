@@ -1,0 +1,148 @@
+"""Scale-out predict: the shard store (resume, refusal, counts), Ray Data locally and on a two-node loopback
+cluster, and torchrun with a world size that does not divide the shards. The model is convnet_small with
+random weights at 32 px: these tests count rows, not accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from parvis.cli.main import main
+from parvis.errors import ParvisError
+from parvis.scale.shards import ShardStore, from_transport, headline, to_row
+
+pq = pytest.importorskip("pyarrow.parquet")
+MODEL = ["convnet_small", "--size", "32"]
+
+
+@pytest.fixture(scope="module")
+def images(shapes_dir, tmp_path_factory) -> Path:
+    """13 shapes photos and one file that is not an image."""
+    folder = tmp_path_factory.mktemp("scale") / "in"
+    folder.mkdir()
+    for path in sorted((shapes_dir / "images" / "train").glob("*.jpg"))[:13]:
+        shutil.copy(path, folder / path.name)
+    (folder / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "results").to_pylist()
+
+
+def check_each_once(out: Path, images: Path) -> list[dict]:
+    got = rows(out)
+    expected = sorted(str(p) for p in images.iterdir())
+    assert sorted(r["path"] for r in got) == expected  # every image, exactly once
+    broken = [r for r in got if r["error"]]
+    assert [Path(r["path"]).name for r in broken] == ["zz_broken.jpg"] and broken[0]["result"] is None
+    assert all(r["label"] in ("circle", "ring", "square", "star", "triangle") for r in got if not r["error"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["images"], summary["rows"], summary["errors"]) == (14, 14, 1)
+    assert summary["duplicates"] == summary["missing"] == 0
+    return got
+
+
+def test_shard_store_resumes_by_part_and_refuses_other_inputs(tmp_path):
+    files = [tmp_path / f"{i:02d}.jpg" for i in range(7)]
+    store = ShardStore(tmp_path / "out", files, 3, "m", "ray")
+    store.open()
+    assert [len(s) for s in store.shards] == [3, 3, 1] and store.todo() == [0, 1, 2]
+    record = {"file": str(files[0]), "label": 1, "class_name": "ring", "score": 0.9}
+    store.write(0, [to_row({**record, "file": str(f)}, 0, "m", "n0") for f in reversed(store.shards[0])])
+    assert store.todo() == [1, 2] and not list((tmp_path / "out" / "results").glob(".*tmp"))
+    assert [r["path"] for r in rows(tmp_path / "out")] == [str(f) for f in files[:3]]  # input order
+    with pytest.raises(RuntimeError, match="do not match"):
+        store.write(1, [to_row(record, 1, "m", "n0")])  # a shard's rows must be exactly its images
+    summary = store.summary(1.0, 3)
+    assert (summary["rows"], summary["missing"], summary["duplicates"]) == (3, 4, 0)
+    with pytest.raises(ParvisError, match="other inputs"):
+        ShardStore(tmp_path / "out", files[:6], 3, "m", "ray").open()
+    with pytest.raises(ParvisError, match="other model"):
+        ShardStore(tmp_path / "out", files, 3, "other.pt", "ray").open()
+
+
+def test_rows_sum_up_each_task_and_survive_columnar_transport():
+    assert headline({"class_name": "star", "score": 0.7}) == ("star", 0.7)
+    dets = {"detections": [{"class_name": "ring", "score": 0.4}, {"class_name": "star", "score": 0.8}]}
+    assert headline(dets) == ("star", 0.8) and headline({"detections": []}) == (None, None)
+    assert headline({"class_shares": {"background": 0.9, "ring": 0.06, "star": 0.04}}) == ("ring", 0.06)
+    back = from_transport({"path": "a", "label": "", "score": float("nan"), "result": "", "error": "bad"})
+    assert (back["label"], back["score"], back["result"], back["error"]) == (None, None, None, "bad")
+
+
+@pytest.mark.slow
+def test_ray_local_writes_each_image_once_and_a_rerun_redoes_only_missing_parts(images, tmp_path, capsys):
+    out = tmp_path / "ray"
+    argv = ["predict", *MODEL, str(images), "--engine", "ray", "--out", str(out), "--shard-size", "4", "--batch", "4"]
+    assert main(argv) == 0
+    first = check_each_once(out, images)
+    assert len(list((out / "results").glob("part-*.parquet"))) == 4
+    # A job killed part-way leaves whole parts only (written to a temporary name, then renamed): remove one
+    # part and leave a stray temporary file, as a kill would; the rerun redoes that shard alone.
+    (out / "results" / "part-00002.parquet").unlink()
+    (out / "results" / ".part-00002.parquet.999.tmp").write_bytes(b"partial")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "3 finished shard(s) skipped" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processed_this_run"] == 4 and summary["skipped_shards"] == 3
+    second = check_each_once(out, images)
+    assert {r["path"]: r["label"] for r in second} == {r["path"]: r["label"] for r in first}
+
+
+def _torchrun_predict(images: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "parvis", "predict", *MODEL, str(images), "--engine", "torchrun", "--nproc", "2",
+           "--out", str(out), "--shard-size", "3"]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_shards_cover_each_image_once_when_ranks_do_not_divide_them(images, tmp_path):
+    out = tmp_path / "torchrun"
+    proc = _torchrun_predict(images, out)  # 14 images in 5 shards of 3 over 2 ranks
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = check_each_once(out, images)
+    per_rank = json.loads((out / "summary.json").read_text())["rows_per_node"]
+    assert sorted(per_rank.values()) == [5, 9] and all(k.endswith(("rank0", "rank1")) for k in per_rank)
+    assert len({r["shard"] for r in got}) == 5
+    (out / "results" / "part-00004.parquet").unlink()
+    proc = _torchrun_predict(images, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processed_this_run"] == 2 and summary["skipped_shards"] == 4
+    check_each_once(out, images)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_ray_nodes_on_loopback_both_do_work(images, tmp_path):
+    """A head and a second node (separate temp dirs) on 127.0.0.1; two single-thread actors spread over them."""
+    ray_bin = Path(sys.executable).with_name("ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    port = "6397"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=150000000", "--disable-usage-stats"]
+    try:
+        for extra in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp_path / 'head'}"],
+                      [f"--address=127.0.0.1:{port}", f"--temp-dir={tmp_path / 'node'}"]):  # fmt: skip
+            proc = subprocess.run([str(ray_bin), "start", *extra, *common], capture_output=True, text=True,
+                                  timeout=120, env=env)  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        out = tmp_path / "two-nodes"
+        cmd = [sys.executable, "-m", "parvis", "predict", *MODEL, str(images), "--engine", "ray", "--address",
+               f"127.0.0.1:{port}", "--actors", "2", "--threads", "1", "--batch", "2", "--shard-size", "3",
+               "--out", str(out)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        check_each_once(out, images)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["nodes"] == 2 and len(summary["rows_per_node"]) == 2, summary["rows_per_node"]
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
