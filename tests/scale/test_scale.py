@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,21 @@ from parvis.errors import ParvisError
 from parvis.scale.shards import ShardStore, from_transport, headline, to_row
 
 pq = pytest.importorskip("pyarrow.parquet")
-MODEL = ["convnet_small", "--size", "32"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> list[str]:
+    """A convnet_small checkpoint at 32 px with fixed (random) weights: every actor and rank loads the same."""
+    import torch
+
+    from parvis.engine.checkpoint import save_checkpoint
+    from parvis.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("convnet_small", 5, ["circle", "ring", "square", "star", "triangle"], input_size=32)
+    path = tmp_path_factory.mktemp("model") / "convnet.pt"
+    save_checkpoint(path, {"model": net.state_dict(), "meta": net.meta.to_dict()})
+    return [str(path)]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +57,9 @@ def check_each_once(out: Path, images: Path) -> list[dict]:
     assert sorted(r["path"] for r in got) == expected  # every image, exactly once
     broken = [r for r in got if r["error"]]
     assert [Path(r["path"]).name for r in broken] == ["zz_broken.jpg"] and broken[0]["result"] is None
-    assert all(r["label"] in ("circle", "ring", "square", "star", "triangle") for r in got if not r["error"])
+    answered = [r for r in got if not r["error"]]
+    assert all(r["label"] in ("circle", "ring", "square", "star", "triangle") and 0 <= r["score"] <= 1
+               and json.loads(r["result"])["top5"] for r in answered)  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["images"], summary["rows"], summary["errors"]) == (14, 14, 1)
     assert summary["duplicates"] == summary["missing"] == 0
@@ -78,9 +95,9 @@ def test_rows_sum_up_each_task_and_survive_columnar_transport():
 
 
 @pytest.mark.slow
-def test_ray_local_writes_each_image_once_and_a_rerun_redoes_only_missing_parts(images, tmp_path, capsys):
+def test_ray_local_writes_each_image_once_and_a_rerun_redoes_only_missing_parts(model, images, tmp_path, capsys):
     out = tmp_path / "ray"
-    argv = ["predict", *MODEL, str(images), "--engine", "ray", "--out", str(out), "--shard-size", "4", "--batch", "4"]
+    argv = ["predict", *model, str(images), "--engine", "ray", "--out", str(out), "--shard-size", "4", "--batch", "4"]
     assert main(argv) == 0
     first = check_each_once(out, images)
     assert len(list((out / "results").glob("part-*.parquet"))) == 4
@@ -97,24 +114,24 @@ def test_ray_local_writes_each_image_once_and_a_rerun_redoes_only_missing_parts(
     assert {r["path"]: r["label"] for r in second} == {r["path"]: r["label"] for r in first}
 
 
-def _torchrun_predict(images: Path, out: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "parvis", "predict", *MODEL, str(images), "--engine", "torchrun", "--nproc", "2",
+def _torchrun_predict(model: list[str], images: Path, out: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "parvis", "predict", *model, str(images), "--engine", "torchrun", "--nproc", "2",
            "--out", str(out), "--shard-size", "3"]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_shards_cover_each_image_once_when_ranks_do_not_divide_them(images, tmp_path):
+def test_torchrun_shards_cover_each_image_once_when_ranks_do_not_divide_them(model, images, tmp_path):
     out = tmp_path / "torchrun"
-    proc = _torchrun_predict(images, out)  # 14 images in 5 shards of 3 over 2 ranks
+    proc = _torchrun_predict(model, images, out)  # 14 images in 5 shards of 3 over 2 ranks
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = check_each_once(out, images)
     per_rank = json.loads((out / "summary.json").read_text())["rows_per_node"]
-    assert sorted(per_rank.values()) == [5, 9] and all(k.endswith(("rank0", "rank1")) for k in per_rank)
+    assert sorted(per_rank.values()) == [6, 8] and all(k.endswith(("rank0", "rank1")) for k in per_rank)
     assert len({r["shard"] for r in got}) == 5
     (out / "results" / "part-00004.parquet").unlink()
-    proc = _torchrun_predict(images, out)
+    proc = _torchrun_predict(model, images, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processed_this_run"] == 2 and summary["skipped_shards"] == 4
@@ -123,20 +140,22 @@ def test_torchrun_shards_cover_each_image_once_when_ranks_do_not_divide_them(ima
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_ray_nodes_on_loopback_both_do_work(images, tmp_path):
+def test_two_ray_nodes_on_loopback_both_do_work(model, images, tmp_path):
     """A head and a second node (separate temp dirs) on 127.0.0.1; two single-thread actors spread over them."""
     ray_bin = Path(sys.executable).with_name("ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     port = "6397"
+    # Ray's socket paths live under the temp dir and must fit AF_UNIX's 107 bytes: short dirs in /tmp.
+    temp = Path(tempfile.mkdtemp(prefix="pvray-", dir="/tmp"))
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--object-store-memory=150000000", "--disable-usage-stats"]
     try:
-        for extra in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp_path / 'head'}"],
-                      [f"--address=127.0.0.1:{port}", f"--temp-dir={tmp_path / 'node'}"]):  # fmt: skip
+        for extra in (["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp / 'h'}"],
+                      [f"--address=127.0.0.1:{port}", f"--temp-dir={temp / 'n'}"]):  # fmt: skip
             proc = subprocess.run([str(ray_bin), "start", *extra, *common], capture_output=True, text=True,
                                   timeout=120, env=env)  # fmt: skip
             assert proc.returncode == 0, proc.stderr[-2000:]
         out = tmp_path / "two-nodes"
-        cmd = [sys.executable, "-m", "parvis", "predict", *MODEL, str(images), "--engine", "ray", "--address",
+        cmd = [sys.executable, "-m", "parvis", "predict", *model, str(images), "--engine", "ray", "--address",
                f"127.0.0.1:{port}", "--actors", "2", "--threads", "1", "--batch", "2", "--shard-size", "3",
                "--out", str(out)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
@@ -146,3 +165,4 @@ def test_two_ray_nodes_on_loopback_both_do_work(images, tmp_path):
         assert summary["nodes"] == 2 and len(summary["rows_per_node"]) == 2, summary["rows_per_node"]
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
