@@ -154,7 +154,7 @@ def predict_at_scale(
     actors: int | None = None,
     batch: int = 16,
     overlays: bool = False,
-    shard_size: int = 1000,
+    shard_size: int | None = None,
     decode_threads: int = 1,
     progress=None,
 ) -> dict | None:

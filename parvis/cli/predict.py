@@ -50,8 +50,9 @@ def add_parser(sub) -> None:
         "--shard-size",
         dest="shard_size",
         type=int,
-        default=1000,
-        help="ray/torchrun: images per Parquet part, the unit a rerun skips when done (default 1000)",
+        default=None,
+        help="ray/torchrun: images per Parquet part, the unit a rerun skips when done (default 1000, fewer for "
+        "a job of under 16,000 images: at least 16 parts)",
     )
     p.add_argument("--overlays", action="store_true", help="ray/torchrun: also write overlays (off at scale)")
     add_launcher_args(p)

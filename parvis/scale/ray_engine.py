@@ -168,7 +168,7 @@ def run_ray(
     actors: int | None = None,
     batch: int = 16,
     overlays: bool = False,
-    shard_size: int = 1000,
+    shard_size: int | None = None,
     progress=None,
 ) -> dict:
     """Run the job; returns (and writes) the summary. `progress(done, total, img_s)` after each shard."""

@@ -22,7 +22,16 @@ from pathlib import Path
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
 
-SHARD_SIZE = 1000  # images per part: small enough to redo after a crash, large enough for Parquet
+SHARD_SIZE = 1000  # images per part at most: small enough to redo after a crash, large enough for Parquet
+MIN_SHARDS = 16  # a small job still splits into this many parts, so 2-16 ranks or actors all get work
+
+
+def default_shard_size(images: int) -> int:
+    """--shard-size when not given: 1,000, or fewer so that a small job still has MIN_SHARDS parts. It
+    depends on the image count only, so every engine resumes every other's job."""
+    return max(1, min(SHARD_SIZE, -(-images // MIN_SHARDS)))
+
+
 COLUMNS = ("path", "shard", "label", "score", "result", "error", "model", "node")
 
 
@@ -93,7 +102,8 @@ def to_row(record: dict, shard: int, model_id: str, node: str) -> dict:
 class ShardStore:
     """DIR/manifest.json, DIR/results/part-NNNNN.parquet and DIR/summary.json of one job."""
 
-    def __init__(self, out: str | Path, files: list[Path], shard_size: int, model_id: str, engine: str):
+    def __init__(self, out: str | Path, files: list[Path], shard_size: int | None, model_id: str, engine: str):
+        shard_size = default_shard_size(len(files)) if shard_size is None else shard_size
         self.out = Path(out)
         self.parts = self.out / "results"
         self.shards = plan(files, shard_size)

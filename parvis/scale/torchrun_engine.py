@@ -31,7 +31,7 @@ def run_torchrun(
     options: dict,
     batch: int = 16,
     overlays: bool = False,
-    shard_size: int = 1000,
+    shard_size: int | None = None,
     decode_threads: int = 1,
     progress=None,
 ) -> dict | None:

@@ -166,3 +166,13 @@ def test_two_ray_nodes_on_loopback_both_do_work(model, images, tmp_path):
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_default_shard_size_gives_small_jobs_16_parts_and_bad_sizes_are_refused(tmp_path):
+    from parvis.scale.shards import default_shard_size
+
+    assert [default_shard_size(n) for n in (1, 14, 800, 16_000, 10**6)] == [1, 1, 50, 1000, 1000]
+    files = [tmp_path / f"{i}.jpg" for i in range(800)]
+    assert len(ShardStore(tmp_path / "a", files, None, "m", "ray").shards) == 16
+    with pytest.raises(ParvisError, match="--shard-size 0"):
+        ShardStore(tmp_path / "b", files, 0, "m", "ray")
