@@ -157,6 +157,7 @@ def predict_at_scale(
     shard_size: int | None = None,
     decode_threads: int = 1,
     progress=None,
+    device: str | None = None,
 ) -> dict | None:
     """`parvis predict --engine ray|torchrun`: results as Parquet parts under `out`/results/ (one row per
     image: path, label, score, result JSON, error, model, node), resumable by shard; returns the summary
@@ -165,7 +166,9 @@ def predict_at_scale(
     if engine not in ("ray", "torchrun"):
         raise ParvisError(f"--engine {engine}: use local, ray or torchrun")
     files = expand_inputs(inputs)
-    options = {"device": str(model.device), "runtime": model.runtime_name, "precision": model.precision,
+    # `device` as the user gave it ("auto"): each actor or rank resolves it where it runs (a driver without
+    # a GPU must not turn a GPU cluster's actors into CPU ones).
+    options = {"device": device or str(model.device), "runtime": model.runtime_name, "precision": model.precision,
                "threads": model.threads, "weights": model.weights, "given": model.given}  # fmt: skip
     model_id = model.source if model.weights is None else f"{model.source}+{model.weights}"
     if engine == "torchrun":  # each rank opens the model on its own device

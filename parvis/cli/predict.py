@@ -137,6 +137,7 @@ def run_at_scale(args, load) -> int:
     summary = predict_at_scale(
         model, args.inputs, args.out, args.engine, address=args.address, actors=args.actors, batch=args.batch,
         overlays=args.overlays, shard_size=args.shard_size, decode_threads=args.decode_threads, progress=progress,
+        device=args.device,
     )  # fmt: skip
     if summary is None:  # a torchrun rank other than 0
         return 0
