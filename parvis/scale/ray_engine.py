@@ -138,6 +138,13 @@ def actor_cpus(resources: dict, threads: int, actors: int) -> float:
     return max(0.25, min(float(threads), (cpus - 1) / actors))
 
 
+def gpu_per_actor(resources: dict, actors: int, device: str = "auto") -> float:
+    """The GPU fraction Ray reserves for each actor: the cluster's GPUs shared by the actors (4 actors on
+    1 GPU: 0.25 each, so they share it), at most a whole one; 0 without GPUs or with --device cpu."""
+    gpus = float(resources.get("GPU", 0))
+    return min(1.0, gpus / actors) if gpus and not str(device).startswith("cpu") else 0.0
+
+
 def _spread() -> dict:
     """Actors spread over the nodes (one model copy per node first); no restarts: a lost actor fails the
     job, and a rerun redoes only the shards without a part."""
@@ -192,8 +199,7 @@ def run_ray(
         resources = ray.cluster_resources()
         threads = options.get("threads") or THREADS_PER_ACTOR
         n_actors = actors or default_actors(resources, threads)
-        gpus = float(resources.get("GPU", 0))
-        gpu_share = min(1.0, gpus / n_actors) if gpus and options.get("device", "auto") != "cpu" else 0.0
+        gpu_share = gpu_per_actor(resources, n_actors, options.get("device", "auto"))
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True

@@ -176,3 +176,16 @@ def test_default_shard_size_gives_small_jobs_16_parts_and_bad_sizes_are_refused(
     assert len(ShardStore(tmp_path / "a", files, None, "m", "ray").shards) == 16
     with pytest.raises(ParvisError, match="--shard-size 0"):
         ShardStore(tmp_path / "b", files, 0, "m", "ray")
+
+
+def test_actor_plans_from_cluster_resources():
+    """No cluster needed: actors, their CPU reservation and their GPU share from Ray's resource dict."""
+    from parvis.scale.ray_engine import actor_cpus, default_actors, gpu_per_actor
+
+    two_cores, big, gpu_node = {"CPU": 2.0}, {"CPU": 32.0}, {"CPU": 16.0, "GPU": 1.0}
+    assert default_actors(two_cores, 2) == 1 and actor_cpus(two_cores, 2, 1) == 1.0  # one CPU left to decoding
+    assert default_actors(big, 2) == 15 and actor_cpus(big, 2, 15) == 2.0
+    assert default_actors(gpu_node, 2) == 1 and gpu_per_actor(gpu_node, 1) == 1.0
+    assert gpu_per_actor(gpu_node, 4) == 0.25  # --actors 4 on one GPU: four fractional actors share it
+    assert gpu_per_actor(gpu_node, 4, "cpu") == 0.0 and gpu_per_actor(big, 2) == 0.0
+    assert gpu_per_actor({"CPU": 8.0, "GPU": 4.0}, 2) == 1.0
