@@ -133,30 +133,37 @@ def test_a_recipe_file_overrides_auto_and_explicit_keys_override_the_file(tmp_pa
     assert dataclasses.asdict(reloaded) == saved | {"crop_scale": (0.9, 1.0), "scales": tuple(saved["scales"])}
 
 
-def test_a_time_budget_plans_whole_epochs_from_the_measured_pace(monkeypatch):
-    """TimeBudgetHook on a stub trainer and a fake clock: 1 s per step, 50 steps per epoch, 5 s of
-    evaluation: a 200 s budget fits 3 epochs after the probe, re-planned to what epoch 1 really cost."""
+def _budget_run(monkeypatch, cfg: TrainConfig, budget_s: float, val_batches: int):
+    """TimeBudgetHook on a stub trainer (50 steps per epoch) and a fake clock at 1 s per step, run through
+    the first epoch's steps: (clock, trainer, hook, the epoch counts it planned)."""
     from types import SimpleNamespace
 
     from parvis.engine import hooks
 
-    clock = {"t": 0.0}
+    clock, planned = {"t": 0.0}, []
     monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock["t"])
-    planned = []
-    trainer = SimpleNamespace(cfg=TrainConfig(time="200s", epochs=9), steps_per_epoch=50, step=0, epoch=0,
-                              val_loader=[0] * 10, choices=[], dist=SimpleNamespace(world_size=1))  # fmt: skip
+    trainer = SimpleNamespace(cfg=cfg, steps_per_epoch=50, step=0, epoch=0, val_loader=[0] * val_batches,
+                              choices=[], dist=SimpleNamespace(world_size=1))  # fmt: skip
 
     def set_epochs(n):
         planned.append(n)
         trainer.cfg = dataclasses.replace(trainer.cfg, epochs=n)
 
     trainer.set_epochs = set_epochs
-    hook = hooks.TimeBudgetHook(200.0, quiet=True)
+    hook = hooks.TimeBudgetHook(budget_s, quiet=True)
     hook.on_train_start(trainer)
     for step in range(1, 51):
         clock["t"] += 1.0
         trainer.step = step
         hook.on_step_end(trainer, None, 32)
+    return clock, trainer, hook, planned
+
+
+def test_a_time_budget_plans_whole_epochs_from_the_measured_pace(monkeypatch):
+    """TimeBudgetHook on a stub trainer and a fake clock: 1 s per step, 50 steps per epoch, 5 s of
+    evaluation: a 200 s budget fits 3 epochs after the probe, re-planned to what epoch 1 really cost."""
+
+    clock, trainer, hook, planned = _budget_run(monkeypatch, TrainConfig(time="200s", epochs=9), 200.0, 10)
     clock["t"] += 5.0  # evaluation and checkpoint
     trainer.epoch = 1
     hook.on_epoch_end(trainer)
@@ -216,22 +223,8 @@ def test_stereo_pairs_are_cached_whole_when_they_fit_and_evaluated_every_4th_cpu
 def test_a_time_budget_counts_evaluation_every_nth_epoch_and_one_at_the_end(monkeypatch):
     """As above with eval_every=4 and 40 s of evaluation: the plan charges 10 s of it per epoch and holds
     one evaluation back for the end, so epoch 1 (not evaluated) re-plans with the same shares."""
-    from types import SimpleNamespace
-
-    from parvis.engine import hooks
-
-    clock = {"t": 0.0}
-    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock["t"])
     cfg = TrainConfig(time="400s", epochs=9, eval_every=4)
-    trainer = SimpleNamespace(cfg=cfg, steps_per_epoch=50, step=0, epoch=0, val_loader=[0] * 100, choices=[],
-                              dist=SimpleNamespace(world_size=1))  # fmt: skip
-    trainer.set_epochs = lambda n: setattr(trainer, "cfg", dataclasses.replace(trainer.cfg, epochs=n))
-    hook = hooks.TimeBudgetHook(400.0, quiet=True)
-    hook.on_train_start(trainer)
-    for step in range(1, 51):
-        clock["t"] += 1.0
-        trainer.step = step
-        hook.on_step_end(trainer, None, 32)
+    clock, trainer, hook, _ = _budget_run(monkeypatch, cfg, 400.0, 100)
     # probe at step 20: eval 100 x 1 x 0.4 = 40 s; 60 s per epoch; 380 - 40 = 340 s left, 30 s to finish
     # epoch 1 -> 1 + int(310 / 60) = 6
     assert trainer.cfg.epochs == 6
