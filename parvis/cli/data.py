@@ -1,4 +1,4 @@
-"""`parvis data synth` (shapes images, video clips, stereo pairs), `data check` (find every bad file),
+"""`parvis data synth` (shapes images, video clips, stereo pairs, inspection parts), `data check` (find every bad file),
 `data convert` (detection)."""
 
 from __future__ import annotations
@@ -13,25 +13,36 @@ def add_parser(sub) -> None:
 
     s = dsub.add_parser(
         "synth",
-        help="generate the shapes dataset (classification, segmentation, detection), video clips or stereo pairs",
+        help="generate the shapes dataset (classification, segmentation, detection), video clips, stereo pairs or "
+        "inspection parts with defects",
     )
     s.add_argument(
         "--task",
-        choices=("image", "video", "stereo"),
+        choices=("image", "video", "stereo", "inspection"),
         default="image",
         help="image: the shapes scenes (default); video: MP4 clips with MOTChallenge ground-truth tracks; "
-        "stereo: rectified left/right pairs with disparity ground truth",
+        "stereo: rectified left/right pairs with disparity ground truth; inspection: surfaces with defects and "
+        "their masks in MVTec AD's layout",
     )
     s.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     s.add_argument(
-        "--n", type=int, default=None, help="number of scenes (default 1000), video clips (4) or stereo pairs (2000)"
+        "--n",
+        type=int,
+        default=None,
+        help="number of scenes (default 1000), video clips (4), stereo pairs (2000) or inspection images (400)",
     )
     s.add_argument(
         "--size",
         default=None,
-        help="image side in pixels (default 128); video: WxH (default 320x240); stereo: WxH (default 256x128)",
+        help="image side in pixels (default 128; inspection 256); video: WxH (default 320x240); "
+        "stereo: WxH (default 256x128)",
     )
     s.add_argument("--max-disp", type=int, default=None, help="stereo: largest disparity in pixels (default 48)")
+    s.add_argument(
+        "--texture",
+        default=None,
+        help="inspection: the surface, metal (default), fabric, wood, or brick, grass, gravel (need scikit-image)",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed; the same seed gives byte-identical files")
     s.add_argument("--val-fraction", type=float, default=None, help="share of scenes in the val split (default 0.2)")
     s.add_argument("--frames", type=int, default=None, help="video: frames per clip (default 150)")
@@ -59,6 +70,8 @@ def run_synth(args) -> int:
 
     if args.max_disp is not None and args.task != "stereo":
         raise ParvisError("--max-disp applies to --task stereo only")
+    if args.texture is not None and args.task != "inspection":
+        raise ParvisError("--texture applies to --task inspection only")
     if args.task == "video":
         return run_synth_video(args)
     for flag, value in (("--frames", args.frames), ("--fps", args.fps)):
@@ -66,6 +79,8 @@ def run_synth(args) -> int:
             raise ParvisError(f"{flag} applies to --task video only")
     if args.task == "stereo":
         return run_synth_stereo(args)
+    if args.task == "inspection":
+        return run_synth_inspection(args)
     from parvis.data.synth import synthesize
 
     size = 128
@@ -153,6 +168,37 @@ def run_synth_stereo(args) -> int:
         f"wrote {result['n']} stereo pairs ({splits}) at {size[0]}x{size[1]}, disparity up to {result['max_disp']} px "
         f"({result['valid_fraction']:.0%} of pixels with ground truth) to {args.out} in {result['seconds']:.1f} s "
         f"({result['pairs_per_s']:.0f} pairs/s)"
+    )
+    return 0
+
+
+def run_synth_inspection(args) -> int:
+    from parvis.data.inspection_synth import synthesize_inspection
+    from parvis.errors import ParvisError
+
+    if args.val_fraction is not None:
+        raise ParvisError("--val-fraction does not apply to --task inspection: its splits are fixed (see the docs)")
+    size = 256
+    if args.size is not None:
+        try:
+            size = int(args.size)
+        except ValueError:
+            raise ParvisError(f"--size must be a whole number of pixels, got {args.size!r}") from None
+    con = console()
+    result = synthesize_inspection(
+        args.out,
+        n=400 if args.n is None else args.n,
+        size=size,
+        texture=args.texture or "metal",
+        seed=args.seed,
+        workers=args.workers,
+        progress=con.is_terminal,
+    )
+    splits = ", ".join(f"{split} {sum(c.values())} ({c.get('good', 0)} good)" for split, c in result["counts"].items())
+    con.print(
+        f"wrote {result['n']} {result['texture']} parts ({splits}) at {size} px to {args.out} in "
+        f"{result['seconds']:.1f} s ({result['images_per_s']:.0f} img/s); defects cover "
+        f"{result['defect_area_median']:.2%} of an image (median)"
     )
     return 0
 

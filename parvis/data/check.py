@@ -29,6 +29,17 @@ from parvis.data.coco import CocoAnnotations, CocoDetectionDataset
 from parvis.data.datasets import FileDataset, LayoutError, is_image_name
 from parvis.data.decode import MAX_IMAGE_PIXELS, read_image, read_mask
 from parvis.data.imagefolder import ImageFolderDataset
+from parvis.data.inspection import (
+    GOOD,
+    GROUND_TRUTH,
+    MASK_SUFFIX,
+    InspectionDataset,
+    is_inspection_root,
+    list_split,
+    read_defect_mask,
+)
+from parvis.data.inspection import SPLITS as INSPECTION_SPLITS
+from parvis.data.inspection import size_message as defect_size_message
 from parvis.data.maskfolder import (
     MaskFolderDataset,
     label_histogram,
@@ -69,7 +80,8 @@ VOC_FOLDERS = {"Annotations", "JPEGImages", "ImageSets", "VOCdevkit", "Segmentat
 RECOGNIZED = (
     "COCO (annotations/*.json with images/), YOLO (data.yaml with images/ + labels/), Pascal VOC (Annotations/ + "
     "JPEGImages/), mask folders (images/ + masks/), stereo (left/ + right/ [+ disparity/], or <split>/left + "
-    "right), ImageFolder (<class>/<image> or <split>/<class>/<image>)"
+    "right), inspection (MVTec AD: train/good + test/<defect> + ground_truth/), ImageFolder (<class>/<image> or "
+    "<split>/<class>/<image>)"
 )
 
 
@@ -145,6 +157,8 @@ def config_layouts(root: str | Path, config: dict[str, Any]) -> list[Layout]:
             layouts.append(Layout(task, str(split), paths, classes, ignore_index, fmt))
     if config.get("task") == "stereo" and not any(layout.task == "stereo" for layout in layouts):
         layouts += _stereo_layouts(root)  # "task: stereo" alone: the splits are the folders found
+    if config.get("task") == "inspection":
+        layouts += _inspection_layouts(root)  # the layout is fixed (MVTec AD's): nothing to list
     if not layouts:
         raise ParvisError(f"{where}: lists no splits under {', '.join(TASK_FORMATS)}; add at least one")
     return layouts
@@ -175,6 +189,9 @@ def detect_layouts(root: str | Path) -> list[Layout]:
             f"{root}: has images/ and labels/ (the YOLO layout) but no {DATA_YAML} naming the classes; write "
             f"{root / DATA_YAML} with 'names: [...]', 'train: images/train' and 'val: images/val'"
         )
+    if is_inspection_root(root):
+        layouts += _inspection_layouts(root)
+        claimed |= {*INSPECTION_SPLITS, GROUND_TRUTH}  # train/good/ would read as an ImageFolder class otherwise
     stereo = _stereo_layouts(root)
     layouts += stereo
     for layout in stereo:  # left/ and right/ hold images, which ImageFolder detection would take for classes
@@ -225,6 +242,11 @@ def _stereo_layouts(root: Path) -> list[Layout]:
         for folder in _subdirs(root)
         if all((folder / side).is_dir() for side in SIDES)
     ]
+
+
+def _inspection_layouts(root: Path) -> list[Layout]:
+    """train, val and test: val (and with it test) taken from test/ when there is no val/ folder."""
+    return [Layout("inspection", split, {"root": root}, format="inspection") for split in INSPECTION_SPLITS]
 
 
 def _find_yolo_yaml(root: Path) -> Path | None:
@@ -298,6 +320,8 @@ def open_layout(layout: Layout, **kwargs: Any) -> FileDataset:
         )
     if layout.task == "stereo":
         return StereoDataset(layout.paths["root"], **kwargs)
+    if layout.task == "inspection":
+        return InspectionDataset(layout.paths["root"], layout.split, **kwargs)
     if layout.format == "yolo":
         if "data" in layout.paths:
             config = load_yolo_config(layout.paths["data"])
@@ -313,8 +337,11 @@ def open_dataset(root: str | Path, task: str, split: str, **kwargs: Any) -> File
     """The dataset of ``task`` and ``split`` under ROOT; kwargs go to the reader (transform, on_bad_sample, ...).
 
     Without dataset.yaml a classification ROOT is ROOT/<split> or else ROOT itself in ImageFolder
-    layout; other tasks use the detected layouts.
+    layout; other tasks use the detected layouts. An inspection ROOT is in MVTec AD's layout, whose reader
+    takes val from test/ when there is no val/ (``split_note`` says so).
     """
+    if task == "inspection":
+        return InspectionDataset(root, split, **kwargs)
     if task not in TASK_FORMATS:
         raise ParvisError(f"task {task!r} is not supported; choose one of: {', '.join(TASK_FORMATS)}")
     root = Path(root)
@@ -374,6 +401,9 @@ def _inspect(job: tuple[str, str, int]) -> _Inspected:
     try:
         if kind == "mask":
             mask = read_mask(path, max_pixels=max_pixels)
+            return _Inspected(mask.shape[0], mask.shape[1], histogram=label_histogram(mask))
+        if kind == "defect_mask":
+            mask = read_defect_mask(path, max_pixels=max_pixels)
             return _Inspected(mask.shape[0], mask.shape[1], histogram=label_histogram(mask))
         if kind == "disparity":
             disparity = read_disparity(path, max_pixels=max_pixels)
@@ -776,8 +806,114 @@ class _StereoCheck(_LayoutCheck):
         return summary
 
 
+class _InspectionCheck(_LayoutCheck):
+    """One split of an MVTec AD-style folder. The train split's check also looks at ground_truth/ as a whole:
+    masks without an image, and masks of good images (which must be empty)."""
+
+    def plan(self, files: _Files) -> None:
+        root = self.layout.paths["root"]
+        self.good_masks: list[tuple[Path, tuple[str, str]]] = []
+        if self.layout.split == "train":
+            self.plan_ground_truth(root, files)
+        try:
+            self.dataset = list_split(root, self.layout.split)
+        except LayoutError as exc:
+            self.problem(exc.path, exc.reason)
+            return
+        self.plan_files(files)
+
+    def plan_ground_truth(self, root: Path, files: _Files) -> None:
+        masks_dir = root / GROUND_TRUTH
+        if not masks_dir.is_dir():
+            return
+        for mask in sorted(p for p in masks_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            parts = mask.relative_to(masks_dir).parts
+            split = parts[0] if parts[0] in ("train", "val") and len(parts) > 2 else "test"
+            inside = parts[1:] if split != "test" else parts  # <family>/<name>_mask.png
+            if len(inside) < 2:
+                self.problem(mask, f"not in a defect folder; masks are {GROUND_TRUTH}/<defect>/<name>{MASK_SUFFIX}")
+                continue
+            if not mask.name.endswith(MASK_SUFFIX):
+                self.problem(mask, f"not named <image name>{MASK_SUFFIX}: no image's mask; rename or remove it")
+                continue
+            family = inside[0]
+            relative = Path(*inside[1:]).with_name(mask.name[: -len(MASK_SUFFIX)])
+            folder = root / split / family / relative.parent
+            found = folder.is_dir() and any(
+                p.stem == relative.name and is_image_name(p.name) and p.is_file() for p in folder.iterdir()
+            )
+            if not found:
+                expected = (Path(split) / family / relative).as_posix()
+                self.problem(mask, f"mask without an image: no {expected}.*; add the image or remove the mask")
+            elif family == GOOD:
+                self.good_masks.append((mask, files.add("defect_mask", mask)))
+
+    def plan_files(self, files: _Files) -> None:
+        listing = self.dataset
+        self.keys = []
+        for path, _, mask in listing.entries:
+            mask_key = None
+            if mask is not None:
+                if mask.is_file():
+                    mask_key = files.add("defect_mask", mask)
+                else:
+                    self.problem(path, f"defect image has no mask {self.display(mask)}; add it")
+            self.keys.append((files.add("image", path), mask_key))
+        if not any(family == GOOD for _, family, _ in listing.entries):
+            good = listing.folder / GOOD
+            if self.layout.split == "train":
+                self.problem(good, "no images: the anomaly mode trains on good parts; add them")
+            else:
+                self.problem(good, "no images: without good parts false alarms cannot be measured", "warning")
+
+    def finish_files(self, results: dict[tuple[str, str], _Inspected]) -> dict[str, Any]:
+        listing = self.dataset
+        sizes: list[tuple[int, int]] = []
+        shares = []
+        for (path, family, mask), (image_key, mask_key) in zip(listing.entries, self.keys, strict=True):
+            image = results[image_key]
+            image_ok = self.image_result(path, image, sizes)
+            if mask_key is None:
+                continue
+            found = results[mask_key]
+            if found.error:
+                self.problem(mask, found.error)
+                continue
+            shape = (found.height, found.width)
+            if image_ok and shape != (image.height, image.width):
+                self.problem(mask, defect_size_message(shape, path.name, image.height, image.width))
+            pixels = int(found.histogram.sum())
+            defect = pixels - int(found.histogram[0])
+            if not defect:
+                self.problem(mask, f"empty mask (all 0) of a defect image in {family}/; draw the defect or move "
+                             f"the image to {GOOD}/")  # fmt: skip
+            shares.append(defect / max(1, pixels))
+        for mask, key in self.good_masks:
+            found = results[key]
+            if found.error:
+                self.problem(mask, found.error)
+            elif found.histogram.sum() - found.histogram[0]:
+                defect = int(found.histogram.sum() - found.histogram[0])
+                self.problem(mask, f"mask of a good image marks {defect} defect pixels; move the image to its "
+                             "defect folder or remove the mask")  # fmt: skip
+        families = Counter(family for _, family, _ in listing.entries)
+        summary: dict[str, Any] = {
+            "images": len(listing.entries),
+            "good": families[GOOD],
+            "defect": len(listing.entries) - families[GOOD],
+            "images_per_family": dict(sorted(families.items(), key=lambda item: (item[0] != GOOD, item[0]))),
+            "masks": len(shares),
+        }
+        if shares:
+            summary["defect_area_median"] = round(statistics.median(shares), 6)
+        if listing.note:
+            summary["note"] = listing.note
+        summary["size"] = _size_stats(sizes)
+        return summary
+
+
 CHECKS = {"imagefolder": _ImageFolderCheck, "masks": _MaskFolderCheck, "coco": _CocoCheck, "yolo": _YoloCheck,
-          "voc": _VocCheck, "stereo": _StereoCheck}  # fmt: skip
+          "voc": _VocCheck, "stereo": _StereoCheck, "inspection": _InspectionCheck}  # fmt: skip
 
 
 def check_dataset(
