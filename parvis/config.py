@@ -46,7 +46,9 @@ class ConfigValueError(ParvisError):
 class TrainConfig:
     """What a training run needs; each field is a key of the YAML recipes and of key=value overrides."""
 
-    task: Literal["classification", "segmentation", "detection", "stereo"] = "classification"  # what the model predicts
+    task: Literal["classification", "segmentation", "detection", "stereo", "inspection"] = (
+        "classification"  # what the model predicts
+    )
     model: str = "resnet18"  # registered model name, or torchvision:NAME / timm:NAME
     data: str = "data/shapes"  # dataset folder (a dataset.yaml layout, ImageFolder, or images + masks)
     epochs: int = 10  # passes over the training split
@@ -94,6 +96,11 @@ class TrainConfig:
     freeze_epochs: float = 1.0  # epochs the backbone stays frozen when freeze=backbone
     backbone_lr: float = 1.0  # backbone learning rate as a fraction of lr (fine-tuning: 0.1)
     log: str = "files"  # where epochs are logged: files (metrics.csv/.jsonl, always), tensorboard, mlflow
+    mode: Literal["supervised", "anomaly"] = "supervised"  # inspection: learn from defect examples, or good parts only
+    max_false_reject: float = 0.01  # inspection: the OK/NG threshold rejects at most this share of val's good parts
+    min_recall: float | None = None  # inspection: instead, the threshold catches at least this share of val's defects
+    coreset: float = 0.01  # inspection anomaly mode: memory-bank rows as a share of the good parts' patches
+    layers: tuple[str, ...] | None = None  # inspection anomaly mode: backbone layers (none: last at stride 8 and 16)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "at least 1", self.epochs)
@@ -116,6 +123,11 @@ class TrainConfig:
         _require(0 <= self.backbone_lr <= 1, "backbone_lr", "in [0, 1]", self.backbone_lr)
         if self.time is not None:
             parse_duration(self.time, "time")
+        _require(0 <= self.max_false_reject < 1, "max_false_reject", "in [0, 1), e.g. 0.01", self.max_false_reject)
+        _require(
+            self.min_recall is None or 0 < self.min_recall <= 1, "min_recall", "in (0, 1] or none", self.min_recall
+        )
+        _require(0 < self.coreset <= 1, "coreset", "in (0, 1], e.g. 0.01", self.coreset)
 
 
 def parse_duration(text: str, key: str = "time") -> float:

@@ -15,9 +15,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-from parvis.structures import Classification, Detections, SegmentationMask, class_name
+from parvis.structures import AnomalyMap, Classification, Detections, SegmentationMask, class_name
 
 # A fixed, distinguishable colour per class id for masks and overlays (background stays dark).
 PALETTE = np.array(
@@ -71,6 +72,43 @@ def mask_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def grey_png(values: np.ndarray) -> bytes:
+    """(H, W) uint8 values as a single-channel 8-bit PNG (heat maps: the values are the data)."""
+    buf = io.BytesIO()
+    Image.fromarray(values.astype(np.uint8), mode="L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def heat_scale(result: AnomalyMap) -> float:
+    """The score an 8-bit heat map's 255 stands for: twice the threshold (so 128 is the OK/NG
+    boundary), or the map's maximum for a model without a threshold."""
+    if result.threshold:
+        return 2 * float(result.threshold)
+    return max(result.score, 1e-12)
+
+
+def heat_values(result: AnomalyMap, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W) uint8: the anomaly map at `size` (default its own), 0..heat_scale mapped to 0..255."""
+    values = result.anomaly_map.detach().float().cpu()
+    if size is not None and tuple(values.shape) != tuple(size):
+        values = F.interpolate(values[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return np.clip(np.round(values.numpy() / heat_scale(result) * 255), 0, 255).astype(np.uint8)
+
+
+def heat_overlay(image: np.ndarray, result: AnomalyMap) -> np.ndarray:
+    """The image with the anomaly map blended in (inferno colours, more opaque where it is higher, the
+    threshold and above fully visible) and the decision written in the corner: OK or NG with the score."""
+    heat = heat_values(result, image.shape[:2]).astype(np.float32) / 255
+    colours = colormaps["inferno"](heat)[..., :3] * 255
+    alpha = np.clip(heat * 2, 0, 1)[..., None] * 0.6
+    blended = (image.astype(np.float32) * (1 - alpha) + colours * alpha).astype(np.uint8)
+    canvas = Image.fromarray(blended)
+    verdict = {True: "NG", False: "OK", None: "score"}[result.defective]
+    colour_ = {True: (255, 60, 60), False: (60, 220, 60), None: LABEL_COLOUR}[result.defective]
+    ImageDraw.Draw(canvas).text((4, 4), f"{verdict} {result.score:.3g}", fill=colour_, font=label_font())
+    return np.asarray(canvas)
+
+
 def encode_jpeg(image: np.ndarray | Image.Image, quality: int = 90) -> bytes:
     """`image`: an RGB uint8 array or a PIL image."""
     buf = io.BytesIO()
@@ -99,6 +137,8 @@ def draw_detections(canvas: Image.Image, detections: Detections, min_score: floa
 def annotate(image: np.ndarray, result, min_score: float = 0.0) -> np.ndarray:
     """A new RGB uint8 image with `result` drawn on it (the input is left untouched): a mask blended
     in (resized to the image when it differs), boxes scoring at least `min_score`, or the class."""
+    if isinstance(result, AnomalyMap):
+        return heat_overlay(image, result)
     if isinstance(result, SegmentationMask):
         mask = result.mask
         if tuple(mask.shape) != image.shape[:2]:

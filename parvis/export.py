@@ -30,6 +30,8 @@ from parvis.io import atomic_write_bytes
 from parvis.models.base import ModelMeta, VisionModel
 
 FORMATS = ("onnx", "torch-export")
+# The ONNX graph's output name per task (the rest: "logits").
+OUTPUT_NAMES = {"stereo": "disparity", "inspection": "anomaly_map"}
 TRACE_BATCH, CHECK_BATCH = 2, 3
 # fp32 reassociation in another runtime: differences scale with the logits' magnitude.
 PARITY_RTOL = 1e-3
@@ -146,7 +148,7 @@ def _export_onnx(model, meta, out, trace_x, check_x, reference, batch, opset) ->
                 dynamo=True,
                 opset_version=opset,
                 input_names=names,
-                output_names=["disparity" if meta.task == "stereo" else "logits"],
+                output_names=[OUTPUT_NAMES.get(meta.task, "logits")],
                 dynamic_shapes=dynamic,
                 verbose=False,
             )

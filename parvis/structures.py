@@ -156,3 +156,40 @@ class Disparity:
             out["focal_baseline"] = float(self.focal_baseline)
             out["nearest_m"] = float(self.focal_baseline / max(out["disparity_max"], 1e-6))
         return out
+
+
+@dataclass
+class AnomalyMap:
+    """One image's inspection result: a (H, W) float anomaly map (higher: more likely a defect), the
+    image score (the map's maximum) and, with the model's threshold, the OK/NG decision."""
+
+    anomaly_map: torch.Tensor
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.anomaly_map.ndim != 2:
+            raise ValueError(f"anomaly map must be (H, W), got shape {tuple(self.anomaly_map.shape)}")
+
+    @property
+    def score(self) -> float:
+        return float(self.anomaly_map.detach().float().max()) if self.anomaly_map.numel() else 0.0
+
+    @property
+    def defective(self) -> bool | None:
+        """True (NG) when the score reaches the threshold; None without a threshold."""
+        return None if self.threshold is None else self.score >= self.threshold
+
+    def defect_mask(self) -> torch.Tensor:
+        """(H, W) bool: the pixels at or above the threshold (all False without one)."""
+        if self.threshold is None:
+            return torch.zeros_like(self.anomaly_map, dtype=torch.bool)
+        return self.anomaly_map >= self.threshold
+
+    def to_dict(self) -> dict:
+        height, width = self.anomaly_map.shape
+        out = {"height": int(height), "width": int(width), "score": self.score}
+        if self.threshold is not None:
+            out["threshold"] = float(self.threshold)
+            out["decision"] = "NG" if self.defective else "OK"
+            out["defect_share"] = float(self.defect_mask().float().mean()) if self.anomaly_map.numel() else 0.0
+        return out

@@ -43,6 +43,7 @@ def run(args) -> int:
         "classification": ("top1", "top5"),
         "detection": ("map50", "map", "map75"),
         "stereo": ("epe", "bad1", "bad3", "d1", "plane_acc"),
+        "inspection": ("image_auroc", "pixel_auroc", "pro", "f1", "false_reject", "escape"),
     }.get(meta.task, ("miou", "pixel_acc"))
     con.print(
         f"{meta.name} on {escape(args.data)} \\[{args.split}], {metrics['images']} images, "
@@ -50,6 +51,7 @@ def run(args) -> int:
         + ", ".join(f"{k} {metrics[k]:.4f}" for k in main_keys if k in metrics)
         + f", loss {metrics['loss']:.4f}, {metrics['images_per_s']:,.0f} img/s"
         + (" (epe in px; bad, d1 in % of pixels with ground truth)" if meta.task == "stereo" else "")
+        + (f" (OK/NG at threshold {metrics['threshold']:.4g})" if "threshold" in metrics else "")
     )
     for prefix, label in (("iou_", "IoU"), ("acc_", "accuracy"), ("ap50_", "AP@0.5")):
         per_class = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}

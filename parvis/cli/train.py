@@ -29,13 +29,30 @@ FLAG_KEYS = (
     "seed",
     "lr",
     "time",
+    "mode",
+    "max_false_reject",
+    "min_recall",
 )
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a model (classification, segmentation, detection or stereo)")
+    p = sub.add_parser("train", help="train a model (classification, segmentation, detection, stereo or inspection)")
     p.add_argument("--config", default=None, help="YAML recipe (e.g. configs/segmentation.yaml)")
-    p.add_argument("--task", choices=("classification", "segmentation", "detection", "stereo"), default=None)
+    p.add_argument(
+        "--task", choices=("classification", "segmentation", "detection", "stereo", "inspection"), default=None
+    )
+    p.add_argument(
+        "--mode", choices=("supervised", "anomaly"), default=None,
+        help="inspection: supervised (defect examples, a segmenter; default) or anomaly (good parts only, PatchCore)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-false-reject", dest="max_false_reject", type=float, default=None,
+        help="inspection: the OK/NG threshold rejects at most this share of the val split's good parts (default 0.01)",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-recall", dest="min_recall", type=float, default=None,
+        help="inspection: instead, the threshold catches at least this share of the val split's defective parts",
+    )  # fmt: skip
     p.add_argument(
         "--model", default=None, help="registered model name (parvis models lists them; default: the task's own)"
     )
@@ -88,7 +105,8 @@ def run(args) -> int:
     record = train(cfg, resume=args.resume, quiet=args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
         names = ("val_top1", "val_top5", "val_miou", "val_pixel_acc", "val_map50", "val_map", "val_epe", "val_bad3",
-                 "val_d1", "val_plane_acc")  # fmt: skip
+                 "val_d1", "val_plane_acc", "val_image_auroc", "val_pixel_auroc", "val_pro", "val_false_reject",
+                 "val_escape")  # fmt: skip
         keys = [k for k in names if k in record]
         summary = ", ".join(f"{k[4:]} {record[k]:.4f}" for k in keys)
         print(f"done: {summary}; checkpoints in {cfg.out} (last.pt, best.pt)")

@@ -19,7 +19,7 @@ from parvis.errors import ParvisError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TASKS = ("classification", "segmentation", "detection", "stereo")
+TASKS = ("classification", "segmentation", "detection", "stereo", "inspection")
 # Eval resize before the center crop, as torchvision/timm's reference recipes do (224 <- 256).
 CROP_PCT = 0.875
 
@@ -178,9 +178,18 @@ def stereo_train(size: int, hflip: bool = False) -> StereoCrop:
     return StereoCrop(size)
 
 
+def inspection_train(size: int, hflip: bool = True) -> v2.Transform:
+    """The whole part at the model's size, flipped both ways: a defect can sit anywhere and a crop
+    would change the scale a defect is judged at."""
+    flips = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()] if hflip else []
+    return v2.Compose([v2.Resize((size, size), antialias=True), *flips])
+
+
 _PRESETS = {
     ("stereo", True): stereo_train,
     ("stereo", False): StereoEval,
+    ("inspection", True): inspection_train,
+    ("inspection", False): segmentation_eval,
     ("classification", True): classification_train,
     ("classification", False): classification_eval,
     ("segmentation", True): segmentation_train,

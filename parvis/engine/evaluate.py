@@ -11,6 +11,7 @@ from torch import nn
 from parvis import runtime
 from parvis.data.check import open_dataset
 from parvis.data.loader import DevicePrefetcher, build_loader
+from parvis.engine.inspection_metrics import InspectionMetric
 from parvis.engine.loading import load_trained
 from parvis.engine.stereo_metrics import StereoMetric, eval_planes
 from parvis.errors import ParvisError
@@ -106,11 +107,16 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     share of each class's images predicted right, up to 100 classes); segmentation ->
     miou, pixel_acc and iou_<class> per class; detection -> map (COCO, IoU 0.5:0.95), map50, map75,
     mar100 and ap50_<class> per class; stereo -> epe, bad1/2/3, d1 (see stereo_metrics) and, for a
-    model with a plane head, plane_acc / plane_iou; always loss, images, images_per_s, data_wait.
+    model with a plane head, plane_acc / plane_iou; inspection -> image_auroc, pixel_auroc, pro and, with
+    the model's threshold, f1, false_reject, escape (see inspection_metrics); always loss, images,
+    images_per_s, data_wait.
     """
     was_training = model.training
     model.eval()
-    metrics = make_metrics(meta.task, meta.num_classes, meta.class_names, meta.ignore_index, device)
+    if meta.task == "inspection":  # the decision's rates need the model's own threshold
+        metrics = InspectionMetric(meta.extra.get("threshold"))
+    else:
+        metrics = make_metrics(meta.task, meta.num_classes, meta.class_names, meta.ignore_index, device)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
     loss_fn = _unwrap(model).loss
@@ -153,7 +159,7 @@ def evaluate(model: nn.Module, batches, meta, precision: runtime.Precision, devi
     out: dict[str, float] = {}
     if detection:
         out.update(_detection_values(values, meta.class_names))
-    elif stereo:
+    elif stereo or meta.task == "inspection":
         out.update(values)
     else:
         for key, value in values.items():

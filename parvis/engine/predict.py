@@ -22,7 +22,7 @@ from torchvision import tv_tensors
 from parvis import runtime
 from parvis.data.decode import IMAGE_SUFFIXES, read_image, to_tensor
 from parvis.data.transforms import Normalize
-from parvis.draw import annotate, encode_jpeg, mask_png
+from parvis.draw import annotate, encode_jpeg, grey_png, heat_scale, heat_values, mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.io import atomic_write_bytes, atomic_write_text
 from parvis.models import ModelMeta, VisionModel, eval_transform
@@ -180,6 +180,11 @@ def _write_outputs(model, decoded, raw, out: Path, overlays: bool, results: list
         record.update(result.to_dict())
         if meta.task == "segmentation":
             record["mask"] = _write_mask(out / "masks" / f"{path.stem}.png", mask)
+        elif meta.task == "inspection":  # the anomaly map at the file's size: 255 = heatmap_scale
+            heat = grey_png(heat_values(result, array.shape[:2]))
+            record["heatmap"] = str(out / "heatmaps" / f"{path.stem}.png")
+            record["heatmap_scale"] = heat_scale(result)
+            atomic_write_bytes(Path(record["heatmap"]), heat, durable=False)
         if overlays:
             # Every detection the model kept goes to the JSON; those scoring at least DRAW_SCORE are drawn.
             drawn = annotate(array, result, min_score=DRAW_SCORE)

@@ -43,14 +43,16 @@ from parvis.engine.hooks import (
     TimeBudgetHook,
     logger_hooks,
 )
+from parvis.engine.inspection import calibrate_checkpoint, fit_anomaly, wrap_segmenter
 from parvis.engine.loading import model_task as model_task_of
 from parvis.engine.recipe import Choice, resolve_recipe, supports_small_stem
 from parvis.errors import ParvisError
 from parvis.models import VisionModel
 from parvis.models import build_model as build_named_model
+from parvis.models.inspection import INSPECTION_CLASSES
 
 # The validation metric that picks best.pt, per task: higher is better, except the tasks in LOWER_IS_BETTER.
-MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50", "stereo": "epe"}
+MONITOR = {"classification": "top1", "segmentation": "miou", "detection": "map50", "stereo": "epe", "inspection": "pro"}
 LOWER_IS_BETTER = {"stereo"}
 # The model a task trains when the user names none (TrainConfig's written default is the classifier's).
 TASK_MODELS = {
@@ -58,7 +60,9 @@ TASK_MODELS = {
     "segmentation": "unet_small",
     "detection": "centernet_small",
     "stereo": "stereonet_small",
+    "inspection": "unet_small",  # the supervised mode's segmenter; the anomaly mode's backbone is ANOMALY_BACKBONE
 }
+ANOMALY_BACKBONE = "mobilenet_v2"
 
 
 class NonFiniteLoss(ParvisError):
@@ -153,6 +157,13 @@ def memory_format_for(cfg: TrainConfig, device: torch.device) -> torch.memory_fo
 def check_model_task(cfg: TrainConfig) -> None:
     """Fail before any work when `cfg.model` is unknown or made for another task than `cfg.task`."""
     model_task = model_task_of(cfg.model)  # an unknown name fails here, listing the registered ones
+    if cfg.task == "inspection":  # the supervised mode trains a segmenter with two classes (good, defect)
+        if model_task != "segmentation":
+            raise ParvisError(
+                f"--model {cfg.model} is a {model_task} model; --mode supervised trains a segmentation model "
+                f"(e.g. unet_small), --mode anomaly takes a backbone"
+            )
+        return
     if model_task != cfg.task:
         raise ParvisError(
             f"--model {cfg.model} is a {model_task} model but --task is {cfg.task}; "
@@ -212,6 +223,8 @@ def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo
         cfg.model, len(class_names), class_names, input_size=cfg.size, weights=cfg.weights, replace_head=True,
         **options,
     )  # fmt: skip
+    if cfg.task == "inspection":  # a two-class segmenter whose defect probability is the anomaly map
+        model = wrap_segmenter(model, cfg.size)
     replaced = model.meta.extra.get("head_replaced")
     if replaced and dist.rank == 0:
         print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
@@ -561,7 +574,7 @@ def build_trainer(
     runtime.seed_everything(cfg.seed, deterministic=cfg.deterministic)
     precision = runtime.resolve_precision(cfg.precision, dist.device, "train")  # an unsupported one fails here
     loaders = build_loaders(cfg, dist)
-    class_names = list(loaders.train.dataset.classes)
+    class_names = list(INSPECTION_CLASSES if cfg.task == "inspection" else loaders.train.dataset.classes)
     if model is None:
         model = build_model(cfg, class_names, dist)  # says first when it replaces a pretrained head
         if dist.is_main and not quiet:
@@ -601,9 +614,21 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
 
 
 def train(cfg: TrainConfig, resume: bool = False, quiet: bool = False) -> dict:
-    """Train with `cfg`; returns the last epoch's record (metrics, images/s, data wait)."""
+    """Train with `cfg`; returns the last epoch's record (metrics, images/s, data wait).
+
+    Inspection: the anomaly mode fits PatchCore (no steps, `fit_anomaly`); the supervised mode trains
+    its segmenter here, then chooses the OK/NG threshold on val with best.pt and stores it there."""
+    if cfg.task == "inspection" and cfg.mode == "anomaly":
+        if resume:
+            raise ParvisError("--resume: the anomaly mode fits in one pass; run it again with another --out")
+        if "model" not in given_keys(cfg):
+            cfg = dataclasses.replace(cfg, model=ANOMALY_BACKBONE)
+        return fit_anomaly(cfg, quiet=quiet)
     trainer = build_trainer(cfg, resume=resume, quiet=quiet)
     try:
-        return trainer.fit()
+        record = trainer.fit()
     finally:
         trainer.close()
+    if cfg.task == "inspection" and trainer.dist.is_main:
+        record.update(calibrate_checkpoint(Path(trainer.cfg.out) / "best.pt", trainer.cfg, quiet=quiet))
+    return record

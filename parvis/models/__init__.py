@@ -4,7 +4,7 @@
 Importing this package imports every family module, which registers its models in `MODELS`.
 """
 
-from parvis.models import centernet, classification, deeplab, hmsa, stereo, unet  # noqa: F401  (registration)
+from parvis.models import centernet, classification, deeplab, hmsa, inspection, stereo, unet  # noqa: F401  (registration)
 from parvis.models.base import DetectionModel, ModelMeta, VisionModel, eval_transform
 from parvis.models.build import build_model, load_weights, make_meta, read_state_dict
 from parvis.models.sliding_window import sliding_window_inference

@@ -19,7 +19,7 @@ from parvis.errors import ParvisError
 from parvis.models.centers import center_loss, decode_centers
 from parvis.structures import Classification, Detections, SegmentationMask
 
-TASKS = ("classification", "segmentation", "detection", "stereo")
+TASKS = ("classification", "segmentation", "detection", "stereo", "inspection")
 # The label value segmentation masks use for "do not score this pixel" (see parvis.data.synth).
 SEGMENTATION_IGNORE_INDEX = 255
 

@@ -21,6 +21,7 @@ from parvis.artifact import TENSOR_TASK, Preprocess, chosen_config, is_optimize_
 from parvis.engine.loading import load_model
 from parvis.errors import ParvisError
 from parvis.models.base import ClassificationModel, DetectionModel, SegmentationModel, VisionModel
+from parvis.models.inspection import InspectionModel
 from parvis.models.stereo import StereoModel
 from parvis.runtimes.base import Runtime
 from parvis.runtimes.onnxruntime import OnnxRuntime
@@ -65,6 +66,7 @@ def as_model(runtime: Runtime) -> VisionModel:
         "segmentation": SegmentationModel,
         "detection": DetectionModel,
         "stereo": StereoModel,
+        "inspection": InspectionModel,
     }
     base = bases.get(runtime.meta.task, VisionModel)
 

@@ -35,7 +35,7 @@ from parvis.serve.batching import DynamicBatcher
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 MODEL_CONFIG = "model.yaml"
-SERVED_TASKS = ("classification", "segmentation", "detection", "stereo", TENSOR_TASK)
+SERVED_TASKS = ("classification", "segmentation", "detection", "stereo", "inspection", TENSOR_TASK)
 
 
 @dataclass

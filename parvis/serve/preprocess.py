@@ -17,10 +17,10 @@ from PIL import Image, UnidentifiedImageError
 
 from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, is_jpeg, is_png
 from parvis.data.transforms import EvalPreprocess, Normalize, decode_min_size
-from parvis.draw import mask_png
+from parvis.draw import grey_png, heat_scale, heat_values, mask_png
 from parvis.errors import BadSampleError, ParvisError
 from parvis.models.base import ModelMeta
-from parvis.structures import Classification, Detections, Disparity, SegmentationMask
+from parvis.structures import AnomalyMap, Classification, Detections, Disparity, SegmentationMask
 
 # Formats the server decodes. Anything else Pillow could open (EPS through Ghostscript, PSD, ICO, ...)
 # is refused with 415: fewer decoders reachable from the network, and none that shells out.
@@ -89,11 +89,13 @@ def result_dict(
     """One image's JSON result from its raw output, through the shared result types. Detection needs
     the model's `postprocess` (its decoding); boxes come back in the image's own pixels. `agnostic`: class-agnostic
     NMS over the kept boxes (Detections.agnostic_nms), for clients that want one box per object."""
-    if meta.task not in ("classification", "segmentation", "detection", "stereo"):
+    if meta.task not in ("classification", "segmentation", "detection", "stereo", "inspection"):
         raise ParvisError(f"serving {meta.task} models is not supported (classification, segmentation, detection, "
-                          "stereo are)")  # fmt: skip
+                          "stereo, inspection are)")  # fmt: skip
     if meta.task == "stereo":
         return disparity_result(meta, logits, planes)
+    if meta.task == "inspection":
+        return inspection_result(meta, logits, size, heatmap=mask_format != "none")
     if meta.task == "detection":
         det = postprocess(logits.float()[None])[0]
         keep = det.scores >= min_score
@@ -136,6 +138,19 @@ def disparity_result(meta: ModelMeta, raw: torch.Tensor, planes: tuple[float, ..
                 "closer_share": float(closer.mean()),
                 "mask_png": base64.b64encode(mask_png(closer.astype(np.uint8))).decode("ascii"),  # 1 = closer
             }
+    return out
+
+
+def inspection_result(meta: ModelMeta, raw: torch.Tensor, size: tuple[int, int], heatmap: bool = True) -> dict:
+    """One part's JSON: image score, threshold and OK/NG decision, the share of pixels at or above the
+    threshold and, with `heatmap`, the anomaly map at the image's own size as a base64 8-bit PNG
+    (`heatmap_scale`: the score that 255 stands for; 128 is the threshold)."""
+    full = F.interpolate(raw.float().reshape(1, 1, *raw.shape[-2:]), size=size, mode="bilinear", align_corners=False)
+    result = AnomalyMap(full[0, 0], meta.extra.get("threshold"))
+    out = result.to_dict()
+    if heatmap:
+        out["heatmap_png"] = base64.b64encode(grey_png(heat_values(result))).decode("ascii")
+        out["heatmap_scale"] = heat_scale(result)
     return out
 
 

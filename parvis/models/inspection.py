@@ -1,0 +1,224 @@
+"""Inspection models: one per-pixel anomaly score map per image, and an OK/NG decision from it.
+
+Every inspection model's raw output is a (B, 1, H, W) float map at the input resolution: higher means
+more likely a defect. The image score is the map's maximum; an image is NG ("not good") when its score
+reaches `meta.extra["threshold"]` (chosen on validation images by `parvis.engine.inspection`). Two
+families share that contract, so export, the runtimes, serve, predict and video treat them alike:
+
+- `PatchCore` (anomaly mode, good parts only; Roth et al. 2022): a backbone's mid-level feature maps
+  (stride 8 and 16 by default), each averaged over its 3x3 neighbourhood, the deeper one upsampled and
+  concatenated: one embedding per 8x8-pixel patch. Training keeps a coreset of the good parts' patch
+  embeddings (the memory bank); a patch's score is its distance to the nearest one. The map is
+  upsampled to the input size and smoothed with a Gaussian (sigma 4 px). All of it is tensor algebra
+  (matmul, min, interpolate, conv), so one ONNX graph computes what the checkpoint computes.
+- `DefectSegmenter` (supervised mode, defect examples exist): a registered segmentation network with
+  two classes (good, defect); the map is the defect probability.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from parvis.errors import ParvisError
+from parvis.models.base import ModelMeta, SegmentationModel, VisionModel
+from parvis.models.build import build_model, build_options
+from parvis.registry import MODELS
+from parvis.structures import AnomalyMap
+
+INSPECTION_CLASSES = ["good", "defect"]
+# Memory-bank rows compared at once: bounds the (patches x rows) distance matrix of a batch.
+MEMORY_CHUNK = 4096
+SMOOTH_SIGMA = 4.0
+
+
+class InspectionModel(VisionModel):
+    """raw: (B, 1, H, W) anomaly scores at the input resolution; the image score is their maximum."""
+
+    @property
+    def threshold(self) -> float | None:
+        value = self.meta.extra.get("threshold")
+        return None if value is None else float(value)
+
+    def postprocess(self, raw: Tensor) -> list[AnomalyMap]:
+        maps = raw.detach().float().cpu()[:, 0]
+        return [AnomalyMap(m, self.threshold) for m in maps]
+
+
+def gaussian_kernel(sigma: float) -> Tensor:
+    """A normalized (1, 1, k, k) Gaussian, k = 2 * ceil(4 sigma) + 1 (scipy's and anomalib's truncation)."""
+    radius = math.ceil(4 * sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def stride_layers(net: nn.Module, size: int = 256) -> list[str]:
+    """The backbone's feature layers PatchCore uses by default: the last block whose output is at
+    stride 8 and the last at stride 16 (mobilenet_v2: features.6 and features.13; resnets: layer2 and
+    layer3), found by running one probe image. Blocks are the modules at the shallowest depth of the
+    module tree that has outputs at both strides (a block's own inner layers are not candidates)."""
+    seen: list[tuple[str, int]] = []
+    hooks = []
+
+    def record(name):
+        def hook(module, args, output):
+            if isinstance(output, Tensor) and output.ndim == 4 and output.shape[-1] > 0:
+                seen.append((name, size // output.shape[-1]))  # completion order: a block after its children
+
+        return hook
+
+    for name, module in net.named_modules():
+        if name:
+            hooks.append(module.register_forward_hook(record(name)))
+    was_training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+        net.train(was_training)
+    for depth in sorted({name.count(".") for name, _ in seen}):
+        last = {stride: name for name, stride in seen if name.count(".") == depth}
+        if 8 in last and 16 in last:
+            return [last[8], last[16]]
+    raise ParvisError(
+        "the backbone has no feature maps at stride 8 and 16 for PatchCore; name its layers with layers=A,B"
+    )
+
+
+class PatchCore(InspectionModel):
+    """PatchCore on any image backbone parvis builds: see the module docstring.
+
+    `backbone`: the backbone VisionModel (a registered, zoo or trained model); `layers`: its module
+    names whose outputs make the embedding; `memory_size` rows of `feature_dim` features are the
+    memory bank, filled by `parvis.engine.inspection.fit_patchcore` (or by `load_state_dict`).
+    """
+
+    def __init__(self, meta: ModelMeta, backbone: VisionModel, layers: list[str], memory_size: int = 1):
+        super().__init__(meta)
+        self.layers = list(layers)
+        self.features = create_feature_extractor(backbone.eval(), return_nodes={n: n for n in self.layers})
+        with torch.no_grad():
+            dims = [f.shape[1] for f in self.features(torch.zeros(1, 3, 64, 64)).values()]
+        self.feature_dim = sum(dims)
+        self.register_buffer("memory", torch.zeros(memory_size, self.feature_dim))
+        self.register_buffer("memory_sq", torch.zeros(memory_size))
+        self.register_buffer("center", torch.zeros(self.feature_dim))
+        self.register_buffer("smooth", gaussian_kernel(SMOOTH_SIGMA))
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> PatchCore:
+        """The backbone is frozen: BatchNorm and dropout stay in eval mode whatever the caller asks."""
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    def embed(self, images: Tensor) -> Tensor:
+        """(B, C, h, w) patch embeddings at the first layer's resolution."""
+        maps = list(self.features(images).values())
+        size = maps[0].shape[-2:]
+        parts = []
+        for m in maps:
+            m = F.avg_pool2d(m.float(), 3, stride=1, padding=1)
+            if m.shape[-2:] != size:
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            parts.append(m)
+        return torch.cat(parts, 1)
+
+    def set_memory(self, bank: Tensor) -> None:
+        """Keep `bank` (rows of patch features) as the memory, stored relative to its mean: distances are
+        the same, and |e|^2 - 2 e.m + |m|^2 cancels far less in float32 (exported graphs match)."""
+        bank = bank.detach().float().to(self.memory.device)
+        self.center = bank.mean(0)
+        bank = bank - self.center
+        self.memory = bank.contiguous()
+        self.memory_sq = (bank * bank).sum(1)
+        self.meta.extra["memory_size"] = int(bank.shape[0])
+
+    def patch_scores(self, embedding: Tensor) -> Tensor:
+        """(B, 1, h, w): each patch's Euclidean distance to its nearest memory row, as
+        sqrt(|e|^2 - 2 e.m + |m|^2) over chunks of the memory bank (a fixed loop: exports unrolled)."""
+        b, c, h, w = embedding.shape
+        e = embedding.permute(0, 2, 3, 1).reshape(b * h * w, c) - self.center
+        e_sq = (e * e).sum(1, keepdim=True)
+        best = None
+        for start in range(0, self.memory.shape[0], MEMORY_CHUNK):
+            m = self.memory[start : start + MEMORY_CHUNK]
+            d = e_sq - 2 * (e @ m.t()) + self.memory_sq[start : start + MEMORY_CHUNK][None]
+            d = d.amin(1)
+            best = d if best is None else torch.minimum(best, d)
+        return best.clamp(min=0).sqrt().reshape(b, 1, h, w)
+
+    def forward(self, images: Tensor) -> Tensor:
+        scores = self.patch_scores(self.embed(images))
+        scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        pad = self.smooth.shape[-1] // 2
+        return F.conv2d(F.pad(scores, (pad, pad, pad, pad), mode="reflect"), self.smooth)
+
+    def loss(self, raw: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """PatchCore is fitted, not trained: no loss (evaluation reports 0)."""
+        return raw.new_zeros(())
+
+
+def backbone_spec(name: str) -> str:
+    """A backbone name as parvis builds it: registered names as they are, and any other torchvision
+    classifier's name (mobilenet_v2, wide_resnet50_2, ...) as torchvision:NAME."""
+    if name in MODELS or ":" in name:
+        return name
+    return f"torchvision:{name}"
+
+
+@MODELS.register("patchcore", task="inspection", family="patchcore")
+def patchcore(meta: ModelMeta, backbone: dict | None = None, layers=None, memory_size: int = 1, **_) -> PatchCore:
+    """Rebuild a PatchCore from its metadata: `backbone` is the backbone's own ModelMeta dict (its
+    layers are rebuilt empty; the checkpoint holds the weights)."""
+    if backbone is None:
+        raise ParvisError("patchcore is built by `parvis train --task inspection --mode anomaly --model BACKBONE`")
+    bmeta = ModelMeta.from_dict(backbone)
+    net = build_model(
+        bmeta.name, bmeta.num_classes, bmeta.class_names, bmeta.input_size, mean=bmeta.mean, std=bmeta.std,
+        **build_options(bmeta),
+    )  # fmt: skip
+    return PatchCore(meta, net, layers or stride_layers(net), memory_size)
+
+
+class DefectSegmenter(InspectionModel):
+    """A two-class segmentation network as an inspection model: training sees its logits (raw of the
+    segmentation loss), inference its defect probability map (B, 1, H, W)."""
+
+    def __init__(self, meta: ModelMeta, net: SegmentationModel):
+        super().__init__(meta)
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = self.net(images)
+        if self.training:
+            return logits
+        return logits.float().softmax(1)[:, 1:2]
+
+    def loss(self, raw: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        if raw.shape[1] == 1:  # evaluation hands in the probability map: binary cross-entropy of it
+            p = raw.float().clamp(1e-6, 1 - 1e-6)
+            return F.binary_cross_entropy(p[:, 0], (targets > 0).float())
+        return self.net.loss(raw, targets, label_smoothing)
+
+
+@MODELS.register("defect_segmenter", task="inspection", family="segmentation")
+def defect_segmenter(meta: ModelMeta, trunk: dict | None = None, **_) -> DefectSegmenter:
+    """Rebuild from metadata: `trunk` is the segmentation network's own ModelMeta dict."""
+    if trunk is None:
+        raise ParvisError("defect_segmenter is built by `parvis train --task inspection --mode supervised --model M`")
+    tmeta = ModelMeta.from_dict(trunk)
+    net = build_model(
+        tmeta.name, tmeta.num_classes, tmeta.class_names, tmeta.input_size, mean=tmeta.mean, std=tmeta.std,
+        **build_options(tmeta),
+    )  # fmt: skip
+    return DefectSegmenter(meta, net)

@@ -1,0 +1,157 @@
+"""Inspection: the memory bank and its scores, the metrics and the threshold rule by hand, export parity
+of the whole scoring graph, and the CLI from synthetic data to eval, predict and export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from parvis.engine.inspection import greedy_coreset
+from parvis.engine.inspection_metrics import InspectionMetric, auroc, choose_threshold, decision_rates, pro_score
+from parvis.errors import ParvisError
+from parvis.models.base import ModelMeta
+from parvis.models.build import build_model
+from parvis.models.inspection import INSPECTION_CLASSES, PatchCore, gaussian_kernel, stride_layers
+from parvis.structures import AnomalyMap
+
+
+def _patchcore(size: int = 64, memory: int = 1) -> PatchCore:
+    torch.manual_seed(0)
+    backbone = build_model("resnet18").eval()
+    meta = ModelMeta("patchcore", "inspection", 2, list(INSPECTION_CLASSES), size, (0.485, 0.456, 0.406),
+                     (0.229, 0.224, 0.225), extra={"backbone": backbone.meta.to_dict()})  # fmt: skip
+    return PatchCore(meta, backbone, stride_layers(backbone), memory).eval()
+
+
+def test_patch_scores_are_distances_to_the_nearest_memory_row_by_hand():
+    model = _patchcore()
+    c = model.feature_dim
+    bank = torch.zeros(3, c)
+    bank[0, 0], bank[1, 1], bank[2, :2] = 1.0, 2.0, torch.tensor([3.0, 4.0])
+    model.set_memory(bank)
+    assert model.meta.extra["memory_size"] == 3
+    e = torch.zeros(1, c, 1, 3)
+    e[0, 0, 0, 0] = 1.0  # equals row 0: distance 0
+    e[0, 1, 0, 1] = 5.0  # nearest is row 1 (0, 2): distance 3
+    e[0, :2, 0, 2] = torch.tensor([3.0, 8.0])  # nearest row 2 (3, 4): distance 4
+    got = model.patch_scores(e).flatten()
+    assert torch.allclose(got, torch.tensor([0.0, 3.0, 4.0]), atol=1e-3)
+
+
+def test_memory_bank_longer_than_one_chunk_finds_the_same_nearest_row(monkeypatch):
+    import parvis.models.inspection as inspection
+
+    model = _patchcore()
+    gen = torch.Generator().manual_seed(1)
+    bank, e = torch.randn(50, model.feature_dim, generator=gen), torch.randn(2, model.feature_dim, 2, 2, generator=gen)
+    model.set_memory(bank)
+    whole = model.patch_scores(e)
+    monkeypatch.setattr(inspection, "MEMORY_CHUNK", 7)  # 8 chunks, the last one short
+    chunked = model.patch_scores(e)
+    brute = torch.cdist(e.permute(0, 2, 3, 1).reshape(-1, model.feature_dim), bank).amin(1).reshape(2, 1, 2, 2)
+    assert torch.allclose(whole, brute, atol=1e-3) and torch.allclose(chunked, brute, atol=1e-3)
+
+
+def test_greedy_coreset_picks_the_farthest_points_first():
+    # points on a line: from any start, k-center takes the far ends and then the middle cluster
+    x = torch.tensor([[0.0], [0.1], [10.0], [10.1], [20.0], [20.1]])
+    picked = set(greedy_coreset(x, 3, seed=0).tolist())
+    clusters = {0: {0, 1}, 1: {2, 3}, 2: {4, 5}}
+    assert all(picked & members for members in clusters.values()), picked
+    assert len(greedy_coreset(x, 100)) == 6  # never more than there are
+
+
+def test_smoothing_kernel_sums_to_one_and_is_truncated_at_4_sigma():
+    k = gaussian_kernel(4.0)
+    assert k.shape == (1, 1, 33, 33) and math.isclose(float(k.sum()), 1.0, rel_tol=1e-5)
+
+
+def test_auroc_by_hand_with_ties():
+    # positives 0.8, 0.5; negatives 0.5, 0.1: pairs (0.8>0.5, 0.8>0.1, 0.5=0.5 -> half, 0.5>0.1) = 3.5 / 4
+    assert auroc(torch.tensor([0.8, 0.5, 0.5, 0.1]), torch.tensor([1, 1, 0, 0])) == pytest.approx(0.875)
+    assert math.isnan(auroc(torch.tensor([0.1, 0.2]), torch.tensor([0, 0])))
+
+
+def test_pro_is_one_for_a_perfect_map_and_about_fpr_for_noise():
+    masks = torch.zeros(2, 40, 40, dtype=torch.bool)
+    masks[0, 5:15, 5:15] = True
+    masks[1, 30:35, 2:30] = True
+    assert pro_score(masks.float(), masks) == pytest.approx(1.0)
+    noise = torch.rand(2, 40, 40, generator=torch.Generator().manual_seed(0))
+    assert 0.08 < pro_score(noise, masks) < 0.25  # random scores: overlap tracks FPR, area 0.15
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.01, 0.05, 0.2])
+def test_threshold_meets_the_false_reject_rate_on_its_own_split(rate):
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.cat([torch.randn(300, generator=gen), torch.randn(100, generator=gen) + 2.5])
+    defective = torch.cat([torch.zeros(300), torch.ones(100)]).bool()
+    threshold, got = choose_threshold(scores, defective, max_false_reject=rate)
+    assert got["false_reject"] <= rate
+    assert decision_rates(scores, defective, threshold)["false_reject"] == got["false_reject"]
+    # the lowest such threshold: one notch lower would reject one good part more than allowed
+    lower = scores[~defective][scores[~defective] < threshold].max()
+    assert decision_rates(scores, defective, float(lower))["false_reject"] > rate
+
+
+def test_threshold_for_a_recall_target_and_bad_targets():
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])
+    defective = torch.tensor([0, 0, 0, 1, 1, 1, 1]).bool()
+    threshold, got = choose_threshold(scores, defective, min_recall=0.75)
+    assert threshold == pytest.approx(0.7) and got["escape"] == pytest.approx(0.25)
+    with pytest.raises(ParvisError, match="max-false-reject"):
+        choose_threshold(scores, defective, max_false_reject=1.5)
+    with pytest.raises(ParvisError, match="one threshold target"):
+        choose_threshold(scores, defective)
+
+
+def test_metric_rates_at_the_threshold():
+    metric = InspectionMetric(threshold=0.5)
+    maps = torch.zeros(4, 1, 8, 8)
+    maps[1, 0, 2, 2] = 0.9  # good part scored NG: a false reject
+    maps[2, 0, 3, 3] = 0.8  # defect caught
+    masks = torch.zeros(4, 8, 8, dtype=torch.long)
+    masks[2, 3, 3] = masks[3, 5, 5] = 1  # image 3's defect scores 0: an escape
+    metric.update(maps, masks)
+    got = metric.compute()
+    assert got["false_reject"] == pytest.approx(0.5) and got["escape"] == pytest.approx(0.5)
+    assert got["f1"] == pytest.approx(0.5)
+    result = AnomalyMap(maps[1, 0], 0.5)
+    assert result.to_dict()["decision"] == "NG" and AnomalyMap(maps[0, 0], 0.5).to_dict()["decision"] == "OK"
+
+
+def test_exported_graph_scores_like_the_checkpoint(tmp_path):
+    """The whole scoring path (features, nearest-neighbour distance, upsampling, smoothing) is one ONNX
+    graph; ONNX Runtime and OpenVINO give the checkpoint's maps within 1e-3 of the map's range."""
+    from parvis.export import export_model
+    from parvis.runtimes import open_runtime
+
+    model = _patchcore(size=64)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        e = model.embed(torch.randn(4, 3, 64, 64, generator=gen))
+    model.set_memory(e.permute(0, 2, 3, 1).reshape(-1, model.feature_dim)[::3])
+    export_model(model, tmp_path / "patchcore.onnx")
+    x = torch.randn(3, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        reference = model(x)
+    span = float(reference.max() - reference.min())
+    for name in ("onnxruntime", "openvino"):
+        got = torch.from_numpy(open_runtime(tmp_path / "patchcore.onnx", name, precision="fp32").run(x))
+        assert got.shape == reference.shape
+        assert float((got - reference).abs().max()) <= 1e-3 * span, name
+
+
+def test_overlay_and_heat_values_follow_the_threshold():
+    from parvis.draw import heat_overlay, heat_values
+
+    m = torch.zeros(16, 16)
+    m[4, 4] = 2.0  # the threshold: 128 in the heat map
+    result = AnomalyMap(m, threshold=2.0)
+    heat = heat_values(result)
+    assert heat[4, 4] == 128 and heat[0, 0] == 0
+    drawn = heat_overlay(np.zeros((32, 32, 3), np.uint8), result)
+    assert drawn.shape == (32, 32, 3) and drawn.any()
