@@ -31,9 +31,11 @@ from parvis.models.inspection import INSPECTION_CLASSES, DefectSegmenter, PatchC
 
 # PatchCore's feature dimension for the coreset search (a random projection; Roth et al. use 128).
 CORESET_PROJECTION = 128
+# Patches per greedy coreset search (16 images of 32 x 32 patches): see grouped_coreset.
+CORESET_GROUP = 16384
 
 
-def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, chunk: int = 65536) -> torch.Tensor:
+def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
     """Indices of `count` rows chosen by greedy k-center (farthest point first) on a random projection
     of `features` to at most 128 dimensions: each pick is the row farthest from all picked so far, so
     the memory bank covers the good parts' patches with as few rows as possible."""
@@ -51,10 +53,24 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0, chunk: int
     for i in range(count):
         picked[i] = current
         c = x[current]
-        d = x_sq - 2 * (x @ c) + float(c @ c)
-        torch.minimum(nearest, d, out=nearest)
+        torch.minimum(nearest, torch.addmv(x_sq, x, c, alpha=-2).add_(float(c @ c)), out=nearest)
         current = int(nearest.argmax())
     return picked
+
+
+def grouped_coreset(features: torch.Tensor, count: int, seed: int = 0, group: int = CORESET_GROUP) -> torch.Tensor:
+    """`greedy_coreset` over consecutive groups of at most `group` rows (a few images' patches), each
+    giving its share of `count`: every greedy step scans one group instead of all rows, so the search
+    costs (rows / group) times less, and the union still covers every group's patches."""
+    n = len(features)
+    groups = max(1, math.ceil(n / group))
+    bounds = [round(i * n / groups) for i in range(groups + 1)]
+    picked = []
+    for g in range(groups):
+        lo, hi = bounds[g], bounds[g + 1]
+        share = max(1, round(count * (hi - lo) / n))
+        picked.append(lo + greedy_coreset(features[lo:hi], share, seed + g))
+    return torch.cat(picked)
 
 
 def inspection_meta(name: str, inner: ModelMeta, size: int, extra: dict) -> ModelMeta:
@@ -104,9 +120,9 @@ def fit_memory(model: PatchCore, batches, coreset: float, seed: int = 0, progres
     features = torch.cat(parts)
     embed_s = time.perf_counter() - start
     count = max(1, math.ceil(coreset * len(features)))
-    rows = greedy_coreset(features, count, seed)
+    rows = grouped_coreset(features, count, seed)
     model.set_memory(features[rows])
-    return {"patches": len(features), "memory": count, "embed_s": embed_s,
+    return {"patches": len(features), "memory": len(rows), "embed_s": embed_s,
             "coreset_s": time.perf_counter() - start - embed_s}  # fmt: skip
 
 

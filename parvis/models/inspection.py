@@ -48,6 +48,10 @@ class InspectionModel(VisionModel):
         maps = raw.detach().float().cpu()[:, 0]
         return [AnomalyMap(m, self.threshold) for m in maps]
 
+    def loss(self, raw: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+        """An anomaly map has no loss of its own (PatchCore is fitted, not trained): evaluation reports 0."""
+        return raw.new_zeros(())
+
 
 def gaussian_kernel(sigma: float) -> Tensor:
     """A normalized (1, 1, k, k) Gaussian, k = 2 * ceil(4 sigma) + 1 (scipy's and anomalib's truncation)."""
@@ -162,10 +166,6 @@ class PatchCore(InspectionModel):
         scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
         pad = self.smooth.shape[-1] // 2
         return F.conv2d(F.pad(scores, (pad, pad, pad, pad), mode="reflect"), self.smooth)
-
-    def loss(self, raw: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
-        """PatchCore is fitted, not trained: no loss (evaluation reports 0)."""
-        return raw.new_zeros(())
 
 
 def backbone_spec(name: str) -> str:
