@@ -189,7 +189,10 @@ def detect_layouts(root: str | Path) -> list[Layout]:
             f"{root}: has images/ and labels/ (the YOLO layout) but no {DATA_YAML} naming the classes; write "
             f"{root / DATA_YAML} with 'names: [...]', 'train: images/train' and 'val: images/val'"
         )
-    if is_inspection_root(root):
+    # A classifier's ImageFolder may have a class "good" too; it has no ground_truth/ and more classes in train/.
+    if is_inspection_root(root) and (
+        (root / GROUND_TRUTH).is_dir() or _subdirs(root / "train") == [root / "train" / GOOD]
+    ):
         layouts += _inspection_layouts(root)
         claimed |= {*INSPECTION_SPLITS, GROUND_TRUTH}  # train/good/ would read as an ImageFolder class otherwise
     stereo = _stereo_layouts(root)

@@ -61,12 +61,12 @@ def has_split(root: str | Path, split: str) -> bool:
 
 
 def is_inspection_root(path: str | Path) -> bool:
-    """A folder in MVTec AD's layout: train/good/ and test/ (and not a stereo root with left/ right/)."""
+    """A folder in MVTec AD's layout: train/good/ and test/ (and no left/ or right/, which are stereo's)."""
     path = Path(path)
     return (
         (path / "train" / GOOD).is_dir()
         and (path / "test").is_dir()
-        and not ((path / "left").is_dir() and (path / "right").is_dir())
+        and not any((path / side).is_dir() for side in ("left", "right"))
     )
 
 
@@ -161,7 +161,7 @@ class InspectionDataset(FileDataset):
     def __init__(
         self,
         root: str | Path,
-        split: str = "test",
+        split: str,
         transform: Transform | None = None,
         good_only: bool = False,
         on_bad_sample: str = "error",

@@ -78,6 +78,14 @@ def _noise(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (a + (b - a) * fx + (c - a) * fy + (a - b - c + d) * fx * fy).astype(np.float32, copy=False)
 
 
+def _smooth_noise(table: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """_noise of a field that is smooth at the pixel scale (lattice cells of 16 px or more), evaluated at every
+    4th pixel and upsampled: a sixteenth of the work for the same field, shifted by a fraction of a cell."""
+    coarse = _noise(table, x[::4, ::4], y[::4, ::4])
+    height, width = x.shape
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.Resampling.BILINEAR))
+
+
 def _streaks(table: np.ndarray, u: np.ndarray, v: np.ndarray, size: int, fine: float) -> np.ndarray:
     """Noise stretched along u: long thin streaks, from ``fine`` px wide to a few times that."""
     total = np.zeros(u.shape, np.float32)
@@ -140,7 +148,7 @@ def set_style(texture: str, seed: int) -> Style:
 def _metal(style: Style, u: np.ndarray, v: np.ndarray, size: int) -> np.ndarray:
     fine = 1.1 * size / 256
     streaks = _streaks(style.table, u, v, size, fine)
-    mottle = _noise(style.table, u / (0.45 * size) + 150.3, v / (0.45 * size) + 150.3)
+    mottle = _smooth_noise(style.table, u / (0.45 * size) + 150.3, v / (0.45 * size) + 150.3)
     value = 1 + style.contrast * (streaks - 0.5) + 0.08 * (mottle - 0.5)
     return value[..., None] * np.array(style.colors[0], np.float32)
 
@@ -149,22 +157,20 @@ def _fabric(style: Style, u: np.ndarray, v: np.ndarray, size: int) -> np.ndarray
     period = max(4.0, style.scale * size)
     table = style.table
     # Threads wander a little and are not evenly spaced: woven by a machine, but out of soft yarn.
-    uu = u + (_noise(table, v / (6 * period) + 17.1, u / (9 * period)) - 0.5) * 0.45 * period
-    vv = v + (_noise(table, u / (6 * period) + 83.9, v / (9 * period)) - 0.5) * 0.45 * period
+    uu = u + (_smooth_noise(table, v / (6 * period) + 17.1, u / (9 * period)) - 0.5) * 0.45 * period
+    vv = v + (_smooth_noise(table, u / (6 * period) + 83.9, v / (9 * period)) - 0.5) * 0.45 * period
     i, j = np.floor(uu / period), np.floor(vv / period)
     fu, fv = uu / period - i, vv / period - j
     warp_on_top = (i + j) % 2 == 0  # plain weave
-    across_u, across_v = np.sin(np.pi * fu) ** 0.7, np.sin(np.pi * fv) ** 0.7
+    across_u, across_v = np.sqrt(np.sin(np.pi * fu)), np.sqrt(np.sin(np.pi * fv))  # rounded yarn
     shade = np.where(
         warp_on_top, across_u * (0.7 + 0.3 * np.sin(np.pi * fv)), across_v * (0.7 + 0.3 * np.sin(np.pi * fu))
     )
     n = table.shape[0]
     thread = np.where(warp_on_top, table[i.astype(np.int64) % n, 7], table[j.astype(np.int64) % n, 11])
-    fibre = np.where(
-        warp_on_top,
-        _noise(table, u / max(1.0, size / 256) + 5.5, v / period + 5.5),
-        _noise(table, u / period + 9.5, v / max(1.0, size / 256) + 9.5),
-    )
+    # Fibres run along the thread on top: fine across it, long along it.
+    fine = max(1.0, size / 256)
+    fibre = _noise(table, np.where(warp_on_top, u / fine, u / period), np.where(warp_on_top, v / period, v / fine))
     value = (1 - style.contrast + style.contrast * shade) * (0.92 + 0.16 * thread) * (0.9 + 0.2 * fibre)
     warp, weft = (np.array(c, np.float32) for c in style.colors)
     return value[..., None] * np.where(warp_on_top[..., None], warp, weft)
@@ -174,8 +180,8 @@ def _wood(style: Style, u: np.ndarray, v: np.ndarray, size: int) -> np.ndarray:
     period = style.scale * size
     table = style.table
     # Rings bent by two scales of noise and unevenly spaced: growth differs from year to year.
-    bend = (_noise(table, u / (1.2 * size) + 31.0, v / (1.5 * size) + 31.0) - 0.5) * 1.6 * period
-    bend += (_noise(table, u / (0.3 * size) + 71.0, v / (0.4 * size) + 71.0) - 0.5) * 0.35 * period
+    bend = (_smooth_noise(table, u / (1.2 * size) + 31.0, v / (1.5 * size) + 31.0) - 0.5) * 1.6 * period
+    bend += (_smooth_noise(table, u / (0.3 * size) + 71.0, v / (0.4 * size) + 71.0) - 0.5) * 0.35 * period
     rings = (v + bend) / period
     rings += 0.6 * _noise(table, np.floor(rings) * 0.37 + 3.1, u / (2 * size) + 9.7)
     ring = rings - np.floor(rings)

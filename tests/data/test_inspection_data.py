@@ -312,3 +312,13 @@ def test_photo_texture_renders_with_scikit_image() -> None:
     clean, defective, mask = render_sample("gravel", 64, 0, "test", 5, "missing")
     assert clean.shape == (64, 64, 3) and mask.any() and not np.array_equal(clean, defective)
     assert clean.std() > 10  # a photo of gravel, not a flat tint
+
+
+def test_a_classifier_with_a_good_class_stays_an_image_folder(tmp_path: Path) -> None:
+    root = tmp_path / "cls"
+    for split in ("train", "test"):
+        for name in ("bad", "good"):
+            _write(root / split / name / "000.png", _rgb(1))
+    assert [layout.task for layout in find_layouts(root)] == ["classification", "classification"]
+    (root / "ground_truth").mkdir()  # with masks' folder it is MVTec AD's layout
+    assert [layout.task for layout in find_layouts(root)] == ["inspection"] * 3
