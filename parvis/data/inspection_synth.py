@@ -13,7 +13,8 @@ through its shading: a light and a dark flank), ``missing`` (material gone: a da
 ``contamination`` (foreign particles and fibres of another colour). A defect is drawn on the clean surface
 before the sensor noise; its mask is the pixels it changed by more than ``CHANGE`` (2% of full scale),
 dilated by 1 px, and the change outside the mask is undone, so the mask holds every changed pixel. A
-defect covers ``AREA`` (0.2%-5%) of the image: drawings outside that range are drawn again.
+defect covers ``AREA`` (0.2%-5%) of the image: drawings outside that range are drawn again (below 64 px the
+1 px dilation alone can push a hole past 5%; the last drawing is kept).
 
 Splits of ``n`` images (``counts`` in dataset.yaml): train/good 50%, train/<family> 10% (defects for the
 supervised mode), val 15% and test 25% (the rest), each half good, half defect. Defects go to the six
