@@ -68,6 +68,7 @@ def add_parser(sub) -> None:
     add_video_parser(bsub)
     add_learn_parser(bsub)
     add_stereo_parser(bsub)
+    add_inspection_parser(bsub)
     add_scale_out_parser(bsub)
 
 
@@ -835,6 +836,50 @@ def run_scale_out(args) -> int:
         write_json(args.json, result)
         con.print(f"wrote {args.json}")
     return 0 if all(r["ok"] for r in result["rows"]) else 1
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+def add_inspection_parser(bsub) -> None:
+    p = bsub.add_parser("inspection", help="inspection: parvis's PatchCore vs anomalib's, same data and weights "
+                        "(image/pixel AUROC, fit s, ms/image)")  # fmt: skip
+    p.add_argument(
+        "--data", required=True, help="inspection folder (MVTec AD layout: train/good, test/, ground_truth/)"
+    )
+    p.add_argument("--backbone", default="mobilenet_v2", help="backbone name (anomalib's row: mobilenet_v2)")
+    p.add_argument("--weights", default=None, help="the backbone's weights file (torchvision layout)")
+    p.add_argument("--size", type=int, default=256, help="image side both methods resize to (default 256)")
+    p.add_argument("--coreset", type=float, default=0.01, help="memory bank share of the patches, both methods")
+    p.add_argument("--threads", type=int, default=None, help="threads for both (default: all cores)")
+    p.add_argument("--no-peer", dest="peer", action="store_false", help="parvis's row only")
+    p.add_argument("--json", metavar="OUT", default=None)
+    p.set_defaults(func=run_inspection)
+
+
+def run_inspection(args) -> int:
+    from parvis.bench.inspection import bench_inspection
+
+    con = console()
+    with con.status("bench inspection...") as status:
+        result = bench_inspection(args.data, args.backbone, args.weights, args.size, args.coreset, args.threads,
+                                  args.peer, progress=lambda m: status.update(f"bench inspection: {m}"))  # fmt: skip
+    table = _table(
+        f"inspection: {result['backbone']} at {result['image_size']} px, coreset {result['coreset']:.0%}, "
+        f"{result['threads']} threads, eager fp32 on the CPU",
+        ["method", "image AUROC", "pixel AUROC", "PRO", "fit s", "ms/image", "memory bank", "train", "test"],
+    )
+    for r in result["rows"]:
+        table.add_row(r["method"], _num(r["image_auroc"], ".4f"), _num(r["pixel_auroc"], ".4f"),
+                      _num(r.get("pro"), ".4f"), _num(r["fit_s"], ".1f"), _num(r["ms_per_image"], ".1f"),
+                      str(r["memory_bank"]), str(r["n_train"]), str(r["n_test"]))  # fmt: skip
+    lines = []
+    versus = result["rows"][0].get("vs_anomalib")
+    if versus:
+        lines.append(f"parvis vs anomalib: image AUROC {versus['image_auroc_diff']:+.4f}, pixel AUROC "
+                     f"{versus['pixel_auroc_diff']:+.4f}, {versus['ms_ratio']:.2f}x the time per image, "
+                     f"{versus['fit_ratio']:.2f}x the fit time")  # fmt: skip
+    return _finish(con, args, result, table, lines=tuple(lines))
 
 
 # --------------------------------------------------------------------------- stereo
