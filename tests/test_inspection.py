@@ -101,7 +101,10 @@ def test_threshold_for_a_recall_target_and_bad_targets():
     scores = torch.tensor([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])
     defective = torch.tensor([0, 0, 0, 1, 1, 1, 1]).bool()
     threshold, got = choose_threshold(scores, defective, min_recall=0.75)
-    assert threshold == pytest.approx(0.7) and got["escape"] == pytest.approx(0.25)
+    # 0.7 must be caught; the middle of the gap down to the next score (0.6) keeps the same counts
+    assert threshold == pytest.approx(0.65) and got["escape"] == pytest.approx(0.25)
+    threshold, got = choose_threshold(scores, defective, max_false_reject=0.0)
+    assert threshold == pytest.approx(0.45) and got["false_reject"] == 0.0 and got["escape"] == 0.0
     with pytest.raises(ParvisError, match="max-false-reject"):
         choose_threshold(scores, defective, max_false_reject=1.5)
     with pytest.raises(ParvisError, match="one threshold target"):

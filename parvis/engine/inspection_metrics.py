@@ -52,10 +52,12 @@ def choose_threshold(
 ) -> tuple[float, dict]:
     """The OK/NG threshold (score >= threshold: NG) for a target on labelled images.
 
-    `max_false_reject` R: the lowest threshold that rejects at most floor(R x good images) of the good
-    ones (just above the (k+1)-th highest good score): as many defects caught as that allows.
-    `min_recall` r: the highest threshold that still rejects at least ceil(r x defective images).
-    Returns (threshold, what it achieves on these images).
+    `max_false_reject` R: the thresholds that reject at most floor(R x good images) of the good ones
+    and, among those, catch the most defects, form a gap between the (k+1)-th highest good score and
+    the next score above it; the threshold is the middle of that gap, so the split's counts are the
+    same anywhere in it and a new good part scoring a little higher than these is not rejected.
+    `min_recall` r: likewise the middle of the gap below the score that still catches ceil(r x
+    defective images). Returns (threshold, what it achieves on these images).
     """
     if (max_false_reject is None) == (min_recall is None):
         raise ParvisError("give one threshold target: --max-false-reject R or --min-recall R")
@@ -69,9 +71,12 @@ def choose_threshold(
             raise ParvisError("the threshold split has no good images: a false-reject rate needs some")
         allowed = math.floor(max_false_reject * good.numel())
         ranked = good.sort(descending=True).values
-        threshold = (
-            float(torch.nextafter(ranked[allowed], torch.tensor(float("inf")))) if allowed < len(ranked) else 0.0
-        )
+        if allowed >= len(ranked):
+            threshold = float(scores.min())
+        else:
+            edge = ranked[allowed]  # the highest good score that must pass
+            above = scores[scores > edge]  # the next score up, of any image: the gap's top
+            threshold = (float(edge) + float(above.min())) / 2 if above.numel() else _just_above(edge)
         target = {"max_false_reject": max_false_reject}
     else:
         if not 0 < min_recall <= 1:
@@ -79,9 +84,15 @@ def choose_threshold(
         if bad.numel() == 0:
             raise ParvisError("the threshold split has no defective images: a recall needs some")
         needed = math.ceil(min_recall * bad.numel())
-        threshold = float(bad.sort(descending=True).values[needed - 1])
+        edge = bad.sort(descending=True).values[needed - 1]  # the lowest defect score that must be caught
+        below = scores[scores < edge]
+        threshold = (float(edge) + float(below.max())) / 2 if below.numel() else float(edge)
         target = {"min_recall": min_recall}
     return threshold, {**target, **decision_rates(scores, defective, threshold)}
+
+
+def _just_above(value: Tensor) -> float:
+    return float(torch.nextafter(value.float(), torch.tensor(float("inf"))))
 
 
 def decision_rates(scores: Tensor, defective: Tensor, threshold: float) -> dict[str, float]:

@@ -101,6 +101,8 @@ def _image_paths(dataset) -> list[Path]:
         return [dataset.image_path(i) for i in range(len(dataset))]
     if hasattr(dataset, "pair_paths"):  # stereo: the left views
         return [dataset.pair_paths(i)[0] for i in range(len(dataset))]
+    if hasattr(dataset, "paths"):  # inspection
+        return list(dataset.paths)
     return [Path(sample[0]) for sample in dataset.samples]
 
 
@@ -236,7 +238,7 @@ def choose(
         batch = 32 if size <= 128 else 16
     else:
         batch = 256 if size <= SMALL_IMAGE else 64
-    if task == "segmentation":  # a dense loss: half the images give as many labels per step
+    if task in ("segmentation", "inspection"):  # a dense loss: half the images give as many labels per step
         batch = max(8, batch // 2)
     fit = max(1, survey.n_train // 8)  # at least ~8 steps per epoch on tiny datasets
     batch = min(batch, 1 << (fit.bit_length() - 1))
