@@ -61,15 +61,36 @@ from parvis.runtimes.timing import time_runtimes
 OBJECTIVES = ("throughput", "latency")
 # auto/labels: the task's label metric (LABEL_METRICS); agreement: with eager fp32's answers; a metric name
 # of the model's task (detection: map50 or map, COCO's IoU 0.5:0.95) budgets that one on the labels.
-METRICS = ("auto", "labels", "agreement", "top1", "miou", "map50", "map", "epe", "bad3", "d1")
+METRICS = (
+    "auto",
+    "labels",
+    "agreement",
+    "top1",
+    "miou",
+    "map50",
+    "map",
+    "epe",
+    "bad3",
+    "d1",
+    "image_auroc",
+    "pixel_auroc",
+    "pro",
+)
 TASK_METRICS = {
     "classification": ("top1",),
     "segmentation": ("miou",),
     "detection": ("map50", "map"),
     "stereo": ("epe", "bad3", "d1"),
+    "inspection": ("image_auroc", "pixel_auroc", "pro"),
 }
 # The metric each task is budgeted on: against labels, or (no labels the model knows) against fp32's answers.
-LABEL_METRICS = {"classification": "top1", "segmentation": "miou", "detection": "map50", "stereo": "epe"}
+LABEL_METRICS = {
+    "classification": "top1",
+    "segmentation": "miou",
+    "detection": "map50",
+    "stereo": "epe",
+    "inspection": "image_auroc",
+}
 # Error metrics (lower is better) already in the budget's unit: EPE in pixels, bad-3 and D1 in % of pixels.
 # Their drop is the increase, as is; the others are fractions in [0, 1] whose drop counts in points (x 100).
 ERROR_METRICS = ("epe", "bad3", "d1")
@@ -87,6 +108,8 @@ AGREEMENT_METRICS = {
     "segmentation": "mask_iou_agreement",  # mean IoU between the candidate's and fp32's masks
     "detection": "box_f1_agreement",  # F1 of boxes matched to fp32's (same class, IoU >= 0.5, score >= 0.3)
     "stereo": "disparity_agreement",  # share of pixels whose disparity is within 1 px of fp32's
+    # share of images with fp32's OK/NG decision (no threshold yet: image score within 2% of fp32's)
+    "inspection": "decision_agreement",
 }
 
 
@@ -214,6 +237,12 @@ def agreement(meta, raw: torch.Tensor, reference: torch.Tensor, postprocess) -> 
         return float((raw.argmax(1) == reference.argmax(1)).float().mean())
     if meta.task == "stereo":
         return float(((raw.float() - reference.float()).abs() <= 1.0).float().mean())
+    if meta.task == "inspection":
+        got, want = raw.float().flatten(1).amax(1), reference.float().flatten(1).amax(1)
+        threshold = meta.extra.get("threshold")
+        if threshold is not None:
+            return float(((got >= threshold) == (want >= threshold)).float().mean())
+        return float(((got - want).abs() <= 0.02 * want.abs()).float().mean())
     if meta.task == "segmentation":
         ious = []
         for a, b in zip(raw.argmax(1), reference.argmax(1), strict=True):

@@ -18,6 +18,8 @@ compiles, each done once.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import inspect
 import time
 from collections.abc import Sequence
@@ -31,6 +33,17 @@ from parvis.runtimes.torch_eager import TorchRuntime
 # Every compile of the same model class shares one cache (keyed by forward's code object) and one
 # recompile limit, after which Dynamo silently runs eager; isolate each runtime's compiles (torch 2.14+).
 _ISOLATE = {"isolate_recompiles": True} if "isolate_recompiles" in inspect.signature(torch.compile).parameters else {}
+
+
+def _import_inductor() -> None:
+    """Import inductor's lowerings after the symmetric-memory ops they register against, in this thread,
+    before anything compiles. Imported lazily during a first compile, the lowerings once found the
+    symm_mem namespace half-defined ('_OpNamespace' 'symm_mem' object has no attribute
+    '_low_contention_all_gather'): `parvis serve` of a torch-compile model failed to load, once in two
+    starts."""
+    with contextlib.suppress(ImportError):
+        importlib.import_module("torch.distributed._symmetric_memory")
+    importlib.import_module("torch._inductor.lowering")
 
 
 class TorchCompileRuntime(TorchRuntime):
@@ -57,6 +70,7 @@ class TorchCompileRuntime(TorchRuntime):
             )
         super().__init__(source, threads, device, precision, channels_last, **load)
         runtime.quiet_cuda_home_notice()
+        _import_inductor()
         self.compiled = torch.compile(self.module, **_ISOLATE)
         t0 = time.perf_counter()
         size = self.meta.input_size
