@@ -58,5 +58,5 @@ docs: $(STAMP)
 # runs/ and site/ (tests/test_newcomer.py checks every data/ folder the docs name is here). data/
 # itself goes only when nothing else is left in it: a user's own datasets may live there.
 clean:
-	rm -rf $(VENV) $(DATA) data/shapes data/shapes-yolo data/video data/digits data/stereo runs site
+	rm -rf $(VENV) $(DATA) data/shapes data/shapes-yolo data/video data/digits data/stereo data/inspection runs site
 	rmdir data 2>/dev/null || true

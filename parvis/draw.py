@@ -96,11 +96,11 @@ def heat_values(result: AnomalyMap, size: tuple[int, int] | None = None) -> np.n
 
 
 def heat_overlay(image: np.ndarray, result: AnomalyMap) -> np.ndarray:
-    """The image with the anomaly map blended in (inferno colours, more opaque where it is higher, the
-    threshold and above fully visible) and the decision written in the corner: OK or NG with the score."""
+    """The image with the anomaly map blended in (inferno colours; clear below 0.8x the threshold, then
+    more opaque up to 50% at the threshold) and the decision written in the corner: OK or NG with the score."""
     heat = heat_values(result, image.shape[:2]).astype(np.float32) / 255
     colours = colormaps["inferno"](heat)[..., :3] * 255
-    alpha = np.clip(heat * 2, 0, 1)[..., None] * 0.6
+    alpha = np.clip((heat - 0.4) * 10, 0, 1)[..., None] * 0.5  # clear below 0.8x the threshold, 50% at it
     blended = (image.astype(np.float32) * (1 - alpha) + colours * alpha).astype(np.uint8)
     canvas = Image.fromarray(blended)
     verdict = {True: "NG", False: "OK", None: "score"}[result.defective]

@@ -162,7 +162,13 @@ class PatchCore(InspectionModel):
         return best.clamp(min=0).sqrt().reshape(b, 1, h, w)
 
     def forward(self, images: Tensor) -> Tensor:
-        scores = self.patch_scores(self.embed(images))
+        embedding = self.embed(images)
+        kind = images.device.type
+        if torch.is_autocast_enabled(kind):  # distances in float32: bf16's 8 bits cancel in |e|^2 - 2 e.m + |m|^2
+            with torch.autocast(kind, enabled=False):
+                scores = self.patch_scores(embedding.float())
+        else:
+            scores = self.patch_scores(embedding)
         scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
         pad = self.smooth.shape[-1] // 2
         return F.conv2d(F.pad(scores, (pad, pad, pad, pad), mode="reflect"), self.smooth)
