@@ -37,7 +37,7 @@ for rt in onnxruntime openvino; do
         --json "$RES/inspection-anomaly-eval-$rt-$TAG.json" | tee -a "$OUT"
 done
 $PY -m parvis bench inspection --data "$DATA" --backbone mobilenet_v2 --weights "$W" \
-    --json "$RES/inspection-bench-$TAG.json" | tee "$RES/inspection-bench-$TAG.txt"
+    --json "$RES/bench-inspection-$TAG.json" | tee "$RES/bench-inspection-$TAG.txt"
 rm -rf "$RUN-optimize"
 $PY -m parvis optimize "$RUN-anomaly/best.pt" --data "$DATA" --budget 1.0 --rounds 1 --out "$RUN-optimize" \
     | tee "$RES/optimize-inspection-$TAG.txt"

@@ -26,6 +26,7 @@ from parvis.io import atomic_write_text
 
 SUITES = (
     "data", "train", "runtime", "precision", "batch", "scaling", "roofline", "partition", "serve", "video", "learn",
+    "inspection",
 )  # fmt: skip
 KINDS = (*SUITES, "optimize")
 REPORT_KEY = "parvis_report"  # marks this module's own JSON output, so a re-run over a folder skips it
@@ -58,6 +59,9 @@ COLUMNS = {
     "learn": [
         "engine", "recipe", "final_metric", "train_s", "img_s", "time_to_target_s", "time_to_peer_final_s",
         "vs_peer_time",
+    ],
+    "inspection": [
+        "method", "image_auroc", "pixel_auroc", "pro", "fit_s", "ms_per_image", "memory_bank", "n_train", "n_test",
     ],
     "optimize": [
         "chosen", "variant", "runtime", "precision", "int8_scheme", "float_layers", "batch", "threads", "img_s",
@@ -364,6 +368,27 @@ def _plot_learn(section: Section):
     return fig
 
 
+def _plot_roc(section: Section):
+    """Image-level and pixel-level ROC curves of every method, side by side."""
+    rows = [r for r in section.rows if (r.get("image_roc") or {}).get("fpr")]
+    if not rows:
+        return None
+    fig, axes = _figure(9, 3.8, ncols=2)
+    for ax, key, title in zip(axes, ("image_roc", "pixel_roc"), ("images (OK/NG)", "pixels"), strict=True):
+        for r in rows:
+            curve = r.get(key) or {}
+            if curve.get("fpr"):
+                auroc = r.get(key.replace("_roc", "_auroc"))
+                label = r.get("method", "?") + (f" (AUROC {auroc:.4f})" if auroc is not None else "")
+                ax.plot(curve["fpr"], curve["tpr"], label=label)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title=title, xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _plot_scaling(section: Section):
     fig, (a, b) = _figure(9, 3.4, ncols=2)
     any_rows, ticks = False, set()
@@ -501,6 +526,7 @@ PLOTS: dict[str, tuple[str, Callable[[Section], object]]] = {
     "serve": ("HTTP serving: throughput and p99 latency vs concurrent clients", _plot_serve),
     "video": ("multi-stream video: share of the CPU-sharing ceiling reached", _plot_video),
     "learn": ("learning curves: val metric against training seconds", _plot_learn),
+    "inspection": ("ROC curves on the test split: images (OK/NG) and pixels", _plot_roc),
 }  # fmt: skip
 
 

@@ -258,3 +258,13 @@ def test_supervised_mode_stores_a_threshold_and_bad_input_is_one_line(parts, tmp
                  "--out", str(tmp_path / "z")]) != 0  # fmt: skip
     assert "segmentation model" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "z" / "best.pt").exists()
+
+
+def test_roc_points_by_hand_and_thinned():
+    from parvis.engine.inspection_metrics import roc_points
+
+    # scores 0.9 (pos), 0.8 (neg), 0.8 (pos), 0.1 (neg): the tie at 0.8 is one step of both rates
+    got = roc_points(torch.tensor([0.9, 0.8, 0.8, 0.1]), torch.tensor([1, 0, 1, 0]))
+    assert got == {"fpr": [0.0, 0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0, 1.0]}
+    many = roc_points(torch.rand(5000, generator=torch.Generator().manual_seed(0)), torch.arange(5000) % 2, points=50)
+    assert len(many["fpr"]) <= 50 and many["fpr"][0] == 0.0 and many["fpr"][-1] == 1.0 and many["tpr"][-1] == 1.0

@@ -28,9 +28,10 @@ from parvis.data.inspection import InspectionDataset, has_split
 from parvis.data.loader import DevicePrefetcher, build_loader
 from parvis.data.transforms import build_transform
 from parvis.engine.inspection import build_patchcore, fit_memory
-from parvis.engine.inspection_metrics import InspectionMetric
+from parvis.engine.inspection_metrics import InspectionMetric, roc_points
 from parvis.errors import ParvisError
 from parvis.models.inspection import backbone_spec
+from parvis.runtime import result_header
 
 WARMUP = 3
 # torchvision mobilenet_v2's features index of each default PatchCore layer (the peer's layer names).
@@ -87,6 +88,8 @@ def bench_parvis(data, backbone: str, weights, size: int, coreset: float, thread
             times.append(time.perf_counter() - start)
             metric.update(raw, batch.targets)
         scores = metric.compute()
+        image_scores, defective = metric.image_scores()
+        maps, masks = torch.cat(metric.maps), torch.cat(metric.masks)
     return {
         "method": "parvis PatchCore",
         "image_auroc": scores["image_auroc"],
@@ -98,6 +101,8 @@ def bench_parvis(data, backbone: str, weights, size: int, coreset: float, thread
         "layers": model.layers,
         "n_train": len(good),
         "n_test": len(images),
+        "image_roc": roc_points(image_scores, defective),
+        "pixel_roc": roc_points(maps, masks),
     }
 
 
@@ -137,16 +142,16 @@ def bench_inspection(
                 "fit_ratio": ours["fit_s"] / theirs["fit_s"],
             }
     return {
-        "bench": "inspection",
+        "benchmark": "inspection",
+        "model": f"PatchCore on {backbone_spec(backbone)}",
+        **result_header(torch.device("cpu")),
         "data": str(data),
         "backbone": backbone_spec(backbone),
         "weights": str(weights),
         "image_size": size,
         "coreset": coreset,
         "threads": threads,
-        "device": "cpu",
         "precision": "fp32",
-        "torch": torch.__version__,
         "rows": rows,
         "notes": notes,
     }

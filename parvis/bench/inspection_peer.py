@@ -46,6 +46,7 @@ from PIL import Image
 from torchmetrics.functional.classification import binary_auroc
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
+from parvis.engine.inspection_metrics import roc_points
 from parvis.errors import ParvisError
 
 TIMM_MODEL = "mobilenetv2_100"
@@ -329,4 +330,6 @@ def run_anomalib_patchcore(
         "torch_version": torch.__version__,
         "n_train": len(train),
         "n_test": len(test),
+        "image_roc": roc_points(torch.tensor(scores), torch.tensor(labels)),
+        "pixel_roc": roc_points(torch.cat(pixel_scores), pixel_target),
     }

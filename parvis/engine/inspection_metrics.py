@@ -47,6 +47,26 @@ def auroc(scores: Tensor, labels: Tensor) -> float:
     return u / (positives * negatives)
 
 
+def roc_points(scores: Tensor, labels: Tensor, points: int = 200) -> dict[str, list[float]]:
+    """The ROC curve of `scores` for binary `labels` as at most `points` (fpr, tpr) pairs from (0, 0) to
+    (1, 1), one per distinct threshold (evenly thinned when there are more): what `parvis report` plots."""
+    scores = scores.detach().double().flatten().cpu()
+    labels = labels.detach().flatten().cpu().bool()
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return {"fpr": [], "tpr": []}
+    order = torch.argsort(scores, descending=True)
+    ranked, hits = scores[order], labels[order].double()
+    tp, fp = hits.cumsum(0), (1 - hits).cumsum(0)
+    last = torch.cat([ranked[1:] != ranked[:-1], torch.tensor([True])])  # the end of each run of ties
+    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), fp[last] / negatives])
+    tpr = torch.cat([torch.zeros(1, dtype=torch.float64), tp[last] / positives])
+    if len(fpr) > points:
+        keep = torch.linspace(0, len(fpr) - 1, points).round().long().unique()
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
 def choose_threshold(
     scores: Tensor, defective: Tensor, max_false_reject: float | None = None, min_recall: float | None = None
 ) -> tuple[float, dict]:
