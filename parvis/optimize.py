@@ -81,7 +81,7 @@ TASK_METRICS = {
     "segmentation": ("miou",),
     "detection": ("map50", "map"),
     "stereo": ("epe", "bad3", "d1"),
-    "inspection": ("image_auroc", "pixel_auroc", "pro"),
+    "inspection": ("f1", "image_auroc", "pixel_auroc", "pro"),
 }
 # The metric each task is budgeted on: against labels, or (no labels the model knows) against fp32's answers.
 LABEL_METRICS = {
@@ -450,6 +450,11 @@ def optimize(
                 "use --metric agreement to score agreement with fp32 on its images"
             )
         mode = "labels" if metric == "labels" or (metric == "auto" and known) else "agreement"
+        if not metric_name and mode == "labels" and meta.task == "inspection" and "threshold" in meta.extra:
+            # what predict and serve answer is the OK/NG decision at the model's threshold: a candidate
+            # that ranks parts alike (AUROC) but shifts its scores (INT8 distances: every defect passed)
+            # must not be chosen; F1 at the threshold catches both false rejects and escapes
+            metric_name = "f1"
         metric_name = metric_name or (LABEL_METRICS if mode == "labels" else AGREEMENT_METRICS)[meta.task]
         progress(f"decoding the {split if mode == 'labels' else 'image'} set once for scoring")
         val = validation_batches(meta, data, split) if mode == "labels" else image_batches(meta, data)
