@@ -227,6 +227,15 @@ def test_anomaly_mode_from_the_cli_eval_predict_export_and_serve(parts, tmp_path
     heat = Image.open(io.BytesIO(base64.b64decode(r["heatmap_png"])))
     assert heat.size == (64, 64) and heat.mode == "L" and r["heatmap_scale"] == pytest.approx(2 * r["threshold"])
 
+    # a camera over a line: a folder of frames through parvis video, a decision per frame
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, path in enumerate(sorted((parts / "test").glob("*/*.png"))[:6]):
+        (frames / f"{i:03d}.png").write_bytes(path.read_bytes())
+    assert main(["video", str(frames), "--model", str(run / "best.pt"), "--out", str(tmp_path / "video")]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "video" / "stream_0.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(x["decision"] in ("OK", "NG") for x in lines)
+
 
 def httpx_post(url: str, body: bytes) -> dict:
     import httpx
