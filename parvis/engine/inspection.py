@@ -31,8 +31,10 @@ from parvis.models.inspection import INSPECTION_CLASSES, DefectSegmenter, PatchC
 
 # PatchCore's feature dimension for the coreset search (a random projection; Roth et al. use 128).
 CORESET_PROJECTION = 128
-# Patches per greedy coreset search (16 images of 32 x 32 patches): see grouped_coreset.
-CORESET_GROUP = 16384
+# Patches per greedy coreset search (1,024 images of 32 x 32 patches, 512 MB of 128-dim features): one
+# search over every patch up to there. Searching per group of 16 images instead was 20x faster (1.7 s vs
+# 32 s for 200 images) but on a varied texture (grass) cost test image AUROC 0.88 -> 0.83.
+CORESET_GROUP = 1 << 20
 
 
 def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
@@ -59,9 +61,10 @@ def greedy_coreset(features: torch.Tensor, count: int, seed: int = 0) -> torch.T
 
 
 def grouped_coreset(features: torch.Tensor, count: int, seed: int = 0, group: int = CORESET_GROUP) -> torch.Tensor:
-    """`greedy_coreset` over consecutive groups of at most `group` rows (a few images' patches), each
-    giving its share of `count`: every greedy step scans one group instead of all rows, so the search
-    costs (rows / group) times less, and the union still covers every group's patches."""
+    """`greedy_coreset` over consecutive groups of at most `group` rows (one group below CORESET_GROUP
+    patches), each giving its share of `count`: every greedy step scans one group instead of all rows,
+    so the search costs (rows / group) times less, and the union still covers every group's patches
+    (less evenly than one search over all of them)."""
     n = len(features)
     groups = max(1, math.ceil(n / group))
     bounds = [round(i * n / groups) for i in range(groups + 1)]
