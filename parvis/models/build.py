@@ -91,10 +91,11 @@ def build_model(
             meta.std, meta.extra["provenance"]["std"] = tuple(float(v) for v in std), "given"
         model = build_zoo_model(meta)
     else:
+        task = MODELS.info(name)["task"]
+        if task == "inspection" and class_names is None and num_classes in (None, 2):
+            class_names = ["good", "defect"]  # every inspection model's two classes (models/inspection.py)
         if num_classes is None:
-            num_classes = (
-                len(class_names) if class_names else (1000 if MODELS.info(name)["task"] == "classification" else 21)
-            )
+            num_classes = len(class_names) if class_names else (1000 if task == "classification" else 21)
         meta = make_meta(
             name, num_classes, class_names, input_size or 224, IMAGENET_MEAN if mean is None else mean,
             IMAGENET_STD if std is None else std,

@@ -31,6 +31,10 @@ from parvis.registry import MODELS
 from parvis.structures import AnomalyMap
 
 INSPECTION_CLASSES = ["good", "defect"]
+# What `build_model("patchcore")` / `build_model("defect_segmenter")` wrap when no inner network is given
+# (parvis train always gives one: --model and --weights).
+DEFAULT_BACKBONE = "torchvision:mobilenet_v2"
+DEFAULT_TRUNK = "unet_small"
 # Memory-bank rows compared at once: bounds the (patches x rows) distance matrix of a batch.
 MEMORY_CHUNK = 4096
 SMOOTH_SIGMA = 4.0
@@ -186,14 +190,18 @@ def backbone_spec(name: str) -> str:
 def patchcore(meta: ModelMeta, backbone: dict | None = None, layers=None, memory_size: int = 1, **_) -> PatchCore:
     """Rebuild a PatchCore from its metadata: `backbone` is the backbone's own ModelMeta dict (its
     layers are rebuilt empty; the checkpoint holds the weights)."""
-    if backbone is None:
-        raise ParvisError("patchcore is built by `parvis train --task inspection --mode anomaly --model BACKBONE`")
-    bmeta = ModelMeta.from_dict(backbone)
-    net = build_model(
-        bmeta.name, bmeta.num_classes, bmeta.class_names, bmeta.input_size, mean=bmeta.mean, std=bmeta.std,
-        **build_options(bmeta),
-    )  # fmt: skip
-    return PatchCore(meta, net, layers or stride_layers(net), memory_size)
+    if backbone is None:  # by name alone: the default backbone, random weights, an empty memory bank
+        net = build_model(DEFAULT_BACKBONE)
+        meta.extra["backbone"] = net.meta.to_dict()
+    else:
+        bmeta = ModelMeta.from_dict(backbone)
+        net = build_model(
+            bmeta.name, bmeta.num_classes, bmeta.class_names, bmeta.input_size, mean=bmeta.mean, std=bmeta.std,
+            **build_options(bmeta),
+        )  # fmt: skip
+    layers = list(layers or stride_layers(net))
+    meta.extra["layers"] = layers
+    return PatchCore(meta, net, layers, memory_size)
 
 
 class DefectSegmenter(InspectionModel):
@@ -220,11 +228,13 @@ class DefectSegmenter(InspectionModel):
 @MODELS.register("defect_segmenter", task="inspection", family="segmentation")
 def defect_segmenter(meta: ModelMeta, trunk: dict | None = None, **_) -> DefectSegmenter:
     """Rebuild from metadata: `trunk` is the segmentation network's own ModelMeta dict."""
-    if trunk is None:
-        raise ParvisError("defect_segmenter is built by `parvis train --task inspection --mode supervised --model M`")
-    tmeta = ModelMeta.from_dict(trunk)
-    net = build_model(
-        tmeta.name, tmeta.num_classes, tmeta.class_names, tmeta.input_size, mean=tmeta.mean, std=tmeta.std,
-        **build_options(tmeta),
-    )  # fmt: skip
+    if trunk is None:  # by name alone: the supervised mode's default segmenter, two classes
+        net = build_model(DEFAULT_TRUNK, 2, list(INSPECTION_CLASSES), meta.input_size, mean=meta.mean, std=meta.std)
+        meta.extra["trunk"] = net.meta.to_dict()
+    else:
+        tmeta = ModelMeta.from_dict(trunk)
+        net = build_model(
+            tmeta.name, tmeta.num_classes, tmeta.class_names, tmeta.input_size, mean=tmeta.mean, std=tmeta.std,
+            **build_options(tmeta),
+        )  # fmt: skip
     return DefectSegmenter(meta, net)

@@ -41,6 +41,12 @@ def batch_for(task: str, num_classes: int, g: torch.Generator):
     return images, targets
 
 
+def trained_models() -> list[str]:
+    """Every registered model trained with gradients: not the inspection wrappers (patchcore is fitted
+    without gradients; defect_segmenter trains its segmentation trunk, which is in this list)."""
+    return [name for name in MODELS.names() if MODELS.info(name)["task"] != "inspection"]
+
+
 def half(targets, rank: int):
     return targets[2 * rank : 2 * rank + 2]
 
@@ -84,4 +90,4 @@ def main(out: Path, names: list[str]) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(Path(sys.argv[1]), sys.argv[2:] or MODELS.names())
+    main(Path(sys.argv[1]), sys.argv[2:] or trained_models())

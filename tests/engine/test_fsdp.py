@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from parvis.models import MODELS
+from tests.engine.fsdp_worker import trained_models
 
 HERE = Path(__file__).parent
 
@@ -19,7 +19,7 @@ TOLERANCE = 1e-4
 @pytest.mark.distributed
 def test_fsdp2_trains_every_registered_model_like_one_process(tmp_path, torchrun):
     torchrun(HERE / "fsdp_worker.py", tmp_path, timeout=900)
-    results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in MODELS.names()}
+    results = {name: json.loads((tmp_path / f"{name}.json").read_text()) for name in trained_models()}
     for name, r in results.items():
         assert not r["missing"], f"{name}: FSDP's state dict lacks {r['missing']}"
         assert r["max_abs_diff"] <= TOLERANCE * max(1.0, r["max_abs_weight"]), (name, r)

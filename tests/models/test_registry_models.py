@@ -45,8 +45,11 @@ def _first_conv(model) -> nn.Conv2d:
 
 # One instance per model for all its cases (pytest groups the tests by this module-scoped parameter).
 # No case takes over 2 s on 2 cores at these sizes, so none is marked slow.
-# Image models (3-channel input); stereo models take a pair and are covered by tests/test_stereo.py
-@pytest.fixture(scope="module", params=[n for n in MODELS.names() if MODELS.info(n)["task"] != "stereo"])
+# Image models with a loss to train: stereo takes pairs (tests/test_stereo.py); inspection models wrap one
+# of these (defect_segmenter) or are fitted without gradients (patchcore): tests/test_inspection.py.
+@pytest.fixture(
+    scope="module", params=[n for n in MODELS.names() if MODELS.info(n)["task"] not in ("stereo", "inspection")]
+)
 def model(request):
     torch.manual_seed(0)
     return build_model(request.param, NUM_CLASSES, input_size=SIZE)
