@@ -253,7 +253,7 @@ def test_supervised_mode_stores_a_threshold_and_bad_input_is_one_line(parts, tmp
                  "--workers", "0", "--out", str(run), "--quiet"])  # fmt: skip
     assert code == 0
     meta = torch.load(run / "best.pt", weights_only=True)["meta"]
-    assert meta["name"] == "defect_segmenter" and meta["extra"]["trunk"]["name"] == "unet_small"
+    assert meta["name"] == "defect_segmenter" and meta["extra"]["segmenter"]["name"] == "unet_small"
     assert "threshold" in meta["extra"] and meta["extra"]["threshold_rule"]["split"] == "val"
     capsys.readouterr()
     # anomaly mode without pretrained weights; a rate outside [0, 1); a classifier as the supervised model

@@ -218,5 +218,5 @@ def fit_anomaly(cfg: TrainConfig, quiet: bool = False) -> dict:
 
 def wrap_segmenter(net: VisionModel, size: int) -> DefectSegmenter:
     """A two-class segmentation network as the supervised mode's inspection model."""
-    extra = {"trunk": net.meta.to_dict(), "mode": "supervised"}
+    extra = {"segmenter": net.meta.to_dict(), "mode": "supervised"}
     return DefectSegmenter(inspection_meta("defect_segmenter", net.meta, size, extra), net)

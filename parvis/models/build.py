@@ -112,7 +112,7 @@ def build_model(
 # Builder options a model records in meta.extra, so a checkpoint rebuilds the same layers:
 # HMSA's trained scale list, a resnet's small-input stem, a stereo network's disparity range, an
 # inspection model's inner network (its own meta), feature layers and memory-bank size.
-BUILD_OPTIONS = ("scales", "stem", "max_disp", "backbone", "trunk", "layers", "memory_size")
+BUILD_OPTIONS = ("scales", "stem", "max_disp", "backbone", "segmenter", "layers", "memory_size")
 
 
 def build_options(meta: ModelMeta) -> dict:

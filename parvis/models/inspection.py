@@ -226,13 +226,13 @@ class DefectSegmenter(InspectionModel):
 
 
 @MODELS.register("defect_segmenter", task="inspection", family="segmentation")
-def defect_segmenter(meta: ModelMeta, trunk: dict | None = None, **_) -> DefectSegmenter:
-    """Rebuild from metadata: `trunk` is the segmentation network's own ModelMeta dict."""
-    if trunk is None:  # by name alone: the supervised mode's default segmenter, two classes
+def defect_segmenter(meta: ModelMeta, segmenter: dict | None = None, **_) -> DefectSegmenter:
+    """Rebuild from metadata: `segmenter` is the segmentation network's own ModelMeta dict."""
+    if segmenter is None:  # by name alone: the supervised mode's default segmenter, two classes
         net = build_model(DEFAULT_TRUNK, 2, list(INSPECTION_CLASSES), meta.input_size, mean=meta.mean, std=meta.std)
-        meta.extra["trunk"] = net.meta.to_dict()
+        meta.extra["segmenter"] = net.meta.to_dict()
     else:
-        tmeta = ModelMeta.from_dict(trunk)
+        tmeta = ModelMeta.from_dict(segmenter)
         net = build_model(
             tmeta.name, tmeta.num_classes, tmeta.class_names, tmeta.input_size, mean=tmeta.mean, std=tmeta.std,
             **build_options(tmeta),
