@@ -277,3 +277,17 @@ def test_roc_points_by_hand_and_thinned():
     assert got == {"fpr": [0.0, 0.0, 0.5, 1.0], "tpr": [0.0, 0.5, 1.0, 1.0]}
     many = roc_points(torch.rand(5000, generator=torch.Generator().manual_seed(0)), torch.arange(5000) % 2, points=50)
     assert len(many["fpr"]) <= 50 and many["fpr"][0] == 0.0 and many["fpr"][-1] == 1.0 and many["tpr"][-1] == 1.0
+
+
+def test_bench_inspection_without_anomalib_keeps_parvis_row_and_says_why(parts, monkeypatch):
+    import importlib.util
+
+    from parvis.bench.inspection import bench_inspection
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "anomalib" else real(name, *a))
+    result = bench_inspection(parts, weights=_mobilenet_weights(), size=64, threads=1)
+    assert [r["method"] for r in result["rows"]] == ["parvis PatchCore"]
+    assert "anomalib is not installed" in result["notes"][0] and result["benchmark"] == "inspection"
+    row = result["rows"][0]
+    assert 0 <= row["image_auroc"] <= 1 and row["ms_per_image"] > 0 and row["image_roc"]["fpr"][-1] == 1.0

@@ -15,6 +15,7 @@ its neighbours and searches all patches at once.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,7 +127,9 @@ def bench_inspection(
     ours = bench_parvis(data, backbone, weights, size, coreset, threads)
     rows, notes = [ours], []
     if peer:
-        if backbone_spec(backbone) != "torchvision:mobilenet_v2":
+        if importlib.util.find_spec("anomalib") is None:
+            notes.append("anomalib is not installed, so its row is missing: pip install anomalib (or the peers extra)")
+        elif backbone_spec(backbone) != "torchvision:mobilenet_v2":
             notes.append(f"anomalib's row needs the same weights in timm's layout, mapped here for mobilenet_v2 only; "
                          f"{backbone} runs without a peer")  # fmt: skip
         else:
