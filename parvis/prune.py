@@ -43,8 +43,8 @@ from parvis.engine.loading import load_trained
 from parvis.engine.trainer import build_trainer
 from parvis.errors import ParvisError
 from parvis.io import atomic_write_text
-from parvis.models import VisionModel, build_model
-from parvis.models.build import build_options
+from parvis.models import VisionModel
+from parvis.models.build import build_from_meta
 
 SCOPES = ("uniform", "global")
 CHECKPOINT_NAME = "pruned.pt"
@@ -124,13 +124,7 @@ def prune_model(model: VisionModel, ratio: float, scope: str = "uniform", round_
 
 def pruned_structure(model: VisionModel) -> dict[str, dict]:
     """{module name: {attribute: value}} where `model`'s layers differ from its registered architecture."""
-    meta = model.meta
-    extra = build_options(meta)
-    fresh = dict(
-        build_model(
-            meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std, **extra
-        ).named_modules()
-    )
+    fresh = dict(build_from_meta(model.meta).named_modules())
     structure: dict[str, dict] = {}
     for name, module in model.named_modules():
         reference = vars(fresh[name])

@@ -14,7 +14,6 @@ its neighbours and searches all patches at once.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from parvis.engine.inspection_metrics import InspectionMetric, roc_points
 from parvis.errors import ParvisError
 from parvis.models.inspection import backbone_spec
 from parvis.runtime import result_header
+from parvis.runtimes.torch_eager import torch_threads
 
 WARMUP = 3
 # torchvision mobilenet_v2's features index of each default PatchCore layer (the peer's layer names).
@@ -46,17 +46,6 @@ def whole_test(root: str | Path, transform) -> torch.utils.data.Dataset:
         return InspectionDataset(root, "test", transform=transform)
     return ConcatDataset([InspectionDataset(root, "val", transform=transform),
                           InspectionDataset(root, "test", transform=transform)])  # fmt: skip
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None):
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _decoded(dataset, batch: int, mean, std) -> list:

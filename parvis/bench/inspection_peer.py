@@ -48,6 +48,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from parvis.engine.inspection_metrics import roc_points
 from parvis.errors import ParvisError
+from parvis.runtimes.torch_eager import torch_threads
 
 TIMM_MODEL = "mobilenetv2_100"
 # torchvision features index (its output is the tap) -> timm module of the same tap.
@@ -214,17 +215,6 @@ def _quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-@contextlib.contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def build_patchcore(weights: str | Path, layers: Sequence[int] = DEFAULT_LAYERS, num_neighbors: int = 9):
     """anomalib's `PatchcoreModel` on timm mobilenetv2_100 carrying torchvision's mobilenet_v2 weights."""
     layers = check_layers(layers)
@@ -271,7 +261,7 @@ def run_anomalib_patchcore(
     if not 0 < coreset_ratio <= 1:
         raise ParvisError(f"coreset_ratio {coreset_ratio}: must be in (0, 1]")
     train, test = mvtec_split(root)
-    with _threads(threads), _quiet():
+    with torch_threads(threads), _quiet():
         model = build_patchcore(weights, layers, num_neighbors)
         from anomalib import __version__  # noqa: PLC0415 - optional peer, present once build_patchcore ran
         from anomalib.models.components.sampling import k_center_greedy  # noqa: PLC0415 - optional peer

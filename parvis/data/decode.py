@@ -180,24 +180,41 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)
 
 
-def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Read a single-channel index mask (PNG, mode L or P) as uint8 (H, W), values kept as stored."""
+def read_single_channel(
+    path: str | Path,
+    modes: tuple[str, ...],
+    what: str,
+    expected: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    not_png: str | None = None,
+) -> np.ndarray:
+    """A label or value map (masks, disparity) as the array PIL stores, when its mode is one of `modes`.
+    BadSampleError names the file: `{what} has mode M; expected {expected}`, a corrupt file, too many
+    pixels, and with `not_png` (the reason to give) a file that is not a PNG."""
     path = Path(path)
     data = read_bytes(path)
+    if not_png is not None and not is_png(data):
+        raise BadSampleError(path, not_png, kind="format")
     height, width = image_size(data, path)
     check_pixels(height, width, path, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise BadSampleError(
-                    path, f"mask has mode {im.mode}; expected a single-channel index PNG (mode L or P)"
-                )
-            mask = np.array(im)  # a copy: np.asarray of a PIL image is read-only, which torch warns about
-    except BadSampleError:
-        raise
+            mode = im.mode
+            # a copy: np.asarray of a PIL image is read-only, which torch warns about
+            array = np.array(im) if mode in modes else None
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise BadSampleError(path, f"corrupt or truncated mask ({exc}); re-create or remove it") from None
+        raise BadSampleError(path, f"corrupt or truncated {what} ({exc}); re-create or remove it") from None
+    if array is None:
+        raise BadSampleError(path, f"{what} has mode {mode}; expected {expected}")
+    return array
+
+
+def read_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Read a single-channel index mask (PNG, mode L or P) as uint8 (H, W), values kept as stored."""
+    mask = read_single_channel(
+        path, ("L", "P", "I", "I;16"), "mask", "a single-channel index PNG (mode L or P)", max_pixels
+    )
     if mask.dtype != np.uint8:
         # 16/32-bit masks: casting would silently wrap label 256 to 0, so refuse ids that do not fit.
         if mask.size and (mask.min() < 0 or mask.max() > 255):

@@ -15,18 +15,16 @@ it is. MVTec AD has no val/: asking for "val" then takes every 2nd image of each
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from parvis.data.datasets import FileDataset, LayoutError, Transform, list_images
-from parvis.data.decode import MAX_IMAGE_PIXELS, check_pixels, decode, image_size, is_png, read_bytes, to_tensor
+from parvis.data.decode import MAX_IMAGE_PIXELS, decode, image_size, read_bytes, read_single_channel, to_tensor
 from parvis.errors import BadSampleError
 
 SPLITS = ("train", "val", "test")
@@ -81,24 +79,10 @@ def mask_path(root: str | Path, split: str, family: str, relative: Path | str) -
 def read_defect_mask(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A defect mask as uint8 (H, W), values as stored (0 good, > 0 defect); BadSampleError names the file
     when it is not a single-channel 8-bit PNG."""
-    path = Path(path)
-    data = read_bytes(path)
-    if not is_png(data):
-        raise BadSampleError(path, "not a PNG; defect masks are 8-bit single-channel PNGs (0 good, 255 defect)")
-    height, width = image_size(data, path)
-    check_pixels(height, width, path, max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            mode = im.mode
-            mask = np.array(im) if mode in MASK_MODES else None
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise BadSampleError(path, f"corrupt or truncated mask ({exc}); re-create or remove it") from None
-    if mask is None:
-        raise BadSampleError(
-            path, f"mask has mode {mode}; expected an 8-bit single-channel PNG (mode L: 0 good, 255 defect)"
-        )
-    return mask
+    return read_single_channel(
+        path, MASK_MODES, "mask", "an 8-bit single-channel PNG (mode L: 0 good, 255 defect)", max_pixels,
+        not_png="not a PNG; defect masks are 8-bit single-channel PNGs (0 good, 255 defect)",
+    )  # fmt: skip
 
 
 def size_message(mask_shape: tuple[int, ...], image_name: str, height: int, width: int) -> str:

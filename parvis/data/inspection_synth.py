@@ -27,7 +27,6 @@ byte-identical whatever the number of workers.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -40,11 +39,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from parvis.data.inspection import GOOD, GROUND_TRUTH, MASK_SUFFIX
-from parvis.data.synth import _default_workers, _RateColumn
+from parvis.data.synth import _default_workers, run_chunks
 from parvis.errors import ParvisError
 
 PROCEDURAL_TEXTURES = ("metal", "fabric", "wood")
@@ -526,36 +523,6 @@ def check_args(n: int, size: int, texture: str, seed: int, workers: int | None) 
         raise ParvisError(f"workers must be an integer >= 1, got {workers!r}")
 
 
-def _run_chunks(jobs: list, worker: Callable, workers: int, total: int, description: str, progress: bool) -> list:
-    """Every job's results, in a pool of ``workers`` processes, with a progress bar of ``total`` items."""
-    results: list = []
-    bar = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-    )
-    if workers == 1:
-        with bar:
-            task = bar.add_task(description, total=total)
-            for job in jobs:
-                done = worker(job)
-                results += done
-                bar.advance(task, len(done))
-        return results
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    # The pool forks before the progress bar starts its refresh thread.
-    with multiprocessing.get_context(method).Pool(workers) as pool, bar:
-        task = bar.add_task(description, total=total)
-        for done in pool.imap_unordered(worker, jobs):
-            results += done
-            bar.advance(task, len(done))
-    return results
-
-
 def synthesize_inspection(
     out: str | Path,
     n: int = 400,
@@ -593,7 +560,7 @@ def synthesize_inspection(
         chunk = max(1, min(16, math.ceil(n / (workers * 8))))
         jobs = [(str(tmp), texture, size, seed, plan[s : s + chunk]) for s in range(0, n, chunk)]
         workers = min(workers, len(jobs))
-        records = _run_chunks(jobs, _render_chunk, workers, n, f"inspection {texture} {size}px", progress)
+        records = run_chunks(jobs, _render_chunk, workers, n, f"inspection {texture} {size}px", progress)
         counts = {
             split: {family: sum(r[:2] == (split, family) for r in records) for family in (GOOD, *FAMILIES)}
             for split in ("train", "val", "test")

@@ -13,7 +13,6 @@ A left pixel (x, y) with disparity d shows the surface point that the right imag
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +23,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from parvis.data.datasets import FileDataset, LayoutError, Transform, list_images
-from parvis.data.decode import MAX_IMAGE_PIXELS, check_pixels, image_size, is_png, read_bytes
+from parvis.data.decode import MAX_IMAGE_PIXELS, check_pixels, read_bytes, read_single_channel
 from parvis.errors import BadSampleError
 
 SIDES = ("left", "right")
@@ -85,22 +84,11 @@ def read_disparity(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> np.n
         if disparity.ndim == 3:
             raise BadSampleError(path, "PFM has 3 channels (PF); a disparity map has one (Pf)", kind="format")
         return disparity
-    data = read_bytes(path)
-    if not is_png(data):
-        raise BadSampleError(path, "not a PNG; disparity maps are 16-bit PNG (KITTI) or PFM", kind="format")
-    height, width = image_size(data, path)
-    check_pixels(height, width, path, max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            mode = im.mode
-            stored = np.array(im) if mode in ("I;16", "I;16B", "I") else None
-    except Exception as exc:  # PIL raises many types for corrupt data
-        raise BadSampleError(path, f"corrupt or truncated PNG ({exc}); re-create or remove it") from None
-    if stored is None:
-        raise BadSampleError(
-            path, f"disparity PNG has mode {mode}; expected 16-bit grey (KITTI: value = disparity x 256, 0 = invalid)"
-        )
+    stored = read_single_channel(
+        path, ("I;16", "I;16B", "I"), "disparity PNG",
+        "16-bit grey (KITTI: value = disparity x 256, 0 = invalid)", max_pixels,
+        not_png="not a PNG; disparity maps are 16-bit PNG (KITTI) or PFM",
+    )  # fmt: skip
     if stored.size and (stored.min() < 0 or stored.max() > 65535):
         raise BadSampleError(path, "disparity PNG holds values outside 0..65535; expected 16-bit grey")
     disparity = stored.astype(np.float32) / np.float32(PNG_SCALE)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import colorsys
 import math
-import multiprocessing
 import os
 import shutil
 import time
@@ -39,11 +38,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from parvis.data.stereo import DISPARITY_DIR, PNG_SCALE, SIDES, encode_disparity_png
-from parvis.data.synth import _default_workers, _RateColumn
+from parvis.data.synth import _default_workers, run_chunks
 from parvis.errors import ParvisError
 
 MIN_WIDTH, MIN_HEIGHT = 32, 16
@@ -411,30 +408,7 @@ def synthesize_stereo(
         ]
         workers = min(workers, len(jobs))
         records: list[tuple[int, str, int]] = []
-        bar = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not progress,
-        )
-        description = f"stereo {width}x{height}"
-        if workers == 1:
-            with bar:
-                task = bar.add_task(description, total=n)
-                for job in jobs:
-                    records += _render_chunk(job)
-                    bar.advance(task, len(job[4]))
-        else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            # The pool forks before the progress bar starts its refresh thread.
-            with multiprocessing.get_context(method).Pool(workers) as pool, bar:
-                task = bar.add_task(description, total=n)
-                for done in pool.imap_unordered(_render_chunk, jobs):
-                    records += done
-                    bar.advance(task, len(done))
+        records += run_chunks(jobs, _render_chunk, workers, n, f"stereo {width}x{height}", progress)
         records.sort()
         counts = {split: sum(s == split for _, s, _ in records) for split in ("train", "val")}
         meta = {

@@ -24,6 +24,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -385,6 +386,37 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:.0f} img/s" if speed else "? img/s", style="progress.data.speed")
 
 
+def run_chunks(jobs: list, worker: Callable, workers: int, total: int, description: str, progress: bool) -> list:
+    """Every job's results (each job returns a list, one item per image), in a pool of ``workers``
+    processes, with a progress bar of ``total`` items: the loop the synthetic-data generators share."""
+    results: list = []
+    bar = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    )
+    if workers == 1:
+        with bar:
+            task = bar.add_task(description, total=total)
+            for job in jobs:
+                done = worker(job)
+                results += done
+                bar.advance(task, len(done))
+        return results
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # The pool forks before the progress bar starts its refresh thread.
+    with multiprocessing.get_context(method).Pool(workers) as pool, bar:
+        task = bar.add_task(description, total=total)
+        for done in pool.imap_unordered(worker, jobs):
+            results += done
+            bar.advance(task, len(done))
+    return results
+
+
 def _default_workers() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -499,29 +531,7 @@ def synthesize(
         ]
         workers = min(workers, len(jobs))
         records = []
-        bar = Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not progress,
-        )
-        if workers == 1:
-            with bar:
-                task = bar.add_task(f"shapes {size}px", total=n)
-                for job in jobs:
-                    records += _render_chunk(job)
-                    bar.advance(task, len(job[3]))
-        else:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            # The pool forks before the progress bar starts its refresh thread.
-            with multiprocessing.get_context(method).Pool(workers) as pool, bar:
-                task = bar.add_task(f"shapes {size}px", total=n)
-                for done in pool.imap_unordered(_render_chunk, jobs):
-                    records += done
-                    bar.advance(task, len(done))
+        records += run_chunks(jobs, _render_chunk, workers, n, f"shapes {size}px", progress)
         records.sort()
         _write_outputs(tmp, records, size, seed)
         os.replace(tmp, out)

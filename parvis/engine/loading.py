@@ -19,7 +19,7 @@ from parvis.artifact import Preprocess, apply_given
 from parvis.engine.checkpoint import load_checkpoint, save_checkpoint
 from parvis.errors import ParvisError
 from parvis.models import MODELS, ModelMeta, VisionModel, build_model
-from parvis.models.build import build_options, file_num_classes, resolve_weights
+from parvis.models.build import build_from_meta, file_num_classes, resolve_weights
 from parvis.models.zoo import is_zoo_name, zoo_task
 
 # What a file given as MODEL may be besides an artifact: a parvis checkpoint.
@@ -32,10 +32,7 @@ def load_trained(path: str | Path, device: torch.device, use_ema: bool = False) 
     if not isinstance(state.get("meta"), dict) or "model" not in state:
         raise ParvisError(f"{path}: has no model metadata; it is not a checkpoint written by parvis train")
     meta = ModelMeta.from_dict(state["meta"])
-    extra = build_options(meta)
-    model = build_model(
-        meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std, **extra
-    )
+    model = build_from_meta(meta)
     # The checkpoint's own metadata (zoo provenance, crop_pct, ...) wins over the rebuilt one.
     model.meta = meta
     weights = state["ema"] if use_ema and state.get("ema") else state["model"]

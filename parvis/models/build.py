@@ -119,6 +119,16 @@ def build_options(meta: ModelMeta) -> dict:
     return {key: meta.extra[key] for key in BUILD_OPTIONS if key in meta.extra}
 
 
+def build_from_meta(meta: ModelMeta | dict) -> VisionModel:
+    """The layers `meta` (a ModelMeta or its dict) describes, with fresh weights: what a checkpoint, a
+    pruned model's reference or an inspection model's inner network is rebuilt from."""
+    meta = meta if isinstance(meta, ModelMeta) else ModelMeta.from_dict(meta)
+    return build_model(
+        meta.name, meta.num_classes, meta.class_names, meta.input_size, mean=meta.mean, std=meta.std,
+        **build_options(meta),
+    )  # fmt: skip
+
+
 def resolve_weights(name: str, weights: str | Path) -> Path:
     """A weights argument as a file: the path itself, or (zoo models) `default` / a tag in the caches."""
     path = Path(weights)

@@ -26,7 +26,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from parvis.errors import ParvisError
 from parvis.models.base import ModelMeta, SegmentationModel, VisionModel
-from parvis.models.build import build_model, build_options
+from parvis.models.build import build_from_meta, build_model
 from parvis.registry import MODELS
 from parvis.structures import AnomalyMap
 
@@ -194,11 +194,7 @@ def patchcore(meta: ModelMeta, backbone: dict | None = None, layers=None, memory
         net = build_model(DEFAULT_BACKBONE)
         meta.extra["backbone"] = net.meta.to_dict()
     else:
-        bmeta = ModelMeta.from_dict(backbone)
-        net = build_model(
-            bmeta.name, bmeta.num_classes, bmeta.class_names, bmeta.input_size, mean=bmeta.mean, std=bmeta.std,
-            **build_options(bmeta),
-        )  # fmt: skip
+        net = build_from_meta(backbone)
     layers = list(layers or stride_layers(net))
     meta.extra["layers"] = layers
     return PatchCore(meta, net, layers, memory_size)
@@ -232,9 +228,5 @@ def defect_segmenter(meta: ModelMeta, segmenter: dict | None = None, **_) -> Def
         net = build_model(DEFAULT_TRUNK, 2, list(INSPECTION_CLASSES), meta.input_size, mean=meta.mean, std=meta.std)
         meta.extra["segmenter"] = net.meta.to_dict()
     else:
-        tmeta = ModelMeta.from_dict(segmenter)
-        net = build_model(
-            tmeta.name, tmeta.num_classes, tmeta.class_names, tmeta.input_size, mean=tmeta.mean, std=tmeta.std,
-            **build_options(tmeta),
-        )  # fmt: skip
+        net = build_from_meta(segmenter)
     return DefectSegmenter(meta, net)

@@ -16,7 +16,8 @@ from parvis.runtimes.base import Runtime
 
 
 @contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
+    """torch's intra-op thread count set to `n` for the block (unchanged when `n` is None), then restored."""
     if not n:
         yield
         return
@@ -75,7 +76,7 @@ class TorchRuntime(Runtime):
         x = x.to(self.device, torch.float32).detach()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _threads(self.threads), rt.autocast(self.precision):
+        with torch_threads(self.threads), rt.autocast(self.precision):
             out = self.forward(x)
         return out.float()
 
@@ -92,7 +93,7 @@ class TorchRuntime(Runtime):
         x = images.to(self.device, torch.float32)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _threads(self.threads), rt.autocast(self.precision):
+        with torch_threads(self.threads), rt.autocast(self.precision):
             return planes_of(x, planes).float()
 
     def info(self) -> dict:
