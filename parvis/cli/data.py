@@ -83,12 +83,7 @@ def run_synth(args) -> int:
         return run_synth_inspection(args)
     from parvis.data.synth import synthesize
 
-    size = 128
-    if args.size is not None:
-        try:
-            size = int(args.size)
-        except ValueError:
-            raise ParvisError(f"--size must be a whole number of pixels, got {args.size!r}") from None
+    size = _whole_size(args.size, 128)
     con = console()
     result = synthesize(
         args.out,
@@ -178,12 +173,7 @@ def run_synth_inspection(args) -> int:
 
     if args.val_fraction is not None:
         raise ParvisError("--val-fraction does not apply to --task inspection: its splits are fixed (see the docs)")
-    size = 256
-    if args.size is not None:
-        try:
-            size = int(args.size)
-        except ValueError:
-            raise ParvisError(f"--size must be a whole number of pixels, got {args.size!r}") from None
+    size = _whole_size(args.size, 256)
     con = console()
     result = synthesize_inspection(
         args.out,
@@ -277,3 +267,15 @@ def _print_summary(report, con) -> None:
 
 def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _whole_size(value, default: int) -> int:
+    """--size as a whole number of pixels (`default` when not given), else a one-line error."""
+    from parvis.errors import ParvisError
+
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ParvisError(f"--size must be a whole number of pixels, got {value!r}") from None
