@@ -519,6 +519,25 @@ def configure_host_allocator() -> dict[str, object]:
     return _ALLOCATOR_STATE
 
 
+@contextlib.contextmanager
+def plain_host_allocator():
+    """Within the block, blocks above 32 MiB are mmap()ed and returned again (glibc's own ceiling), when
+    `configure_host_allocator` raised it: for code parvis does not control. anomalib's coreset search
+    allocates a 247 MB temporary per pick; kept in the heap, fragmentation grew the process by 1.5 GB a
+    second until the OOM killer stopped it."""
+    mmap_mb = _ALLOCATOR_STATE.get("mmap_threshold_mb") if _ALLOCATOR_STATE.get("tuned") else None
+    if not mmap_mb or mmap_mb <= 32:
+        yield
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD
+    libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        libc.mallopt(-3, mmap_mb * 2**20)
+
+
 # --------------------------------------------------------------------------- seeding
 
 

@@ -58,6 +58,43 @@ def test_memory_bank_longer_than_one_chunk_finds_the_same_nearest_row(monkeypatc
     assert torch.allclose(whole, brute, atol=1e-3) and torch.allclose(chunked, brute, atol=1e-3)
 
 
+def test_image_score_reweights_the_top_patch_by_its_memory_neighbourhood_by_hand():
+    """PatchCore's eq. 7: s* x (1 - softmax(distances to m* and its nearest rows)[m*]); with 4 rows
+    every row is in each row's neighbourhood, so the distances are all four."""
+    model = _patchcore()
+    c = model.feature_dim
+    e = torch.zeros(1, c, 1, 2)
+    e[0, 0, 0, 0] = -3.0  # the top patch: distance 3 to row 0 at x = 0
+    e[0, 0, 0, 1] = 0.5  # a closer patch: not the one scored
+    for xs in ([0.0, 1.0, 10.0, 11.0], [0.0, 0.1, 0.2, 0.3]):
+        bank = torch.zeros(4, c)
+        bank[:, 0] = torch.tensor(xs)
+        model.set_memory(bank)
+        assert model.support[0, 0] == 0 and sorted(model.support[0].tolist()) == [0, 1, 2, 3]
+        distances, rows = model.nearest(e)
+        assert rows[0, 0] == 0
+        spread = torch.tensor([3.0 + x for x in xs], dtype=torch.float64)
+        expected = 3.0 * (1 - math.exp(3.0) / float(spread.exp().sum()))
+        assert float(model.image_scores(e, distances, rows)[0]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_the_maps_maximum_is_the_image_score():
+    model = _patchcore()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        e = model.embed(torch.randn(3, 3, 64, 64, generator=gen))
+        model.set_memory(e.permute(0, 2, 3, 1).reshape(-1, model.feature_dim)[::5])
+        x = torch.randn(2, 3, 64, 64, generator=gen)
+        emb = model.embed(x)
+        score = model.image_scores(emb, *model.nearest(emb))
+        maps = model(x)
+    assert torch.allclose(maps.flatten(1).amax(1), score, rtol=1e-5)
+    state = {k: v for k, v in model.state_dict().items() if k != "support"}  # a bank fitted before eq. 7
+    again = _patchcore(memory=len(model.memory))
+    again.load_state_dict(state)
+    assert torch.equal(again.support, model.support)
+
+
 def test_greedy_coreset_picks_the_farthest_points_first():
     # points on a line: from any start, k-center takes the far ends and then the middle cluster
     x = torch.tensor([[0.0], [0.1], [10.0], [10.1], [20.0], [20.1]])

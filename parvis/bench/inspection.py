@@ -7,9 +7,13 @@ backbone weights, feature layers (stride 8 and 16) and memory-bank share (`cores
 anomalib's own default of 10% makes its greedy search run for about an hour on 200 images on a 2-core
 CPU). fit_s is feature extraction plus the coreset search, images already decoded; ms_per_image is the
 mean over the test images of one forward at batch 1 in eager PyTorch fp32, after 3 warm-up images,
-decoding excluded. What differs is each implementation's own: parvis scores an image by the maximum of
-its smoothed map and searches the coreset per group of 16 images; anomalib reweights the top patch by
-its neighbours and searches all patches at once.
+decoding excluded. Both score an image as PatchCore does (the top patch's distance reweighted by its
+memory neighbourhood) and search the coreset over all patches at once; `seed` seeds both searches
+(their random starts and projections). What differs is each implementation's own: parvis searches on
+the features themselves up to 128 dimensions and on a dense Gaussian projection to 128 above that,
+anomalib on a sparse projection to the Johnson-Lindenstrauss dimension (eps 0.9); parvis computes
+distances in chunks of the memory bank, scales its map so that the maximum is the image score, and
+smooths before that scaling.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ def bench_inspection(
     threads: int | None = None,
     peer: bool = True,
     progress: Callable[[str], None] | None = None,
+    seed: int = 0,
 ) -> dict:
     """Both methods on `data` (see the module docstring); rows, settings and notes as JSON-ready values."""
     if weights is None:
@@ -113,7 +118,7 @@ def bench_inspection(
     threads = threads or torch.get_num_threads()
     say = progress or (lambda _m: None)
     say("parvis PatchCore: fit and score")
-    ours = bench_parvis(data, backbone, weights, size, coreset, threads)
+    ours = bench_parvis(data, backbone, weights, size, coreset, threads, seed)
     rows, notes = [ours], []
     if peer:
         if importlib.util.find_spec("anomalib") is None:
@@ -125,7 +130,7 @@ def bench_inspection(
             say("anomalib PatchCore: fit and score (slow: its coreset search scans every patch per pick)")
             layers = tuple(PEER_LAYERS[name] for name in ours["layers"])
             theirs = run_anomalib_patchcore(data, weights, layers=layers, image_size=size, coreset_ratio=coreset,
-                                            threads=threads)  # fmt: skip
+                                            threads=threads, seed=seed)  # fmt: skip
             theirs = {"method": "anomalib PatchCore", "pro": None, **theirs}
             rows.append(theirs)
             ours["vs_anomalib"] = {
@@ -143,6 +148,7 @@ def bench_inspection(
         "weights": str(weights),
         "image_size": size,
         "coreset": coreset,
+        "seed": seed,
         "threads": threads,
         "precision": "fp32",
         "rows": rows,

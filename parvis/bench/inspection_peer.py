@@ -48,6 +48,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from parvis.engine.inspection_metrics import roc_points
 from parvis.errors import ParvisError
+from parvis.runtime import plain_host_allocator
 from parvis.runtimes.torch_eager import torch_threads
 
 TIMM_MODEL = "mobilenetv2_100"
@@ -246,6 +247,7 @@ def run_anomalib_patchcore(
     coreset_ratio: float = 0.1,
     num_neighbors: int = 9,
     threads: int | None = None,
+    seed: int = 0,
 ) -> dict:
     """Fit anomalib's PatchCore on root/train/good and score root/test (MVTec AD layout), on CPU.
 
@@ -254,14 +256,15 @@ def run_anomalib_patchcore(
     (bilinear, antialiased), ImageNet mean/std. fit_s: feature extraction (batches of TRAIN_BATCH) plus
     k-center-greedy coreset, images already decoded. ms_per_image: mean wall time of the model's
     inference (pred_score and anomaly_map) per test image at batch 1, after WARMUP passes; image
-    decoding and the map's resize to the mask are not timed. The coreset's random start is seeded
-    (0) without touching the caller's random state. Warnings and log lines are silenced while it runs.
+    decoding and the map's resize to the mask are not timed. The coreset's random start (torch) and
+    its random projection (numpy's global generator, through scikit-learn) are seeded with `seed`
+    without touching the caller's random state. Warnings and log lines are silenced while it runs.
     """
     layers = check_layers(layers)
     if not 0 < coreset_ratio <= 1:
         raise ParvisError(f"coreset_ratio {coreset_ratio}: must be in (0, 1]")
     train, test = mvtec_split(root)
-    with torch_threads(threads), _quiet():
+    with torch_threads(threads), _quiet(), plain_host_allocator():
         model = build_patchcore(weights, layers, num_neighbors)
         from anomalib import __version__  # noqa: PLC0415 - optional peer, present once build_patchcore ran
         from anomalib.models.components.sampling import k_center_greedy  # noqa: PLC0415 - optional peer
@@ -272,14 +275,19 @@ def run_anomalib_patchcore(
         with torch.no_grad():
             for i in range(0, len(train_images), TRAIN_BATCH):
                 model(train_images[i : i + TRAIN_BATCH])
-        # The coreset's tqdm bar would print to the terminal; its random start is seeded for repeatability.
+        # The coreset's tqdm bar would print to the terminal; its random start and projection are seeded.
         quiet_tqdm = functools.partial(k_center_greedy.tqdm, disable=True)
         # no_grad: anomalib's search otherwise kept every step's (patches x dims) difference for a backward
         # that never comes (a 24 GB RSS on 200 images at 256 px, killed by the OOM killer)
         with torch.random.fork_rng(devices=[]), mock.patch.object(k_center_greedy, "tqdm", quiet_tqdm):
-            torch.manual_seed(0)
-            with torch.no_grad():
-                model.subsample_embedding(coreset_ratio)
+            torch.manual_seed(seed)
+            numpy_state = np.random.get_state()
+            np.random.seed(seed)
+            try:
+                with torch.no_grad():
+                    model.subsample_embedding(coreset_ratio)
+            finally:
+                np.random.set_state(numpy_state)
         fit_s = time.perf_counter() - start
 
         model.eval()

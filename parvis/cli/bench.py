@@ -853,6 +853,7 @@ def add_inspection_parser(bsub) -> None:
     p.add_argument("--coreset", type=float, default=0.01, help="memory bank share of the patches, both methods")
     p.add_argument("--threads", type=int, default=None, help="threads for both (default: all cores)")
     p.add_argument("--no-peer", dest="peer", action="store_false", help="parvis's row only")
+    p.add_argument("--seed", type=int, default=0, help="seed of both coreset searches (default 0)")
     p.add_argument("--json", metavar="OUT", default=None)
     p.set_defaults(func=run_inspection)
 
@@ -863,10 +864,11 @@ def run_inspection(args) -> int:
     con = console()
     with con.status("bench inspection...") as status:
         result = bench_inspection(args.data, args.backbone, args.weights, args.size, args.coreset, args.threads,
-                                  args.peer, progress=lambda m: status.update(f"bench inspection: {m}"))  # fmt: skip
+                                  args.peer, progress=lambda m: status.update(f"bench inspection: {m}"),
+                                  seed=args.seed)  # fmt: skip
     table = _table(
-        f"inspection: {result['backbone']} at {result['image_size']} px, coreset {result['coreset']:.0%}, "
-        f"{result['threads']} threads, eager fp32 on the CPU",
+        f"inspection: {result['backbone']} at {result['image_size']} px, coreset {result['coreset']:.0%} "
+        f"(seed {result['seed']}), {result['threads']} threads, eager fp32 on the CPU",
         ["method", "image AUROC", "pixel AUROC", "PRO", "fit s", "ms/image", "memory bank", "train", "test"],
     )
     for r in result["rows"]:

@@ -9,8 +9,12 @@ families share that contract, so export, the runtimes, serve, predict and video 
   (stride 8 and 16 by default), each averaged over its 3x3 neighbourhood, the deeper one upsampled and
   concatenated: one embedding per 8x8-pixel patch. Training keeps a coreset of the good parts' patch
   embeddings (the memory bank); a patch's score is its distance to the nearest one. The map is
-  upsampled to the input size and smoothed with a Gaussian (sigma 4 px). All of it is tensor algebra
-  (matmul, min, interpolate, conv), so one ONNX graph computes what the checkpoint computes.
+  upsampled to the input size and smoothed with a Gaussian (sigma 4 px). The image score is PatchCore's
+  own (Roth et al., eq. 7; anomalib's too): the most anomalous patch's distance, reweighted by how
+  isolated its nearest memory row is among that row's 9 nearest rows. The map is scaled per image so
+  that its maximum is that score (the contract above); within an image the ranking of pixels is
+  unchanged. All of it is tensor algebra (matmul, min, gather, interpolate, conv), so one ONNX graph
+  computes what the checkpoint computes.
 - `DefectSegmenter` (supervised mode, defect examples exist): a registered segmentation network with
   two classes (good, defect); the map is the defect probability.
 """
@@ -38,6 +42,10 @@ DEFAULT_TRUNK = "unet_small"
 # Memory-bank rows compared at once: bounds the (patches x rows) distance matrix of a batch.
 MEMORY_CHUNK = 4096
 SMOOTH_SIGMA = 4.0
+# Memory rows around the top patch's nearest row that reweight the image score (PatchCore's b; anomalib's
+# num_neighbors). On a varied texture (grass) it raised test image AUROC from 0.881 (the map's maximum)
+# to 0.905, anomalib's 0.908.
+SUPPORT = 9
 
 
 class InspectionModel(VisionModel):
@@ -119,7 +127,9 @@ class PatchCore(InspectionModel):
         self.register_buffer("memory", torch.zeros(memory_size, self.feature_dim))
         self.register_buffer("memory_sq", torch.zeros(memory_size))
         self.register_buffer("center", torch.zeros(self.feature_dim))
+        self.register_buffer("support", torch.zeros(memory_size, min(SUPPORT, memory_size), dtype=torch.long))
         self.register_buffer("smooth", gaussian_kernel(SMOOTH_SIGMA))
+        self._register_load_state_dict_pre_hook(_fill_support)
         for p in self.features.parameters():
             p.requires_grad_(False)
 
@@ -149,33 +159,82 @@ class PatchCore(InspectionModel):
         bank = bank - self.center
         self.memory = bank.contiguous()
         self.memory_sq = (bank * bank).sum(1)
+        self.support = support_rows(bank)
         self.meta.extra["memory_size"] = int(bank.shape[0])
 
-    def patch_scores(self, embedding: Tensor) -> Tensor:
-        """(B, 1, h, w): each patch's Euclidean distance to its nearest memory row, as
+    def nearest(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, h*w) each patch's Euclidean distance to its nearest memory row and that row's index, as
         sqrt(|e|^2 - 2 e.m + |m|^2) over chunks of the memory bank (a fixed loop: exports unrolled)."""
         b, c, h, w = embedding.shape
         e = embedding.permute(0, 2, 3, 1).reshape(b * h * w, c) - self.center
         e_sq = (e * e).sum(1, keepdim=True)
-        best = None
+        best = rows = None
         for start in range(0, self.memory.shape[0], MEMORY_CHUNK):
             m = self.memory[start : start + MEMORY_CHUNK]
-            d = e_sq - 2 * (e @ m.t()) + self.memory_sq[start : start + MEMORY_CHUNK][None]
-            d = d.amin(1)
-            best = d if best is None else torch.minimum(best, d)
-        return best.clamp(min=0).sqrt().reshape(b, 1, h, w)
+            d, i = (e_sq - 2 * (e @ m.t()) + self.memory_sq[start : start + MEMORY_CHUNK][None]).min(1)
+            if best is None:
+                best, rows = d, i
+            else:
+                closer = d < best
+                best, rows = torch.where(closer, d, best), torch.where(closer, i + start, rows)
+        return best.clamp(min=0).sqrt().reshape(b, h * w), rows.reshape(b, h * w)
+
+    def patch_scores(self, embedding: Tensor) -> Tensor:
+        """(B, 1, h, w): each patch's distance to its nearest memory row."""
+        b, _, h, w = embedding.shape
+        return self.nearest(embedding)[0].reshape(b, 1, h, w)
+
+    def image_scores(self, embedding: Tensor, distances: Tensor, rows: Tensor) -> Tensor:
+        """(B,) PatchCore's image score (Roth et al., eq. 7): the top patch's distance s* to its nearest
+        memory row m*, times 1 - softmax(the patch's distances to m* and m*'s other nearest rows)[m*].
+        Where m* sits among close rows (a common good pattern) the weight is about 1 - 1/k; where its
+        neighbours are far from the patch it is near 1. anomalib computes the same."""
+        b, c = embedding.shape[:2]
+        top = distances.argmax(1, keepdim=True)  # (B, 1)
+        score = distances.gather(1, top)[:, 0]
+        if self.support.shape[1] < 2:
+            return score
+        feature = embedding.flatten(2).transpose(1, 2).gather(1, top[:, :, None].expand(b, 1, c)) - self.center
+        around = self.memory[self.support[rows.gather(1, top)[:, 0]]]  # (B, k, C)
+        spread = (around - feature).square().sum(2).clamp(min=0).sqrt()
+        return score * (1 - torch.softmax(spread, 1)[:, 0])
 
     def forward(self, images: Tensor) -> Tensor:
         embedding = self.embed(images)
         kind = images.device.type
         if torch.is_autocast_enabled(kind):  # distances in float32: bf16's 8 bits cancel in |e|^2 - 2 e.m + |m|^2
             with torch.autocast(kind, enabled=False):
-                scores = self.patch_scores(embedding.float())
+                distances, rows = self.nearest(embedding.float())
+                score = self.image_scores(embedding.float(), distances, rows)
         else:
-            scores = self.patch_scores(embedding)
-        scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            distances, rows = self.nearest(embedding)
+            score = self.image_scores(embedding, distances, rows)
+        b, _, h, w = embedding.shape
+        scores = F.interpolate(distances.reshape(b, 1, h, w), size=images.shape[-2:], mode="bilinear",
+                               align_corners=False)  # fmt: skip
         pad = self.smooth.shape[-1] // 2
-        return F.conv2d(F.pad(scores, (pad, pad, pad, pad), mode="reflect"), self.smooth)
+        heat = F.conv2d(F.pad(scores, (pad, pad, pad, pad), mode="reflect"), self.smooth)
+        peak = heat.flatten(1).amax(1).clamp(min=1e-12)
+        return heat * (score / peak)[:, None, None, None]
+
+
+def support_rows(bank: Tensor, k: int = SUPPORT, chunk: int = MEMORY_CHUNK) -> Tensor:
+    """(N, min(k, N)) each memory row's k nearest rows, itself first (the image score's neighbourhood)."""
+    k = min(k, len(bank))
+    sq = (bank * bank).sum(1)
+    parts = []
+    for start in range(0, len(bank), chunk):
+        rows = bank[start : start + chunk]
+        d = sq[start : start + chunk, None] - 2 * rows @ bank.t() + sq[None]
+        d[torch.arange(len(rows)), torch.arange(start, start + len(rows))] = -1.0  # itself first, even on ties
+        parts.append(d.topk(k, 1, largest=False).indices)
+    return torch.cat(parts)
+
+
+def _fill_support(state: dict, prefix: str, *args) -> None:
+    """Checkpoints fitted before the image score was reweighted have no support rows: compute them."""
+    if prefix + "memory" in state and prefix + "support" not in state:
+        state[prefix + "support"] = support_rows(state[prefix + "memory"].float())
 
 
 def backbone_spec(name: str) -> str:
