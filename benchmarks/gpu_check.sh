@@ -46,9 +46,17 @@ step train_precisions $P bench train resnet18 --size 128 --batch 32 --steps 5 --
     --data "$WORK/shapes" --json "$WORK/bench-train.json"
 step train_fp16_gradscaler $P train --task classification --model resnet18 --data "$WORK/shapes" --epochs 1 \
     --size 64 --device cuda --precision fp16 --out "$WORK/fp16" --quiet
-step ddp_nccl_one_process $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m parvis train \
-    --task classification --model convnet_small --data "$WORK/shapes" --epochs 1 --size 64 --device cuda \
-    --out "$WORK/ddp" --quiet
+# NCCL DDP needs a GPU per rank (NCCL refuses two ranks on one GPU); a world of one forms no process group,
+# so with one GPU this step checks only that a torchrun-launched run trains on it.
+GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
+if [ "$GPUS" -ge 2 ]; then
+    step ddp_nccl_2_gpus $P train --task classification --model convnet_small --data "$WORK/shapes" --epochs 1 \
+        --size 64 --device cuda --nproc 2 --out "$WORK/ddp" --quiet
+else
+    step torchrun_one_process_no_ddp $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m parvis train \
+        --task classification --model convnet_small --data "$WORK/shapes" --epochs 1 --size 64 --device cuda \
+        --out "$WORK/ddp" --quiet
+fi
 step runtimes $P bench runtime "$WORK/cls/best.pt" --device cuda --rounds 1 --json "$WORK/bench-runtime.json"
 step optimize $P optimize "$WORK/cls/best.pt" --data "$WORK/shapes" --device cuda --rounds 1 --calib 32 \
     --out "$WORK/optimize"
@@ -68,8 +76,18 @@ serve_gpu() {  # parvis serve on the GPU: ready, one image answered (HTTP 200), 
 }
 step serve_gpu serve_gpu
 step video_gpu $P video "$WORK"/video/*.mp4 --model "$WORK/cls/best.pt" --device cuda --no-video --out "$WORK/video-out"
-step partition_mps $P bench partition resnet18 --size 128 --device cuda --jobs 2 --seconds 3 \
-    --json "$WORK/partition.json"
+partition_mps() {  # bench partition needs MIG instances or an MPS daemon: start one for the step if neither
+    local started=1 code
+    if [ ! -e "${CUDA_MPS_PIPE_DIRECTORY:-/tmp/nvidia-mps}/control" ] && command -v nvidia-cuda-mps-control > /dev/null; then
+        nvidia-cuda-mps-control -d && started=0 && sleep 1
+    fi
+    timeout "$STEP_TIMEOUT" $P bench partition resnet18 --size 128 --device cuda --jobs 2 --seconds 3 \
+        --json "$WORK/partition.json"
+    code=$?
+    if [ $started = 0 ]; then echo quit | nvidia-cuda-mps-control; fi
+    return $code
+}
+step partition_mps partition_mps
 step ray_fractional_gpus $P predict "$WORK/cls/best.pt" "$WORK/shapes/classification/val" --engine ray \
     --actors 2 --device cuda --out "$WORK/ray"
 

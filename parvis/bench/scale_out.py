@@ -5,8 +5,9 @@ Ray's cluster start and actor start-up included in `wall_s`), with overlays off 
 folder: single-process `--engine local`, `--engine ray` with 1, 2, ... actors (a local Ray instance on
 loopback), and `--engine torchrun` with 1, 2, ... ranks. Reported per configuration:
 
-- img_s: images over the job's own loop time (what the engine wrote in summary.json), and img_s_wall:
-  images over the process's whole wall time;
+- img_s: images over the job's own loop time (what the engine wrote in summary.json: from the model
+  ready to the last result written; for Ray, from the first actor's model ready, its start-up in
+  `startup_s`), and img_s_wall: images over the process's whole wall time;
 - overhead_ms: per image, (1 / img_s - 1 / img_s of the single process) x 1000: what the engine adds
   to each image (negative when it runs faster);
 - peak_rss_mb: the largest summed resident memory of the process and all its descendants (Ray's raylet,
@@ -118,6 +119,7 @@ def bench_scale_out(
                 "engine": engine, "workers": n, "ok": ok, "exit_code": code, "images": len(files),
                 "img_s": summary.get("img_s"), "img_s_wall": round(len(files) / wall, 2), "wall_s": round(wall, 2),
                 "peak_rss_mb": round(peak / 2**20, 1), "errors": summary.get("errors"),
+                **({"startup_s": summary["startup_s"]} if "startup_s" in summary else {}),
                 **({"stderr_tail": err} if not ok else {}),
             })  # fmt: skip
             shutil.rmtree(out, ignore_errors=True)

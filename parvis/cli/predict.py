@@ -149,6 +149,7 @@ def run_at_scale(args, load) -> int:
     con.print(
         f"{args.engine}: {summary['processed_this_run']:,} image(s) in {summary['seconds']:.1f} s "
         f"({summary['img_s']:,.1f} img/s)"
+        + (f" after {summary['startup_s']:.1f} s of actor start-up" if "startup_s" in summary else "")
         + (f", {skipped} finished shard(s) skipped" if skipped else "")
         + f"; {summary['rows']:,} rows for {summary['images']:,} images, {summary['errors']} error(s), "
         f"{summary['duplicates']} duplicate(s), {summary['missing']} missing -> {args.out}/results/ "

@@ -76,6 +76,7 @@ class TorchRuntime(Runtime):
         x = x.to(self.device, torch.float32).detach()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        rt.apply_precision(self.precision)  # CUDA: fp32 without TF32 (cuDNN's default uses it), tf32 with
         with torch_threads(self.threads), rt.autocast(self.precision):
             out = self.forward(x)
         return out.float()
@@ -93,6 +94,7 @@ class TorchRuntime(Runtime):
         x = images.to(self.device, torch.float32)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        rt.apply_precision(self.precision)
         with torch_threads(self.threads), rt.autocast(self.precision):
             return planes_of(x, planes).float()
 

@@ -179,13 +179,20 @@ def test_default_shard_size_gives_small_jobs_16_parts_and_bad_sizes_are_refused(
 
 
 def test_actor_plans_from_cluster_resources():
-    """No cluster needed: actors, their CPU reservation and their GPU share from Ray's resource dict."""
-    from parvis.scale.ray_engine import actor_cpus, default_actors, gpu_per_actor
+    """No cluster needed: threads, actors, their CPU reservation and their GPU share from Ray's resources."""
+    from parvis.scale.ray_engine import actor_cpus, default_actors, default_threads, gpu_per_actor
 
     two_cores, big, gpu_node = {"CPU": 2.0}, {"CPU": 32.0}, {"CPU": 16.0, "GPU": 1.0}
-    assert default_actors(two_cores, 2) == 1 and actor_cpus(two_cores, 2, 1) == 1.0  # one CPU left to decoding
-    assert default_actors(big, 2) == 15 and actor_cpus(big, 2, 15) == 2.0
-    assert default_actors(gpu_node, 2) == 1 and gpu_per_actor(gpu_node, 1) == 1.0
+    # CPU actors decode their own images: one single-thread actor per core on small nodes
+    assert default_threads(two_cores, [2.0]) == 1 and default_actors(two_cores, 1) == 2
+    assert actor_cpus(two_cores, 1, 2, decode_tasks=False) == 1.0
+    # at most 8 CPU actors per node: 32 CPUs on two 16-CPU nodes -> 2 threads each, 16 actors
+    assert default_threads(big, [16.0, 16.0]) == 2 and default_actors(big, 2) == 16
+    assert default_threads(big, [32.0, 4.0]) == 1  # the smallest node decides
+    # GPU actors: 2 threads, one per GPU, decode tasks keep one CPU
+    assert default_threads(gpu_node, [16.0]) == 2 and default_actors(gpu_node, 2) == 1
+    assert actor_cpus({"CPU": 2.0, "GPU": 1.0}, 2, 1, decode_tasks=True) == 1.0
+    assert gpu_per_actor(gpu_node, 1) == 1.0
     assert gpu_per_actor(gpu_node, 4) == 0.25  # --actors 4 on one GPU: four fractional actors share it
     assert gpu_per_actor(gpu_node, 4, "cpu") == 0.0 and gpu_per_actor(big, 2) == 0.0
     assert gpu_per_actor({"CPU": 8.0, "GPU": 4.0}, 2) == 1.0
