@@ -486,6 +486,7 @@ def preferred_memory_format(device: torch.device) -> torch.memory_format:
 
 
 _ALLOCATOR_STATE: dict[str, object] = {}
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt() parameters, from glibc's malloc.h
 
 
 def configure_host_allocator() -> dict[str, object]:
@@ -512,9 +513,8 @@ def configure_host_allocator() -> dict[str, object]:
     except OSError as exc:
         _ALLOCATOR_STATE.update(tuned=False, reason=str(exc))
         return _ALLOCATOR_STATE
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mmap_mb = next((mb for mb in (256, 32) if libc.mallopt(m_mmap_threshold, mb * 2**20) == 1), None)
-    trim_ok = libc.mallopt(m_trim_threshold, 1024 * 2**20) == 1
+    mmap_mb = next((mb for mb in (256, 32) if libc.mallopt(M_MMAP_THRESHOLD, mb * 2**20) == 1), None)
+    trim_ok = libc.mallopt(M_TRIM_THRESHOLD, 1024 * 2**20) == 1
     _ALLOCATOR_STATE.update(tuned=bool(mmap_mb and trim_ok), mmap_threshold_mb=mmap_mb, trim_threshold_mb=1024)
     return _ALLOCATOR_STATE
 
@@ -530,12 +530,12 @@ def plain_host_allocator():
         yield
         return
     libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
     libc.malloc_trim(0)
     try:
         yield
     finally:
-        libc.mallopt(-3, mmap_mb * 2**20)
+        libc.mallopt(M_MMAP_THRESHOLD, mmap_mb * 2**20)
 
 
 # --------------------------------------------------------------------------- seeding

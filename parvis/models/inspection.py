@@ -9,9 +9,9 @@ families share that contract, so export, the runtimes, serve, predict and video 
   (stride 8 and 16 by default), each averaged over its 3x3 neighbourhood, the deeper one upsampled and
   concatenated: one embedding per 8x8-pixel patch. Training keeps a coreset of the good parts' patch
   embeddings (the memory bank); a patch's score is its distance to the nearest one. The map is
-  upsampled to the input size and smoothed with a Gaussian (sigma 4 px, as two matmuls). The image score is PatchCore's
-  own (Roth et al., eq. 7; anomalib's too): the most anomalous patch's distance, reweighted by how
-  isolated its nearest memory row is among that row's 9 nearest rows. The map is scaled per image so
+  upsampled to the input size and smoothed with a Gaussian (sigma 4 px, as two matmuls). The image
+  score is PatchCore's own (Roth et al., eq. 7; anomalib's too): the most anomalous patch's distance,
+  reweighted by how isolated its nearest memory row is among that row's 9 nearest rows. The map is scaled per image so
   that its maximum is that score (the contract above); within an image the ranking of pixels is
   unchanged. All of it is tensor algebra (matmul, min, gather, interpolate, conv), so one ONNX graph
   computes what the checkpoint computes.
@@ -21,6 +21,7 @@ families share that contract, so export, the runtimes, serve, predict and video 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -202,11 +203,10 @@ class PatchCore(InspectionModel):
     def forward(self, images: Tensor) -> Tensor:
         embedding = self.embed(images)
         kind = images.device.type
-        if torch.is_autocast_enabled(kind):  # distances in float32: bf16's 8 bits cancel in |e|^2 - 2 e.m + |m|^2
-            with torch.autocast(kind, enabled=False):
-                distances, rows = self.nearest(embedding.float())
-                score = self.image_scores(embedding.float(), distances, rows)
-        else:
+        # distances in float32: bf16's 8 bits cancel in |e|^2 - 2 e.m + |m|^2
+        full = torch.autocast(kind, enabled=False) if torch.is_autocast_enabled(kind) else contextlib.nullcontext()
+        with full:
+            embedding = embedding.float()
             distances, rows = self.nearest(embedding)
             score = self.image_scores(embedding, distances, rows)
         b, _, h, w = embedding.shape
