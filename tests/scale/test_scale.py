@@ -154,14 +154,20 @@ def test_two_ray_nodes_on_loopback_both_do_work(model, images, tmp_path):
             proc = subprocess.run([str(ray_bin), "start", *extra, *common], capture_output=True, text=True,
                                   timeout=120, env=env)  # fmt: skip
             assert proc.returncode == 0, proc.stderr[-2000:]
-        out = tmp_path / "two-nodes"
-        cmd = [sys.executable, "-m", "parvis", "predict", *model, str(images), "--engine", "ray", "--address",
-               f"127.0.0.1:{port}", "--actors", "2", "--threads", "1", "--batch", "2", "--shard-size", "3",
-               "--out", str(out)]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        check_each_once(out, images)
-        summary = json.loads((out / "summary.json").read_text())
+        # Actors decode their own images, so on 2 shared cores the first actor can finish all 14 images
+        # before the other node's actor has loaded its model: a second job (fresh folder) gets the warm
+        # cluster. Both nodes must do work in one of the two.
+        for attempt in range(2):
+            out = tmp_path / f"two-nodes-{attempt}"
+            cmd = [sys.executable, "-m", "parvis", "predict", *model, str(images), "--engine", "ray", "--address",
+                   f"127.0.0.1:{port}", "--actors", "2", "--threads", "1", "--batch", "2", "--shard-size", "3",
+                   "--out", str(out)]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            check_each_once(out, images)
+            summary = json.loads((out / "summary.json").read_text())
+            if len(summary["rows_per_node"]) == 2:
+                break
         assert summary["nodes"] == 2 and len(summary["rows_per_node"]) == 2, summary["rows_per_node"]
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
