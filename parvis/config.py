@@ -78,6 +78,7 @@ class TrainConfig:
     strategy: Literal["ddp", "fsdp"] = "ddp"  # data-parallel strategy under torchrun
     sync_bn: bool = False  # synchronize batch-norm statistics across processes
     weights: str | None = None  # weights to start from (not a resume): parvis/torchvision/timm state dict or checkpoint
+    weights_backbone: str | None = None  # only the encoder from this parvis checkpoint (e.g. a segmenter's)
     eval_every: int = 1  # evaluate every N epochs
     scales: tuple[float, ...] = (0.5, 1.0)  # HMSA inference scales (add 2.0 for objects small in the frame)
     crop_scale: tuple[float, ...] | None = None  # training crop area range [min, max] (none: the task's preset)
@@ -121,6 +122,10 @@ class TrainConfig:
         _require(self.workers is None or self.workers >= 0, "workers", "at least 0 or none", self.workers)
         _require(self.freeze_epochs >= 0, "freeze_epochs", "at least 0", self.freeze_epochs)
         _require(0 <= self.backbone_lr <= 1, "backbone_lr", "in [0, 1]", self.backbone_lr)
+        _require(
+            self.weights is None or self.weights_backbone is None, "weights_backbone",
+            "left out when weights is given (weights loads the whole model)", self.weights_backbone,
+        )  # fmt: skip
         if self.time is not None:
             parse_duration(self.time, "time")
         _require(0 <= self.max_false_reject < 1, "max_false_reject", "in [0, 1), e.g. 0.01", self.max_false_reject)

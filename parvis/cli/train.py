@@ -26,6 +26,7 @@ FLAG_KEYS = (
     "strategy",
     "on_bad_sample",
     "weights",
+    "weights_backbone",
     "seed",
     "lr",
     "time",
@@ -73,6 +74,11 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="loader workers per process")
     p.add_argument("--out", default=None, help="run folder (default runs/train)")
     p.add_argument("--weights", default=None, help="initialize from a local weights file (not a resume)")
+    p.add_argument(
+        "--weights-backbone", dest="weights_backbone", default=None, metavar="FILE",
+        help="initialize only the encoder from a parvis checkpoint of a model with the same encoder "
+        "(e.g. a unet_small run's best.pt for convnet_small or centernet_small); the rest starts fresh",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--on-bad-sample", dest="on_bad_sample", default=None, help="error|skip")
     p.add_argument("--strategy", default=None, help="ddp|fsdp under torchrun (default ddp)")

@@ -18,7 +18,9 @@ the others. `recipe=off` keeps TrainConfig's written defaults. The rules, in one
   images (digits, characters: a mirrored symbol is another symbol); fine-tuning crops keep >= 50%.
 - optimizer: AdamW (fastest to a good accuracy in short schedules), lr 2e-3 x sqrt(batch / 32) from
   scratch, 1e-3 fine-tuning with the backbone at 0.5x (0.1x and a frozen first epoch on <= 50 images
-  per class); weight decay 0.05 (classification) or 1e-4;
+  per class); with only an encoder loaded (`weights_backbone`) the new layers at the from-scratch rate
+  and the encoder at the fine-tuning fraction, with the fine-tuning epochs and crops; weight decay 0.05
+  (classification) or 1e-4;
   label smoothing 0.1 for 3+ classes; warmup 5% of the run (at most one epoch), cosine to 1%.
 - gradient clipping: none for classification and segmentation (as the reference recipes), norm 1.0
   for detection.
@@ -189,7 +191,7 @@ def choose(
     given = given_keys(cfg) if given is None else given
     if cfg.recipe == "off":
         return cfg, []
-    task, fine_tune = cfg.task, cfg.weights is not None
+    task, fine_tune = cfg.task, cfg.weights is not None or cfg.weights_backbone is not None
     cpu = device.type == "cpu"
     values: dict[str, Any] = {}
     choices: list[Choice] = []
@@ -260,8 +262,15 @@ def choose(
 
     # --- optimizer, lr, weight decay, schedule
     pick("optimizer", "adamw", "reaches a good accuracy fastest in short schedules")
-    if fine_tune:
+    lr = round(2e-3 * math.sqrt(now("batch") / 32), 5)
+    if cfg.weights is not None:
         pick("lr", 1e-3, "fine-tuning: the new head at 1e-3")
+    elif fine_tune:
+        pick("lr", lr, f"a loaded encoder, the rest new: the new layers at the from-scratch 2e-3 x sqrt(batch "
+             f"{now('batch')} / 32)")  # fmt: skip
+    else:
+        pick("lr", lr, f"2e-3 x sqrt(batch {now('batch')} / 32)")
+    if fine_tune:
         few = n / max(1, len(survey.class_counts)) <= 50
         if few:
             pick("backbone_lr", 0.1, "fine-tuning on few images per class: pretrained layers at 0.1x the head's rate")
@@ -271,9 +280,6 @@ def choose(
                  "epoch of mobilenet_v2 on the shapes data)")  # fmt: skip
         why = "hold the backbone for the first epoch while the new head settles" if few else "train every layer"
         pick("freeze", "backbone" if few else "none", f"{n} images for {len(survey.class_counts)} classes: {why}")
-    else:
-        lr = round(2e-3 * math.sqrt(now("batch") / 32), 5)
-        pick("lr", lr, f"2e-3 x sqrt(batch {now('batch')} / 32)")
     pick("weight_decay", 0.05 if task == "classification" else 1e-4,
          "AdamW's usual decay for classifiers" if task == "classification" else "dense heads: light decay")  # fmt: skip
     if task == "detection":

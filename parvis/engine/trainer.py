@@ -49,6 +49,7 @@ from parvis.engine.recipe import Choice, resolve_recipe, supports_small_stem
 from parvis.errors import ParvisError
 from parvis.models import VisionModel
 from parvis.models import build_model as build_named_model
+from parvis.models.build import ENCODER_PREFIX, load_backbone
 from parvis.models.inspection import INSPECTION_CLASSES
 
 # The validation metric that picks best.pt, per task: higher is better, except the tasks in LOWER_IS_BETTER.
@@ -74,6 +75,9 @@ def head_parameter_names(model: nn.Module) -> set[str]:
     the last Linear / Conv2d whose output size is the class count (what fine-tuning trains fastest)."""
     inner = _unwrap(model)
     replaced = inner.meta.extra.get("head_replaced")
+    loaded = getattr(inner, "backbone_names", None)
+    if loaded is not None:  # --weights-backbone: everything it did not load is new and learns at the full rate
+        return {name for name, _ in inner.named_parameters() if name not in loaded}
     if replaced:
         owners = {name.rpartition(".")[0] for name in replaced}
     else:
@@ -225,6 +229,14 @@ def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo
     )  # fmt: skip
     if cfg.task == "inspection":  # a two-class segmenter whose defect probability is the anomaly map
         model = wrap_segmenter(model, cfg.size)
+    if cfg.weights_backbone:
+        loaded = load_backbone(model, cfg.weights_backbone)
+        model.backbone_names = set(loaded)  # for the learning-rate groups (head_parameter_names)
+        model.meta.extra["weights_backbone"] = str(cfg.weights_backbone)
+        if dist.rank == 0:
+            encoder = [k for k in model.state_dict() if k.startswith(ENCODER_PREFIX)]
+            print(f"{cfg.weights_backbone}: loaded {len(loaded)} of the {len(encoder)} encoder tensors of "
+                  f"{cfg.model}; the rest of the model starts fresh", flush=True)  # fmt: skip
     replaced = model.meta.extra.get("head_replaced")
     if replaced and dist.rank == 0:
         print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "
@@ -311,7 +323,8 @@ def fsdp_units(model: VisionModel, device: torch.device, min_fraction: float = 0
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module, dist: runtime.DistInfo) -> torch.optim.Optimizer:
     """AdamW (or SGD with Nesterov momentum) over the prepared model's parameters."""
-    groups = _param_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr if cfg.weights else 1.0)
+    backbone_lr = cfg.backbone_lr if cfg.weights or cfg.weights_backbone else 1.0
+    groups = _param_groups(model, cfg.weight_decay, cfg.lr, backbone_lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     # fused AdamW is a single kernel per step on CUDA; foreach elsewhere.

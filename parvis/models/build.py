@@ -217,6 +217,40 @@ def load_weights(model: VisionModel, path: str | Path, replace_head: bool = Fals
     return replaced
 
 
+ENCODER_PREFIX = "encoder."  # where every parvis family keeps its encoder (conv_encoder.py, resnet_encoder.py)
+
+
+def load_backbone(model: VisionModel, path: str | Path) -> list[str]:
+    """Load the encoder of the weights in `path` (a checkpoint or state dict of any parvis model with
+    the same encoder, e.g. unet_small into convnet_small or centernet_small) into `model`'s encoder, as
+    torchvision's `weights_backbone` does for its detectors. Levels the file lacks stay as built; the
+    file's extra levels and everything outside its encoder are left out. Returns the loaded names."""
+    state, _ = read_state_dict(path)
+    own = model.state_dict()
+    if not any(k.startswith(ENCODER_PREFIX) for k in own):
+        raise ParvisError(
+            f"--weights-backbone: {model.meta.name} has no parvis encoder to load into; use --weights for a "
+            f"checkpoint of the same model"
+        )
+    state = {k: v for k, v in adapt_layout(state, set(own)).items() if k.startswith(ENCODER_PREFIX)}
+    shared = sorted(k for k in state if k in own)
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shared if state[k].shape != own[k].shape
+    ]
+    if mismatched:
+        raise ParvisError(
+            f"{path}: its encoder does not fit {model.meta.name}'s ({len(mismatched)} tensors differ, file vs "
+            f"model: {', '.join(mismatched[:3])}); use a checkpoint of a model with the same encoder widths"
+        )
+    if not shared:
+        raise ParvisError(
+            f"{path}: no encoder tensor of it fits {model.meta.name} ({len(state)} encoder tensors in the file); "
+            f"use a checkpoint of a model with the same encoder (e.g. unet_small, convnet_small, centernet_small)"
+        )
+    model.load_state_dict({k: state[k] for k in shared}, strict=False)
+    return shared
+
+
 def _only_head(mismatched: dict[str, tuple], num_classes: int) -> bool:
     """Every mismatching tensor has the model's class count as its first dim: a classifier head."""
     return all(m and m[0] == num_classes for _, m in mismatched.values())
