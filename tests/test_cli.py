@@ -5,9 +5,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from parvis.cli.main import main
 from parvis.errors import ParvisError
@@ -150,3 +152,20 @@ def test_demo_writes_summary_html_and_predictions(shapes_dir, tmp_path):
     assert "Confusion matrix" in html and "Per class" in html and "overlays/" in html and "AP@0.5" in html
     for task in ("segmentation", "detection"):
         assert len(list((out / f"predict-{task}" / "overlays").glob("*.jpg"))) == 6
+
+
+def test_a_matmul_the_cpu_emulates_is_timed_at_a_size_that_fits_the_budget(monkeypatch):
+    """bf16 on a CPU without native BF16 ran at ~0.3 GFLOP/s: one 2048 matmul took a minute, and
+    `doctor --quick` four of them. The probe's per-call time sets the size."""
+    from parvis.bench import micro
+
+    assert micro.cpu_matmul_side(torch.float32, 0.25) in (256, 512, 1024, 2048)
+    real = torch.matmul
+
+    def slow(a, b, **kw):  # 256^3 in 0.1 s: 2048^3 would take 51 s a call
+        time.sleep(0.1)
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(micro.torch, "matmul", slow)
+    assert micro.cpu_matmul_side(torch.bfloat16, 0.25) == 256
+    assert micro.cpu_matmul_side(torch.bfloat16, 5.0) == 512  # 4 calls of 0.8 s fit 21 s, of 6.4 s do not

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -36,14 +37,30 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int | None = None
     """GFLOP/s of an n x n @ n x n matmul (2 n^3 flops).
 
     n defaults to 2048 on the CPU (big enough to reach the BLAS plateau, small enough to repeat
-    within a second on 2 cores) and 8192 on a GPU.
+    within a second on 2 cores) and 8192 on a GPU. A CPU without native support for `dtype` (bf16
+    emulated at well under 1 GFLOP/s) gets the size whose calls fit the budget (`cpu_matmul_side`):
+    at 2048 one call took a minute there.
     """
-    n = n or (2048 if device.type == "cpu" else 8192)
+    n = n or (cpu_matmul_side(dtype, seconds) if device.type == "cpu" else 8192)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
     per_call = time_repeated(lambda: torch.matmul(a, b, out=out), device, seconds)
     return 2 * n**3 / per_call / 1e9
+
+
+def cpu_matmul_side(dtype: torch.dtype, seconds: float, n_max: int = 2048, n_min: int = 256, reps: int = 4) -> int:
+    """The largest n from n_max down (halving, at least n_min) whose `reps` timed calls, extrapolated
+    (n^3) from one call at n_min, fit in 4 x `seconds` + 1 s."""
+    a = torch.randn(n_min, n_min).to(dtype)
+    torch.matmul(a, a)  # the first call sets up the kernel
+    start = time.perf_counter()
+    torch.matmul(a, a)
+    per_call = time.perf_counter() - start
+    n = n_max
+    while n > n_min and per_call * (n / n_min) ** 3 * reps > 4 * seconds + 1:
+        n //= 2
+    return n
 
 
 def memory_bandwidth_gbs(device: torch.device, mbytes: int = 256, seconds: float = 0.7) -> float:
