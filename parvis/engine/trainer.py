@@ -227,16 +227,19 @@ def build_model(cfg: TrainConfig, class_names: list[str], dist: runtime.DistInfo
         cfg.model, len(class_names), class_names, input_size=cfg.size, weights=cfg.weights, replace_head=True,
         **options,
     )  # fmt: skip
-    if cfg.task == "inspection":  # a two-class segmenter whose defect probability is the anomaly map
-        model = wrap_segmenter(model, cfg.size)
+    loaded: set[int] = set()
     if cfg.weights_backbone:
-        loaded = load_backbone(model, cfg.weights_backbone)
-        model.backbone_names = set(loaded)  # for the learning-rate groups (head_parameter_names)
-        model.meta.extra["weights_backbone"] = str(cfg.weights_backbone)
+        names = load_backbone(model, cfg.weights_backbone)
+        loaded = {id(p) for n, p in model.named_parameters() if n in names}
         if dist.rank == 0:
             encoder = [k for k in model.state_dict() if k.startswith(ENCODER_PREFIX)]
-            print(f"{cfg.weights_backbone}: loaded {len(loaded)} of the {len(encoder)} encoder tensors of "
+            print(f"{cfg.weights_backbone}: loaded {len(names)} of the {len(encoder)} encoder tensors of "
                   f"{cfg.model}; the rest of the model starts fresh", flush=True)  # fmt: skip
+    if cfg.task == "inspection":  # a two-class segmenter whose defect probability is the anomaly map
+        model = wrap_segmenter(model, cfg.size)
+    if cfg.weights_backbone:  # the loaded parameters by their names in the (wrapped) model: the lr groups
+        model.backbone_names = {n for n, p in model.named_parameters() if id(p) in loaded}
+        model.meta.extra["weights_backbone"] = str(cfg.weights_backbone)
     replaced = model.meta.extra.get("head_replaced")
     if replaced and dist.rank == 0:
         print(f"{cfg.weights}: the classifier head ({', '.join(replaced)}) does not fit {len(class_names)} "

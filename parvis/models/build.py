@@ -225,6 +225,8 @@ def load_backbone(model: VisionModel, path: str | Path) -> list[str]:
     the same encoder, e.g. unet_small into convnet_small or centernet_small) into `model`'s encoder, as
     torchvision's `weights_backbone` does for its detectors. Levels the file lacks stay as built; the
     file's extra levels and everything outside its encoder are left out. Returns the loaded names."""
+    if not Path(path).is_file():
+        raise ParvisError(f"--weights-backbone {path}: no such file; give a checkpoint such as a run's best.pt")
     state, _ = read_state_dict(path)
     own = model.state_dict()
     if not any(k.startswith(ENCODER_PREFIX) for k in own):

@@ -61,8 +61,9 @@ def test_an_encoder_of_other_widths_or_none_at_all_is_one_clear_error(tmp_path, 
 
 def test_auto_trains_the_new_layers_at_the_scratch_rate_and_the_encoder_slower():
     survey = DataSurvey("detection", 3200, 800, {c: 600 for c in CLASSES}, 256, False, "shapes")
-    cfg, choices = choose(TrainConfig(task="detection", model="centernet_small", weights_backbone="s.pt", size=96),
-                          survey, torch.device("cpu"), given=frozenset({"task", "model", "size", "weights_backbone"}))  # fmt: skip
+    given = frozenset({"task", "model", "size", "weights_backbone"})
+    base = TrainConfig(task="detection", model="centernet_small", weights_backbone="s.pt", size=96)
+    cfg, choices = choose(base, survey, torch.device("cpu"), given=given)
     assert math.isclose(cfg.lr, 2e-3) and cfg.backbone_lr == 0.5 and cfg.freeze == "none"
     assert cfg.epochs == 2 and "a loaded encoder" in next(c.reason for c in choices if c.key == "lr")
 
@@ -97,3 +98,24 @@ def test_the_cli_trains_from_a_backbone_and_the_checkpoint_names_it(shapes_dir, 
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]
     assert meta["extra"]["weights_backbone"] == str(segmenter_file)
     assert main(["eval", str(out / "best.pt"), "--data", str(shapes_dir)]) == 0  # rebuilds without the file
+
+
+def test_a_missing_file_names_the_flag_and_a_wrapped_segmenter_loads_its_encoder(segmenter_file, tmp_path, capsys):
+    with pytest.raises(ParvisError, match=r"--weights-backbone .*nope\.pt: no such file"):
+        load_backbone(build_model("convnet_small", 5), tmp_path / "nope.pt")
+    # Supervised inspection wraps a segmenter (parameters under net.): the backbone loads into it first.
+    parts = tmp_path / "parts"
+    assert main(["data", "synth", "--task", "inspection", "--out", str(parts), "--n", "24", "--size", "64"]) == 0
+    cfg = TrainConfig(task="inspection", model="unet_small", data=str(parts), out=str(tmp_path / "run"), size=64,
+                      batch=4, epochs=1, workers=0, weights_backbone=str(segmenter_file), lr=1e-3,
+                      backbone_lr=0.5)  # fmt: skip
+    trainer = build_trainer(cfg, quiet=True)
+    try:
+        source = torch.load(segmenter_file, weights_only=True)["model"]
+        state = trainer.model.state_dict()
+        assert trainer.model.backbone_names and all(n.startswith("net.encoder.") for n in trainer.model.backbone_names)
+        assert all(torch.equal(state[n], source[n[4:]]) for n in trainer.model.backbone_names)
+        low, high = sorted({round(g["initial_lr"], 8) for g in trainer.optimizer.param_groups})
+        assert low == pytest.approx(high * trainer.cfg.backbone_lr) and trainer.cfg.backbone_lr < 1
+    finally:
+        trainer.close()
