@@ -37,9 +37,9 @@ from parvis.runtimes import open_predictor
 # The segmenter trains first, from scratch; the classifier and the detector share its encoder (the
 # same conv levels) and start from it (`weights_backbone`), which their image- and box-level labels
 # teach far more slowly than per-pixel masks do: on a 2-core AVX2 CPU the classifier reached top-1
-# 0.991 in 3 epochs that way against 0.941 after 9 from scratch, the detector mAP@0.5 0.837 at 96 px
-# in 2 epochs against 0.879 at 128 px in 4 (about 4x its time). `scratch` is each one's run without
-# the segmenter (`--tasks classification`), the one configs/*.yaml hold.
+# 0.995 in 2 epochs (31 s) that way against 0.941 after 9 from scratch (206 s), the detector mAP@0.5
+# 0.903 at 96 px in 3 epochs (158 s) against 0.879 at 128 px in 4 (about 600 s there). `scratch` is
+# each one's run without the segmenter (`--tasks classification`), the one configs/*.yaml hold.
 DEMO_TASKS = {
     "segmentation": {"model": "unet_small", "size": 64, "epochs": 10, "metric": "miou", "crop_scale": (0.8, 1.0)},
     "classification": {"model": "convnet_small", "size": 64, "epochs": 2, "metric": "top1", "backbone": "segmentation",
