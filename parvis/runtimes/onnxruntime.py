@@ -1,5 +1,5 @@
 """ONNX Runtime: CPU execution provider; CUDA and TensorRT providers first when the installed
-onnxruntime has them and a GPU is asked for."""
+onnxruntime has them and a GPU is asked for (an error, not a silent CPU run, when none of them starts)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ class OnnxRuntime(Runtime):
             self.session = ort.InferenceSession(path, options, providers=providers)
         except Exception as exc:
             raise ParvisError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0]})") from exc
+        if device.startswith("cuda") and self.session.get_providers()[0] == "CPUExecutionProvider":
+            # ONNX Runtime falls back to the CPU when a GPU provider cannot start (no GPU, or CUDA/cuDNN
+            # libraries missing), with only a log line: a run asked for on the GPU must not be timed on the CPU.
+            raise ParvisError(
+                f"{path}: ONNX Runtime could not start {' or '.join(providers[:-1])} on this machine and fell back to "
+                "the CPU; check the GPU and the CUDA/cuDNN libraries onnxruntime-gpu needs, or use --device cpu"
+            )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_name = self.input_names[0]
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -191,6 +191,29 @@ def test_open_runtime_errors(sources, tmp_path):
         open_runtime(tmp_path / "missing.onnx", "openvino")
 
 
+def test_onnxruntime_refuses_a_cuda_run_that_fell_back_to_the_cpu(sources, monkeypatch):
+    """An onnxruntime that lists a CUDA provider but cannot start it (no GPU, missing CUDA libraries) runs the
+    session on the CPU: asked for cuda, parvis says so instead of timing a CPU run as a GPU one."""
+    import onnxruntime as ort  # noqa: PLC0415 - the optional backend, as the runtime imports it
+
+    _, paths = sources["resnet18"]
+    real = ort.InferenceSession
+    asked = []
+
+    def session(path, options, providers):
+        asked.append(list(providers))
+        return real(path, options, providers=["CPUExecutionProvider"])  # what a failed CUDA provider leaves
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with pytest.raises(ParvisError, match=r"resnet18\.onnx: ONNX Runtime could not start CUDAExecutionProvider .* "
+                       r"fell back to the CPU; .* or use --device cpu"):  # fmt: skip
+        open_runtime(paths["onnx"], "onnxruntime", device="cuda")
+    assert asked == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+    runtime = open_runtime(paths["onnx"], "onnxruntime", device="cpu")  # the CPU, asked for, still runs
+    assert runtime.info()["device"] == "cpu"
+
+
 def test_bench_runtime_has_openvino_rows_next_to_onnxruntime(sources, shapes_dir):
     """On the segmenter, so OpenVINO fp32, bf16 and int8 also run a model with upsampling."""
     from parvis.bench.runtime import bench_runtime
